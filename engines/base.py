@@ -1,0 +1,58 @@
+"""The engine interface: chat messages + sampling params in, text + token counts out, batched.
+
+Nothing outside engines/ knows which engine runs; stages hold a `CachedEngine` and call `complete`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_tokens: int = 256
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Request:
+    messages: list[dict[str, str]]
+    sampling: Sampling = field(default_factory=Sampling)
+    # A GBNF grammar (llama.cpp) constraining the output; engines without constrained decoding ignore it and
+    # the caller's parser decides whether the free text is usable.
+    grammar: str | None = None
+
+
+@dataclass
+class Completion:
+    text: str | None
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached: bool = False
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.text is not None
+
+
+class Engine(Protocol):
+    #: what the answer depends on besides the request (engine kind, model file, ...); part of the cache key
+    identity: dict[str, Any]
+    #: short model name recorded on candidates and judgments
+    model_name: str
+
+    def complete(self, requests: list[Request]) -> list[Completion]:
+        """One completion per request, in order; a failed request is a Completion with `error` set."""
+        ...
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine cannot start here (missing package or model file); the message says what to install."""

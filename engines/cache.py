@@ -1,0 +1,106 @@
+"""Content-hash response cache, so a rerun, a resume or a changed downstream filter never calls a model twice.
+
+The key hashes everything that changes the answer: the engine identity (kind, model file), the full messages
+(system prompt included), the sampling params (seed included) and the output constraint. Only successful
+completions are stored: a failed request is retried by the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from engines.base import Completion, Engine, Request
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("CURATE_CACHE_DIR"):
+        return Path(os.environ["CURATE_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "curate"
+
+
+def request_key(identity: dict[str, Any], request: Request) -> str:
+    payload = {
+        "engine": identity,
+        "messages": request.messages,
+        "sampling": request.sampling.as_dict(),
+        "grammar": request.grammar,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+class ResponseCache:
+    def __init__(self, directory: Path | str | None = None):
+        path = Path(directory) if directory else default_cache_dir()
+        path.mkdir(parents=True, exist_ok=True)
+        self.path = path / "responses.sqlite"
+        # Several Ray actors share the file: WAL lets readers run beside one writer, the timeout waits out locks.
+        self._db = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+    def get(self, key: str) -> Completion | None:
+        row = self._db.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
+        if row is None:
+            return None
+        comp = Completion(**json.loads(row[0]))
+        comp.cached = True
+        return comp
+
+    def put(self, key: str, completion: Completion) -> None:
+        value = asdict(completion)
+        value["cached"] = False
+        self._db.execute(
+            "INSERT OR REPLACE INTO responses (key, value) VALUES (?, ?)", (key, json.dumps(value, ensure_ascii=False))
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class CachedEngine:
+    """An engine behind the response cache; counts real model calls and cache hits for the run summary.
+
+    The engine itself is created on the first cache miss, so a fully cached rerun never loads a model.
+    """
+
+    def __init__(self, make_engine, identity: dict[str, Any], model_name: str, cache: ResponseCache | None):
+        self._make_engine = make_engine
+        self._engine: Engine | None = None
+        self.identity = identity
+        self.model_name = model_name
+        self.cache = cache
+        self.calls = 0
+        self.hits = 0
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            self._engine = self._make_engine()
+        return self._engine
+
+    def complete(self, requests: list[Request]) -> list[Completion]:
+        results: list[Completion | None] = [None] * len(requests)
+        keys = [request_key(self.identity, r) for r in requests]
+        todo = []
+        for i, key in enumerate(keys):
+            hit = self.cache.get(key) if self.cache else None
+            if hit is not None:
+                results[i] = hit
+                self.hits += 1
+            else:
+                todo.append(i)
+        if todo:
+            fresh = self.engine.complete([requests[i] for i in todo])
+            self.calls += len(todo)
+            for i, comp in zip(todo, fresh, strict=True):
+                results[i] = comp
+                if self.cache and comp.ok:
+                    self.cache.put(keys[i], comp)
+        return [r for r in results if r is not None]

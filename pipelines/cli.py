@@ -1,0 +1,179 @@
+"""`curate` command line. Heavy imports (pyarrow, ray, llama.cpp) happen inside commands so `--help` is instant."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    help="curate: prompts -> candidates -> judgments -> preference pairs -> TRL datasets.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Off a terminal (CI logs, pipes) rich would wrap tables at 80 columns; give the accounting table room.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def _load(path: Path):
+    from pipelines.config import ConfigError, load_pipeline
+
+    try:
+        return load_pipeline(path)
+    except ConfigError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def validate(pipeline: Annotated[Path, typer.Argument(help="pipeline YAML")]) -> None:
+    """Check a pipeline (schema, files, engines, column flow) without running anything."""
+    p = _load(pipeline)
+    console.print(f"[green]ok[/] {p.name}: {len(p.stages)} stages: " + " -> ".join(s.name for s in p.stages))
+
+
+@app.command()
+def run(
+    pipeline: Annotated[Path, typer.Argument(help="pipeline YAML")],
+    limit: Annotated[Optional[int], typer.Option(help="load at most N prompts")] = None,
+    run_dir: Annotated[
+        Optional[Path], typer.Option(help="run directory; an existing one is resumed (done shards are skipped)")
+    ] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: local Ray, or RAY_ADDRESS)")] = None,
+) -> None:
+    """Run a pipeline into a run directory and print the row accounting."""
+    p = _load(pipeline).with_limit(limit)
+    run_dir = run_dir or Path("runs") / p.name / time.strftime("%Y%m%d-%H%M%S")
+    from pipelines.runner import run_pipeline
+
+    console.print(f"[bold]{p.name}[/] -> {run_dir}")
+    with _Bars(p) as bars:
+        try:
+            manifest = run_pipeline(p, run_dir, address=address, progress=bars)
+        except Exception as exc:
+            bars.stop()
+            err_console.print(f"[bold red]run failed:[/] {type(exc).__name__}: {exc}", soft_wrap=True)
+            err_console.print(f"partial results and manifest: {run_dir}")
+            raise typer.Exit(1) from None
+    print_accounting(manifest)
+    console.print(f"dataset: [bold]{manifest['output']}[/]")
+
+
+@app.command()
+def stages() -> None:
+    """List the stages with the columns they read and write and their config fields."""
+    from stages import registry
+
+    table = Table(show_lines=True)
+    for col in ("stage", "reads", "writes", "config"):
+        table.add_column(col, overflow="fold")
+    for name, spec in registry().items():
+        try:
+            cfg = spec.config.model_construct()
+            reads, writes = sorted(spec.reads(cfg)), sorted(spec.writes(cfg))
+        except Exception:
+            reads, writes = ["(depends on config)"], ["(depends on config)"]
+        fields = []
+        for fname, f in spec.config.model_fields.items():
+            default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
+            fields.append(f"{fname} = {default}")
+        table.add_row(f"[bold]{name}[/]\n{spec.doc}", "\n".join(reads), "\n".join(writes), "\n".join(fields))
+    console.print(table)
+
+
+@app.command()
+def show(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory")],
+    rows: Annotated[int, typer.Option(help="sample rows to print")] = 3,
+) -> None:
+    """Print a run's accounting and a few rows of its output."""
+    manifest_path = run_dir / "manifest.json"
+    if not manifest_path.exists():
+        err_console.print(f"[bold red]error:[/] {run_dir} is not a run directory (no manifest.json)")
+        raise typer.Exit(2)
+    manifest = json.loads(manifest_path.read_text())
+    console.print(f"[bold]{manifest['name']}[/] status={manifest['status']} started={manifest.get('started')}")
+    print_accounting(manifest)
+    if manifest.get("error"):
+        console.print(f"[red]error:[/] {manifest['error']}")
+    last = manifest["stages"][-1]["id"] if manifest["stages"] else None
+    if last:
+        import pyarrow.dataset as pads
+
+        ds = pads.dataset(run_dir / last, format="parquet")
+        sample = ds.head(rows).to_pylist()
+        for i, row in enumerate(sample):
+            console.rule(f"{last} row {i}")
+            for k, v in row.items():
+                text = v if isinstance(v, str) else json.dumps(v, default=str, ensure_ascii=False)
+                console.print(f"[bold]{k}[/]: {text[:400]}{'…' if len(text) > 400 else ''}", highlight=False)
+
+
+def print_accounting(manifest: dict) -> None:
+    table = Table(title="row accounting (in = out + dropped + quarantined)")
+    for col in ("stage", "in", "out", "dropped", "quarantined", "rows out", "model calls", "cache hits",
+                "shards (skipped)", "seconds", "adds up"):
+        table.add_column(col, justify="right" if col not in ("stage",) else "left")
+    for s in manifest["stages"]:
+        table.add_row(
+            s["id"], str(s["in"]), str(s["out"]), str(s["dropped"]), str(s["quarantined"]), str(s["rows_out"]),
+            str(s["model_calls"]), str(s["cache_hits"]), f"{s['shards']} ({s['shards_skipped']})",
+            f"{s['seconds']:.1f}", "[green]yes[/]" if s["balanced"] else "[red]NO[/]",
+        )
+    console.print(table)
+
+
+class _Bars:
+    """A rich progress bar per stage, advanced as shards finish."""
+
+    def __init__(self, pipeline):
+        from pipelines.runner import Progress as _Base
+
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._base = _Base
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=console, transient=False,
+                                 disable=not sys.stdout.isatty() and not os.environ.get("CURATE_PROGRESS"))
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def stop(self):
+        self.progress.stop()
+
+    def stage_start(self, stage_id, total):
+        self.tasks[stage_id] = self.progress.add_task(stage_id, total=total)
+
+    def shard_done(self, stage_id):
+        self.progress.advance(self.tasks[stage_id])
+
+    def stage_end(self, stage_id):
+        task = self.tasks[stage_id]
+        t = self.progress.tasks[task]
+        if t.total is None:
+            self.progress.update(task, total=t.completed)
+        if not sys.stdout.isatty():
+            console.print(f"{stage_id}: {int(t.completed)} shards done")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,354 @@
+"""The runner: stage by stage, shard by shard, on Ray Data, into a run directory.
+
+Run directory layout:
+    config.yaml                      the resolved pipeline
+    manifest.json                    row accounting, timings, content hashes, status
+    NN_stage/part-SSSSS.parquet      each stage's output shards (the checkpoint; the export stage's is the dataset)
+    _dropped/NN_stage/...            rows a stage filtered, with the reason
+    _quarantined/NN_stage/...        rows a stage could not process, with the error
+    _done/NN_stage/part-SSSSS.json   shard markers: fingerprint, counts, output sha256
+
+Shards keep their number through the pipeline (shard 3 of judge is made from shard 3 of generate). A shard is
+done when its marker holds the fingerprint of (code version, stage config, engines, input shard hash); a rerun
+into the same run directory skips done shards. Writes are temp file + rename, and the marker comes last, so a
+killed run never leaves a half-written shard that counts as done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+from pipelines.config import Pipeline, StageEntry
+
+CODE_DIRS = ("stages", "judges", "engines", "schemas")
+
+
+def code_version() -> str:
+    """Hash of the code and templates that shape a stage's output: a change in them redoes shards."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for d in CODE_DIRS:
+        for p in sorted((root / d).rglob("*")):
+            if p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts:
+                h.update(str(p.relative_to(root)).encode())
+                h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write_table(table: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_json(data: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def part_name(shard: int) -> str:
+    return f"part-{shard:05d}"
+
+
+@dataclass
+class ShardWriter:
+    """Streams one shard's three outputs to temp files, then renames them into place."""
+
+    run_dir: Path
+    stage_id: str
+    shard: int
+    counts: dict[str, int] = field(default_factory=lambda: {"in": 0, "out": 0, "rows_out": 0, "dropped": 0,
+                                                              "quarantined": 0})
+    _writers: dict[str, tuple[pq.ParquetWriter, Path, Path]] = field(default_factory=dict)
+
+    def _target(self, kind: str) -> Path:
+        folder = self.run_dir / self.stage_id if kind == "out" else self.run_dir / f"_{kind}" / self.stage_id
+        return folder / f"{part_name(self.shard)}.parquet"
+
+    def write(self, kind: str, table: pa.Table) -> None:
+        if kind not in self._writers:
+            if table.num_rows == 0 and kind != "out":
+                return
+            target = self._target(kind)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+            self._writers[kind] = (pq.ParquetWriter(tmp, table.schema), tmp, target)
+        writer = self._writers[kind][0]
+        if table.num_rows:
+            writer.write_table(table.cast(writer.schema))
+
+    def add(self, result, rows_in: int) -> None:
+        self.write("out", result.out)
+        self.write("dropped", result.dropped)
+        self.write("quarantined", result.quarantined)
+        self.counts["in"] += rows_in
+        self.counts["out"] += result.n_out
+        self.counts["rows_out"] += result.out.num_rows
+        self.counts["dropped"] += result.dropped.num_rows
+        self.counts["quarantined"] += result.quarantined.num_rows
+
+    def commit(self, fingerprint: str, extra: dict[str, Any]) -> dict[str, Any]:
+        hashes = {}
+        for kind, (writer, tmp, target) in self._writers.items():
+            writer.close()
+            os.replace(tmp, target)
+            hashes[kind] = _sha256(target)
+        marker = {"shard": self.shard, "fingerprint": fingerprint, **self.counts, **extra,
+                  "sha256": hashes.get("out"), "output": str(self._target("out"))}
+        _atomic_write_json(marker, self.run_dir / "_done" / self.stage_id / f"{part_name(self.shard)}.json")
+        return marker
+
+
+def read_marker(run_dir: Path, stage_id: str, shard: int) -> dict[str, Any] | None:
+    path = run_dir / "_done" / stage_id / f"{part_name(shard)}.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+class ShardWorker:
+    """Ray Data callable class: one per actor, so engines load once per worker and serve many shards."""
+
+    def __init__(self, stage_name: str, stage_id: str, config: dict, engines: dict[str, dict], cache_dir: str | None,
+                 run_dir: str, batch_size: int):
+        from engines.cache import ResponseCache
+        from engines.config import EngineConfig, build_engine
+        from stages import registry
+        from stages.base import StageContext
+
+        self.spec = registry()[stage_name]
+        self.config = self.spec.config.model_validate(config)
+        self.stage_id = stage_id
+        self.run_dir = Path(run_dir)
+        self.batch_size = batch_size
+        cache = ResponseCache(cache_dir) if engines else None
+        self.engines = {n: build_engine(EngineConfig.model_validate(c), cache) for n, c in engines.items()}
+        self.ctx = StageContext(self.engines)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        results = [self.run_shard(**row) for row in batch.to_pylist()]
+        return pa.Table.from_pylist(results)
+
+    def run_shard(self, shard: int, input: str, fingerprint: str) -> dict[str, Any]:
+        start = time.perf_counter()
+        calls0 = sum(e.calls for e in self.engines.values())
+        hits0 = sum(e.hits for e in self.engines.values())
+        writer = ShardWriter(self.run_dir, self.stage_id, shard)
+        src = pq.ParquetFile(input)
+        if src.metadata.num_rows == 0:
+            writer.add(self.spec.process(src.schema_arrow.empty_table(), self.config, self.ctx), 0)
+        for batch in src.iter_batches(batch_size=self.batch_size):
+            table = pa.Table.from_batches([batch])
+            writer.add(self.spec.process(table, self.config, self.ctx), table.num_rows)
+        marker = writer.commit(fingerprint, {
+            "model_calls": sum(e.calls for e in self.engines.values()) - calls0,
+            "cache_hits": sum(e.hits for e in self.engines.values()) - hits0,
+            "seconds": round(time.perf_counter() - start, 3),
+        })
+        return {"shard": shard, "marker": json.dumps(marker)}
+
+
+def init_ray(address: str | None) -> None:
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Ray's C++ core logs a warning per actor whose constructor args sit in the object store; it is noise here.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict[str, Any] = dict(ignore_reinit_error=True, log_to_driver=False, logging_level=logging.ERROR)
+    if address is None:
+        kwargs |= dict(include_dashboard=False, num_cpus=os.cpu_count())
+    ray.init(address=address, **kwargs)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
+
+
+@dataclass
+class StageReport:
+    id: str
+    stage: str
+    shards: int = 0
+    shards_skipped: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: {"in": 0, "out": 0, "rows_out": 0, "dropped": 0,
+                                                              "quarantined": 0})
+    model_calls: int = 0
+    cache_hits: int = 0
+    seconds: float = 0.0
+    shard_sha256: dict[str, str | None] = field(default_factory=dict)
+
+    def add(self, marker: dict[str, Any], skipped: bool) -> None:
+        self.shards += 1
+        self.shards_skipped += int(skipped)
+        for k in self.counts:
+            self.counts[k] += marker.get(k, 0)
+        if not skipped:
+            self.model_calls += marker.get("model_calls", 0)
+            self.cache_hits += marker.get("cache_hits", 0)
+        self.shard_sha256[part_name(marker["shard"])] = marker.get("sha256")
+
+    @property
+    def balanced(self) -> bool:
+        c = self.counts
+        return c["in"] == c["out"] + c["dropped"] + c["quarantined"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "stage": self.stage, **self.counts, "balanced": self.balanced,
+                "model_calls": self.model_calls, "cache_hits": self.cache_hits, "seconds": round(self.seconds, 3),
+                "shards": self.shards, "shards_skipped": self.shards_skipped, "shard_sha256": self.shard_sha256}
+
+
+class Progress:
+    """What the runner tells the caller as it goes (the CLI draws bars; tests pass nothing)."""
+
+    def stage_start(self, stage_id: str, total: int | None) -> None: ...
+    def shard_done(self, stage_id: str) -> None: ...
+    def stage_end(self, stage_id: str) -> None: ...
+
+
+def run_pipeline(pipeline: Pipeline, run_dir: Path, *, address: str | None = None,
+                 progress: Progress | None = None) -> dict[str, Any]:
+    """Run every stage into `run_dir` (resuming its done shards) and return the manifest."""
+    progress = progress or Progress()
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(pipeline.to_yaml_dict(), sort_keys=False))
+    version = code_version()
+    manifest: dict[str, Any] = {
+        "name": pipeline.name, "run_dir": str(run_dir), "status": "running", "code_version": version,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": pipeline.to_yaml_dict(), "stages": [],
+    }
+    _atomic_write_json(manifest, run_dir / "manifest.json")
+    reports: list[StageReport] = []
+    try:
+        markers: list[dict[str, Any]] = []
+        for st in pipeline.stages:
+            start = time.perf_counter()
+            if st.spec.source is not None:
+                report, markers = _run_source(st, run_dir, version, progress)
+            else:
+                init_ray(address)
+                report, markers = _run_stage(st, pipeline, markers, run_dir, version, progress)
+            report.seconds = time.perf_counter() - start
+            reports.append(report)
+            manifest["stages"] = [r.as_dict() for r in reports]
+            _atomic_write_json(manifest, run_dir / "manifest.json")
+        manifest["status"] = "ok"
+        manifest["output"] = str(run_dir / pipeline.stages[-1].id)
+    except BaseException as exc:
+        manifest["status"] = "failed"
+        manifest["error"] = f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        manifest["stages"] = [r.as_dict() for r in reports]
+        _atomic_write_json(manifest, run_dir / "manifest.json")
+    return manifest
+
+
+def _run_source(st: StageEntry, run_dir: Path, version: str, progress: Progress):
+    """The load stage runs in the driver: reading a file is sequential, and line numbers must be exact."""
+    path = Path(st.config.path)
+    stat = path.stat() if path.is_file() else None
+    fp = fingerprint(version, st.id, st.config.model_dump(mode="json"),
+                     [stat.st_size, stat.st_mtime_ns] if stat else str(path))
+    stage_marker = run_dir / "_done" / st.id / "stage.json"
+    report = StageReport(st.id, st.name)
+    progress.stage_start(st.id, None)
+    if stage_marker.exists() and json.loads(stage_marker.read_text()).get("fingerprint") == fp:
+        markers = json.loads(stage_marker.read_text())["markers"]
+        for m in markers:
+            report.add(m, skipped=True)
+    else:
+        markers = []
+        for shard, result in enumerate(st.spec.source(st.config)):
+            writer = ShardWriter(run_dir, st.id, shard)
+            writer.add(result, result.rows_in or 0)
+            markers.append(writer.commit(fp, {"model_calls": 0, "cache_hits": 0}))
+            report.add(markers[-1], skipped=False)
+            progress.shard_done(st.id)
+        _atomic_write_json({"fingerprint": fp, "markers": markers}, stage_marker)
+    progress.stage_end(st.id)
+    return report, markers
+
+
+def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]], run_dir: Path, version: str,
+               progress: Progress):
+    import ray
+
+    engine_names = st.spec.engines(st.config)
+    engines = {n: pipeline.engines[n].model_dump(mode="json") for n in engine_names}
+    cfg_json = st.config.model_dump(mode="json")
+    report = StageReport(st.id, st.name)
+    todo, done = [], []
+    for up in upstream:
+        fp = fingerprint(version, st.id, st.name, cfg_json, engines, up["sha256"])
+        marker = read_marker(run_dir, st.id, up["shard"])
+        if marker and marker.get("fingerprint") == fp and Path(marker["output"]).exists():
+            done.append(marker)
+        else:
+            todo.append({"shard": up["shard"], "input": up["output"], "fingerprint": fp})
+    progress.stage_start(st.id, len(upstream))
+    for m in done:
+        report.add(m, skipped=True)
+        progress.shard_done(st.id)
+    fresh: list[dict[str, Any]] = []
+    if todo:
+        model_stage = bool(engine_names)
+        cpus = max(1, int(ray.available_resources().get("CPU", os.cpu_count() or 1)))
+        size = st.run.concurrency or (1 if model_stage else max(1, min(len(todo), cpus)))
+        size = min(size, len(todo))
+        ds = ray.data.from_items(todo, override_num_blocks=len(todo))
+        ds = ds.map_batches(
+            ShardWorker,
+            fn_constructor_kwargs=dict(
+                stage_name=st.name, stage_id=st.id, config=cfg_json, engines=engines,
+                cache_dir=str(pipeline.cache_dir) if pipeline.cache_dir else None, run_dir=str(run_dir),
+                batch_size=st.run.batch_size,
+            ),
+            batch_size=1,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=size),
+            num_cpus=st.run.num_cpus,
+        )
+        for row in ds.iter_rows():
+            marker = json.loads(row["marker"])
+            fresh.append(marker)
+            report.add(marker, skipped=False)
+            progress.shard_done(st.id)
+    progress.stage_end(st.id)
+    markers = sorted(done + fresh, key=lambda m: m["shard"])
+    return report, markers

@@ -1,0 +1,118 @@
+"""Arrow schemas of the record shapes that travel between stages.
+
+Every shard a stage writes is cast to one of these schemas, so shards of one stage always agree on types
+(an all-null column in one shard cannot become `null`-typed and break `datasets.load_dataset` over the folder).
+Free-form dictionaries (`meta`, `gen_params`) are JSON strings: Arrow structs need fixed keys, and prompt
+sources carry whatever fields they like.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
+MESSAGES = pa.list_(MESSAGE)
+
+JUDGMENT = pa.struct(
+    [
+        ("judge", pa.string()),  # "<model>:<template>"
+        ("kind", pa.string()),  # pointwise | pairwise | jury | debate
+        ("aspect", pa.string()),
+        ("score", pa.float64()),  # null when the output did not parse
+        ("verdict", pa.string()),
+        ("feedback", pa.string()),  # the judge's raw text, kept even when it did not parse
+        ("position", pa.int32()),
+        ("parse_ok", pa.bool_()),
+        ("error", pa.string()),
+    ]
+)
+
+CANDIDATE = pa.struct(
+    [
+        ("candidate_id", pa.string()),
+        ("model", pa.string()),
+        ("response", pa.string()),
+        ("finish_reason", pa.string()),
+        ("n_tokens", pa.int32()),
+        ("gen_params", pa.string()),  # JSON
+        ("judgments", pa.list_(JUDGMENT)),
+    ]
+)
+
+PROMPT_FIELDS = [
+    pa.field("prompt_id", pa.string(), nullable=False),
+    pa.field("prompt", pa.string()),
+    pa.field("messages", MESSAGES),
+    pa.field("system", pa.string()),
+    pa.field("source", pa.string()),
+    pa.field("source_id", pa.string()),
+    pa.field("meta", pa.string()),  # JSON
+]
+PROMPT_ROW = pa.schema(PROMPT_FIELDS)
+PROMPT_ROW_WITH_CANDIDATES = pa.schema(PROMPT_FIELDS + [pa.field("candidates", pa.list_(CANDIDATE))])
+
+PAIR_ROW = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string()),
+        pa.field("messages", MESSAGES),
+        pa.field("system", pa.string()),
+        pa.field("chosen", pa.string()),
+        pa.field("rejected", pa.string()),
+        pa.field("chosen_score", pa.float64()),
+        pa.field("rejected_score", pa.float64()),
+        pa.field("margin", pa.float64()),
+        pa.field("strength", pa.float64()),
+        pa.field("agreement", pa.float64()),
+        pa.field("rationale", pa.string()),
+        pa.field("chosen_model", pa.string()),
+        pa.field("rejected_model", pa.string()),
+        pa.field("chosen_id", pa.string()),
+        pa.field("rejected_id", pa.string()),
+        pa.field("judge", pa.string()),
+        pa.field("source", pa.string()),
+    ]
+)
+
+RANKED_ROW = pa.schema(
+    [
+        pa.field("prompt_id", pa.string(), nullable=False),
+        pa.field("prompt", pa.string()),
+        pa.field("responses", pa.list_(pa.string())),
+        pa.field("scores", pa.list_(pa.list_(pa.float64()))),  # per response, one score per judge
+        pa.field("rank", pa.list_(pa.int32())),
+        pa.field("ranking_score", pa.list_(pa.float64())),
+    ]
+)
+
+# Rows a stage could not process, and rows it filtered, keep their payload as JSON so any shape fits.
+QUARANTINE_ROW = pa.schema(
+    [
+        pa.field("stage", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("line", pa.int64()),
+        pa.field("prompt_id", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("record", pa.string()),  # the offending row (or raw source line) as text
+    ]
+)
+DROPPED_ROW = QUARANTINE_ROW
+
+
+def columns_of(schema: pa.Schema, prefix: str = "") -> set[str]:
+    """Dotted column names of a schema, nested lists of structs included (`candidates.judgments.score`)."""
+    names: set[str] = set()
+    for field in schema:
+        _walk(field, prefix, names)
+    return names
+
+
+def _walk(field: pa.Field, prefix: str, names: set[str]) -> None:
+    name = f"{prefix}{field.name}"
+    names.add(name)
+    typ = field.type
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        typ = typ.value_type
+    if pa.types.is_struct(typ):
+        for i in range(typ.num_fields):
+            _walk(typ.field(i), name + ".", names)

@@ -1,0 +1,98 @@
+"""The stage contract.
+
+A stage is a frozen pydantic config (`extra="forbid"`), the columns it `reads` and `writes`, and a function from
+one Arrow batch (+ config, + a context that hands out engines) to a `StageResult`: the rows that go on, the rows
+it filtered (`dropped`, with a reason) and the rows it could not process (`quarantined`, with the error).
+Stage functions know nothing about Ray, shards or files: the runner does that wiring, so a stage is testable
+on a small `pa.Table`.
+
+To add a stage: write `stages/<name>.py` with a `Config` and a `STAGE = StageSpec(...)`, and list it in
+`stages/__init__.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+from schemas.records import QUARANTINE_ROW
+
+
+class StageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class StageResult:
+    out: pa.Table
+    dropped: pa.Table = field(default_factory=QUARANTINE_ROW.empty_table)
+    quarantined: pa.Table = field(default_factory=QUARANTINE_ROW.empty_table)
+    #: source rows accounted as "out" (differs from out.num_rows for stages that expand or collapse rows)
+    out_sources: int | None = None
+    #: rows read from the input, for source stages whose input is not a table (a file's lines)
+    rows_in: int | None = None
+
+    @property
+    def n_out(self) -> int:
+        return self.out.num_rows if self.out_sources is None else self.out_sources
+
+
+class StageContext:
+    """What a stage may use besides its batch: engines by name (created on first use, cached per worker)."""
+
+    def __init__(self, engines: dict[str, Any] | None = None):
+        self.engines = engines or {}
+
+    def engine(self, name: str):
+        try:
+            return self.engines[name]
+        except KeyError:
+            raise KeyError(f"engine {name!r} is not defined in the pipeline's engines block") from None
+
+
+Columns = Callable[[Any], set[str]]
+
+
+def fixed(*names: str) -> Columns:
+    return lambda cfg: set(names)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    name: str
+    config: type[StageConfig]
+    reads: Columns
+    writes: Columns
+    doc: str
+    #: batch -> result; None for a source stage
+    process: Callable[[pa.Table, Any, StageContext], StageResult] | None = None
+    #: config -> batches of results; only the first stage of a pipeline (load) is a source
+    source: Callable[[Any], Iterator[StageResult]] | None = None
+    #: the output rows have a new shape (prompt rows -> pair rows): upstream columns do not carry over
+    reshapes: bool = False
+    #: the engine names a config uses (model-backed stages run as actor pools, one engine per actor)
+    engines: Callable[[Any], list[str]] = lambda cfg: []
+    #: extra checks on a config before anything runs (files exist, ...); raise ValueError with a message
+    check: Callable[[Any], None] = lambda cfg: None
+
+
+def existing_path(value: Any, info) -> Any:
+    """Pydantic validator body: resolve a path against the YAML file's folder and require that it exists.
+
+    Runs when the pipeline is loaded, so a missing file is reported with its YAML path before any work starts.
+    """
+    from pathlib import Path
+
+    if value is None:
+        return value
+    path = Path(value).expanduser()
+    base = (info.context or {}).get("base_dir") if info is not None else None
+    if not path.is_absolute() and base is not None:
+        path = Path(base) / path
+    if not path.exists():
+        raise ValueError(f"file not found: {path}")
+    return path.resolve()

@@ -1,0 +1,194 @@
+"""load: read prompts from JSONL, JSON arrays, Parquet or a `datasets` dataset saved to disk into prompt rows.
+
+Reads stream (line by line, Parquet row groups, Arrow record batches), so a large file never becomes one Python
+list. A malformed row (broken JSON, no prompt, a non-string or empty prompt) is quarantined with the reason and
+its source line; the rest of the file goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+from pydantic import Field, field_validator
+
+from schemas.records import PROMPT_ROW
+from schemas.validate import prompt_problem, quarantine_table
+from stages.base import StageConfig, StageResult, StageSpec, existing_path, fixed
+
+
+class Config(StageConfig):
+    path: Path
+    format: Literal["auto", "jsonl", "json", "parquet", "hf"] = "auto"
+    #: the field holding the prompt text (Arena-Hard: `prompt`)
+    prompt_field: str = "prompt"
+    #: a field holding a list of user turns (MT-Bench: `turns`); the first turn becomes the prompt and the
+    #: later turns (which need the model's earlier answers) are kept in `meta`
+    turns_field: str | None = None
+    #: a field holding a chat as a list of {role, content}; it must end with the user turn to answer
+    messages_field: str | None = None
+    system_field: str | None = None
+    #: the source's own id (kept as `source_id`; `prompt_id` is always a content hash)
+    id_field: str | None = None
+    #: fields copied into `meta` (JSON); default: every field not mapped above
+    meta_fields: list[str] | None = None
+    limit: int | None = Field(None, ge=0)
+    #: rows per shard: the unit of parallelism and of resume for every later stage
+    shard_size: int = Field(8, ge=1)
+
+    _exists = field_validator("path")(existing_path)
+
+
+def prompt_id(messages: list[dict[str, str]], system: str | None) -> str:
+    canon = json.dumps({"system": system, "messages": messages}, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def detect_format(path: Path) -> str:
+    if path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+            return "hf"
+        raise ValueError(f"{path} is a folder but not a `datasets` dataset saved with save_to_disk")
+    suffix = "".join(path.suffixes[-1:]).lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return "jsonl"
+    if suffix == ".json":
+        return "json"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    raise ValueError(f"cannot tell the format of {path.name}; set `format:` to jsonl, json, parquet or hf")
+
+
+def _records(cfg: Config) -> Iterator[tuple[int | None, Any, str | None]]:
+    """(line or row number, record or None, error) for every row of the source, streaming."""
+    fmt = detect_format(cfg.path) if cfg.format == "auto" else cfg.format
+    if fmt == "jsonl":
+        with open(cfg.path, encoding="utf-8", errors="replace") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield lineno, json.loads(line), None
+                except json.JSONDecodeError as exc:
+                    yield lineno, line.rstrip("\n"), f"broken JSON line: {exc.msg} at column {exc.colno}"
+    elif fmt == "json":
+        import ijson
+
+        with open(cfg.path, "rb") as fh:
+            for i, rec in enumerate(ijson.items(fh, "item", use_float=True), start=1):
+                yield i, rec, None
+    elif fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        n = 0
+        for batch in pq.ParquetFile(cfg.path).iter_batches(batch_size=1024):
+            for rec in batch.to_pylist():
+                n += 1
+                yield n, rec, None
+    elif fmt == "hf":
+        import datasets
+
+        ds = datasets.load_from_disk(str(cfg.path))
+        if isinstance(ds, datasets.DatasetDict):
+            raise ValueError(f"{cfg.path} holds several splits ({', '.join(ds)}); point `path` at one split")
+        n = 0
+        for batch in ds.with_format("arrow").iter(batch_size=1024):
+            for rec in batch.to_pylist():
+                n += 1
+                yield n, rec, None
+
+
+def to_prompt_row(rec: Any, cfg: Config, source: str) -> tuple[dict | None, str | None]:
+    """One source record -> (prompt row, None) or (None, why it is unusable)."""
+    if not isinstance(rec, dict):
+        return None, f"row is {type(rec).__name__}, not an object"
+    system = rec.get(cfg.system_field) if cfg.system_field else None
+    if cfg.messages_field:
+        if cfg.messages_field not in rec:
+            return None, f"no prompt: field {cfg.messages_field!r} is missing"
+        messages = rec[cfg.messages_field]
+        if isinstance(messages, list) and messages and isinstance(messages[0], dict):
+            if messages[0].get("role") == "system" and system is None:
+                system, messages = messages[0].get("content"), messages[1:]
+    elif cfg.turns_field:
+        turns = rec.get(cfg.turns_field)
+        if not isinstance(turns, list) or not turns:
+            return None, f"no prompt: field {cfg.turns_field!r} is missing or not a non-empty list"
+        messages = [{"role": "user", "content": turns[0]}]
+    else:
+        if cfg.prompt_field not in rec or rec[cfg.prompt_field] is None:
+            return None, f"no prompt: field {cfg.prompt_field!r} is missing"
+        text = rec[cfg.prompt_field]
+        if not isinstance(text, str):
+            return None, f"prompt field {cfg.prompt_field!r} is {type(text).__name__}, not a string"
+        messages = [{"role": "user", "content": text}]
+    problem = prompt_problem(messages, system)
+    if problem:
+        return None, problem
+    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    mapped = {cfg.prompt_field, cfg.turns_field, cfg.messages_field, cfg.system_field, cfg.id_field}
+    keys = cfg.meta_fields if cfg.meta_fields is not None else [k for k in rec if k not in mapped]
+    meta = {k: rec[k] for k in keys if k in rec}
+    if cfg.turns_field and len(rec[cfg.turns_field]) > 1:
+        meta["later_turns"] = rec[cfg.turns_field][1:]
+    source_id = rec.get(cfg.id_field) if cfg.id_field else None
+    return {
+        "prompt_id": prompt_id(messages, system),
+        "prompt": messages[-1]["content"],
+        "messages": messages,
+        "system": system,
+        "source": source,
+        "source_id": None if source_id is None else str(source_id),
+        "meta": json.dumps(meta, ensure_ascii=False, default=str),
+    }, None
+
+
+def read(cfg: Config) -> Iterator[StageResult]:
+    """Shards of prompt rows, each with the rows it quarantined; `limit` counts usable rows."""
+    source = cfg.path.name
+    good: list[dict] = []
+    bad: list[Any] = []
+    reasons: list[str] = []
+    lines: list[int | None] = []
+    seen = kept = 0
+
+    def flush() -> StageResult:
+        nonlocal good, bad, reasons, lines, seen
+        result = StageResult(
+            out=pa.Table.from_pylist(good, schema=PROMPT_ROW),
+            quarantined=quarantine_table("load", bad, reasons, source=source, lines=lines),
+            rows_in=seen,
+        )
+        good, bad, reasons, lines, seen = [], [], [], [], 0
+        return result
+
+    for lineno, rec, error in _records(cfg):
+        if cfg.limit is not None and kept >= cfg.limit:
+            break
+        seen += 1
+        row, error = (None, error) if error else to_prompt_row(rec, cfg, source)
+        if row is None:
+            bad.append(rec)
+            reasons.append(error)
+            lines.append(lineno)
+        else:
+            good.append(row)
+            kept += 1
+        if len(good) >= cfg.shard_size or len(bad) >= 4096:
+            yield flush()
+    if seen or not kept:
+        yield flush()
+
+
+STAGE = StageSpec(
+    name="load",
+    config=Config,
+    reads=fixed(),
+    writes=fixed("prompt_id", "prompt", "messages", "system", "source", "source_id", "meta"),
+    doc="Read prompts (JSONL, JSON array, Parquet, saved `datasets`) into prompt rows; quarantine malformed rows.",
+    source=read,
+)
