@@ -110,6 +110,8 @@ def _messages(err: ValidationError, prefix: str, model: type[BaseModel] | None) 
             close = difflib.get_close_matches(str(loc[-1]), known, n=1)
             msg = f"unknown key {loc[-1]!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
             msg += f"; known keys: {', '.join(sorted(known))}" if known else ""
+        elif e["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
         elif e["type"] not in ("missing",) and "input" in e and not isinstance(e["input"], (dict, list)):
             msg += f" (got {e['input']!r})"
         problems.append(f"{_path(loc, prefix)}: {msg}")

@@ -184,8 +184,6 @@ def init_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
-    # Ray's C++ core logs a warning per actor whose constructor args sit in the object store; it is noise here.
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict[str, Any] = dict(ignore_reinit_error=True, log_to_driver=False, logging_level=logging.ERROR)
     if address is None:

@@ -1,0 +1,103 @@
+"""Loading prompts: the shared real datasets with a few lines of config, and malformed rows quarantined."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from stages.load import Config, read
+
+
+def load_all(**cfg):
+    results = list(read(Config.model_validate(cfg)))
+    out = pa.concat_tables([r.out for r in results])
+    quarantined = pa.concat_tables([r.quarantined for r in results])
+    rows_in = sum(r.rows_in for r in results)
+    assert rows_in == out.num_rows + quarantined.num_rows, "every row is accounted for"
+    return out, quarantined, results
+
+
+def test_mt_bench_first_turns_load_with_turns_field(copy_data):
+    path = copy_data("fastchat_mt_bench/question.jsonl")
+    out, quarantined, results = load_all(path=path, turns_field="turns", id_field="question_id", shard_size=16)
+    assert out.num_rows == 80 and quarantined.num_rows == 0
+    assert len(results) == 5  # 80 rows in shards of 16
+    row = out.to_pylist()[0]
+    assert row["prompt"].startswith("Compose an engaging travel blog post about a recent trip to Hawaii")
+    assert row["messages"] == [{"role": "user", "content": row["prompt"]}]
+    assert row["source_id"] == "81"
+    meta = json.loads(row["meta"])
+    assert meta["category"] == "writing"
+    assert meta["later_turns"][0].startswith("Rewrite your previous response")
+    assert len(set(out["prompt_id"].to_pylist())) == 80
+
+
+def test_arena_hard_loads_with_defaults_and_limit(copy_data):
+    path = copy_data("arena_hard_v0.1/question.jsonl")
+    out, quarantined, _ = load_all(path=path, id_field="uid", limit=25)
+    assert out.num_rows == 25 and quarantined.num_rows == 0
+    assert out["prompt"][0].as_py() == "Use ABC notation to write a melody in the style of a folk tune."
+    assert json.loads(out["meta"][0].as_py())["cluster"] == "ABC Sequence Puzzles & Groups"
+
+
+def test_json_array_parquet_and_saved_dataset_give_the_same_rows(copy_data, tmp_path):
+    path = copy_data("pandalm/testset-v1.json")
+    from_json, _, _ = load_all(path=path, prompt_field="instruction", id_field="idx", limit=40)
+    assert from_json.num_rows == 40
+
+    rows = [json.loads(line) for line in open(copy_data("arena_hard_v0.1/question.jsonl"))][:30]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "q.parquet")
+    from_parquet, _, _ = load_all(path=tmp_path / "q.parquet")
+
+    import datasets
+
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    from_disk, _, _ = load_all(path=tmp_path / "saved")
+    assert from_parquet["prompt_id"].to_pylist() == from_disk["prompt_id"].to_pylist()
+    assert from_parquet.num_rows == 30
+
+
+def test_messages_field_keeps_the_conversation_and_system(tmp_path):
+    path = tmp_path / "chats.jsonl"
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Name a color."}]
+    path.write_text(json.dumps({"conversation": chat}) + "\n"
+                    + json.dumps({"conversation": chat[:3]}) + "\n")
+    out, quarantined, _ = load_all(path=path, messages_field="conversation")
+    assert out.num_rows == 1
+    row = out.to_pylist()[0]
+    assert row["system"] == "Be brief." and row["prompt"] == "Name a color." and len(row["messages"]) == 3
+    assert "must end with a user turn" in quarantined["reason"][0].as_py()
+
+
+def test_malformed_rows_are_quarantined_with_reason_and_line(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    lines = [
+        json.dumps({"prompt": "What is 2+2?"}),
+        '{"prompt": "broken',  # line 2
+        json.dumps({"text": "no prompt field"}),  # line 3
+        json.dumps({"prompt": 42}),  # line 4
+        json.dumps({"prompt": "   "}),  # line 5
+        json.dumps(["not", "an", "object"]),  # line 6
+        json.dumps({"prompt": "Name a prime."}),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    out, quarantined, _ = load_all(path=path)
+    assert out["prompt"].to_pylist() == ["What is 2+2?", "Name a prime."]
+    got = {r["line"]: r["reason"] for r in quarantined.to_pylist()}
+    assert set(got) == {2, 3, 4, 5, 6}
+    assert got[2].startswith("broken JSON line")
+    assert "no prompt" in got[3]
+    assert "int, not a string" in got[4]
+    assert "empty prompt" in got[5]
+    assert "not an object" in got[6]
+    assert quarantined.to_pylist()[0]["record"] == '{"prompt": "broken'
+
+
+def test_a_folder_that_is_not_a_dataset_is_a_clear_error(tmp_path):
+    (tmp_path / "d").mkdir()
+    with pytest.raises(ValueError, match="not a `datasets` dataset"):
+        list(read(Config(path=tmp_path / "d")))
