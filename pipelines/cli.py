@@ -51,14 +51,15 @@ def run(
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: local Ray, or RAY_ADDRESS)")] = None,
 ) -> None:
     """Run a pipeline into a run directory and print the row accounting."""
-    p = _load(pipeline).with_limit(limit)
-    run_dir = run_dir or Path("runs") / p.name / time.strftime("%Y%m%d-%H%M%S")
-    from pipelines.runner import run_pipeline
+    p = _load(pipeline).with_limit(limit)  # fail fast, before Prefect or Ray start
+    import flows.pipeline_flow as pf
 
+    run_dir = run_dir or pf.default_run_dir(p.name)
     console.print(f"[bold]{p.name}[/] -> {run_dir}")
     with _Bars(p) as bars:
+        pf.progress = bars
         try:
-            manifest = run_pipeline(p, run_dir, address=address, progress=bars)
+            manifest = pf.pipeline_flow(str(pipeline), run_dir=str(run_dir), limit=limit, address=address)
         except Exception as exc:
             bars.stop()
             err_console.print(f"[bold red]run failed:[/] {type(exc).__name__}: {exc}", soft_wrap=True)

@@ -36,6 +36,9 @@ class StageRun(BaseModel):
     num_cpus: float = Field(0.5, gt=0)
     #: rows handed to the stage function at a time within a shard
     batch_size: int = Field(64, ge=1)
+    #: Prefect task retries for this stage (a retry redoes only the shards that are not done)
+    retries: int = Field(0, ge=0)
+    retry_delay_s: float = Field(10.0, ge=0)
 
 
 class StageEntry(BaseModel):

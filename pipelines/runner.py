@@ -177,6 +177,10 @@ class ShardWorker:
         return {"shard": shard, "marker": json.dumps(marker)}
 
 
+def _pure_shards(batch: pa.Table, **worker_kwargs) -> pa.Table:
+    return ShardWorker(**worker_kwargs)(batch)
+
+
 def init_ray(address: str | None) -> None:
     import logging
 
@@ -237,44 +241,76 @@ class Progress:
     def stage_end(self, stage_id: str) -> None: ...
 
 
+class Run:
+    """One run of a pipeline into a run directory, stage by stage.
+
+    The plain loop (`run_pipeline`) and the Prefect flow (flows/) drive the same object: `start`, then `stage`
+    for each stage (safe to call again after a failure: done shards are skipped), then `finish`.
+    """
+
+    def __init__(self, pipeline: Pipeline, run_dir: Path, *, address: str | None = None,
+                 progress: Progress | None = None):
+        self.pipeline = pipeline
+        self.run_dir = Path(run_dir).resolve()
+        self.address = address
+        self.progress = progress or Progress()
+        self.version = code_version()
+        self.reports: dict[str, StageReport] = {}
+        self.markers: dict[str, list[dict[str, Any]]] = {}
+        self.manifest: dict[str, Any] = {}
+
+    def start(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = self.pipeline.to_yaml_dict()
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        self.manifest = {
+            "name": self.pipeline.name, "run_dir": str(self.run_dir), "status": "running",
+            "code_version": self.version, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": resolved,
+            "stages": [],
+        }
+        self._save()
+
+    def stage(self, st: StageEntry) -> StageReport:
+        start = time.perf_counter()
+        if st.spec.source is not None:
+            report, markers = _run_source(st, self.run_dir, self.version, self.progress)
+        else:
+            init_ray(self.address)
+            upstream = self.markers[self.pipeline.stages[st.index - 1].id]
+            report, markers = _run_stage(st, self.pipeline, upstream, self.run_dir, self.version, self.progress)
+        report.seconds = time.perf_counter() - start
+        self.reports[st.id], self.markers[st.id] = report, markers
+        self._save()
+        return report
+
+    def finish(self, error: BaseException | None = None) -> dict[str, Any]:
+        if error is None:
+            self.manifest["status"] = "ok"
+            self.manifest["output"] = str(self.run_dir / self.pipeline.stages[-1].id)
+        else:
+            self.manifest["status"] = "failed"
+            self.manifest["error"] = f"{type(error).__name__}: {error}"
+        self.manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self._save()
+        return self.manifest
+
+    def _save(self) -> None:
+        self.manifest["stages"] = [r.as_dict() for r in self.reports.values()]
+        _atomic_write_json(self.manifest, self.run_dir / "manifest.json")
+
+
 def run_pipeline(pipeline: Pipeline, run_dir: Path, *, address: str | None = None,
                  progress: Progress | None = None) -> dict[str, Any]:
-    """Run every stage into `run_dir` (resuming its done shards) and return the manifest."""
-    progress = progress or Progress()
-    run_dir = Path(run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(pipeline.to_yaml_dict(), sort_keys=False))
-    version = code_version()
-    manifest: dict[str, Any] = {
-        "name": pipeline.name, "run_dir": str(run_dir), "status": "running", "code_version": version,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": pipeline.to_yaml_dict(), "stages": [],
-    }
-    _atomic_write_json(manifest, run_dir / "manifest.json")
-    reports: list[StageReport] = []
+    """Run every stage into `run_dir` (resuming its done shards) and return the manifest, without Prefect."""
+    run = Run(pipeline, run_dir, address=address, progress=progress)
+    run.start()
     try:
-        markers: list[dict[str, Any]] = []
         for st in pipeline.stages:
-            start = time.perf_counter()
-            if st.spec.source is not None:
-                report, markers = _run_source(st, run_dir, version, progress)
-            else:
-                init_ray(address)
-                report, markers = _run_stage(st, pipeline, markers, run_dir, version, progress)
-            report.seconds = time.perf_counter() - start
-            reports.append(report)
-            manifest["stages"] = [r.as_dict() for r in reports]
-            _atomic_write_json(manifest, run_dir / "manifest.json")
-        manifest["status"] = "ok"
-        manifest["output"] = str(run_dir / pipeline.stages[-1].id)
+            run.stage(st)
     except BaseException as exc:
-        manifest["status"] = "failed"
-        manifest["error"] = f"{type(exc).__name__}: {exc}"
+        run.finish(exc)
         raise
-    finally:
-        manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        manifest["stages"] = [r.as_dict() for r in reports]
-        _atomic_write_json(manifest, run_dir / "manifest.json")
-    return manifest
+    return run.finish()
 
 
 def _run_source(st: StageEntry, run_dir: Path, version: str, progress: Progress):
@@ -330,18 +366,18 @@ def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
         size = st.run.concurrency or (1 if model_stage else max(1, min(len(todo), cpus)))
         size = min(size, len(todo))
         ds = ray.data.from_items(todo, override_num_blocks=len(todo))
-        ds = ds.map_batches(
-            ShardWorker,
-            fn_constructor_kwargs=dict(
-                stage_name=st.name, stage_id=st.id, config=cfg_json, engines=engines,
-                cache_dir=str(pipeline.cache_dir) if pipeline.cache_dir else None, run_dir=str(run_dir),
-                batch_size=st.run.batch_size,
-            ),
-            batch_size=1,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=size),
-            num_cpus=st.run.num_cpus,
+        worker_kwargs = dict(
+            stage_name=st.name, stage_id=st.id, config=cfg_json, engines=engines,
+            cache_dir=str(pipeline.cache_dir) if pipeline.cache_dir else None, run_dir=str(run_dir),
+            batch_size=st.run.batch_size,
         )
+        if model_stage:  # an actor pool: each actor loads its engines once and serves many shards
+            ds = ds.map_batches(ShardWorker, fn_constructor_kwargs=worker_kwargs, batch_size=1,
+                                batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=size),
+                                num_cpus=st.run.num_cpus)
+        else:  # pure stages run as plain tasks on Ray's already-started workers
+            ds = ds.map_batches(_pure_shards, fn_kwargs=worker_kwargs, batch_size=1, batch_format="pyarrow",
+                                compute=ray.data.TaskPoolStrategy(size=size), num_cpus=st.run.num_cpus)
         for row in ds.iter_rows():
             marker = json.loads(row["marker"])
             fresh.append(marker)

@@ -1,0 +1,70 @@
+"""The Prefect flow around the runner: one flow run per pipeline run, one task per stage.
+
+Tasks pass nothing heavy between them: the run object holds shard markers (paths and hashes), the data stays in
+Parquet in the run directory. A task retry re-enters `Run.stage`, which skips the shards already done. The
+accounting table lands as a Prefect table artifact on the flow run.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NONE
+
+from pipelines.config import load_pipeline
+from pipelines.runner import Progress, Run
+
+#: set by the CLI for live progress bars; a deployment's runs go without
+progress: Progress | None = None
+
+
+def default_run_dir(name: str, root: str | Path = "runs") -> Path:
+    return Path(root) / name / time.strftime("%Y%m%d-%H%M%S")
+
+
+def _run_name() -> str:
+    from prefect.runtime import flow_run
+
+    params = flow_run.parameters or {}
+    return f"{Path(params.get('pipeline_path', 'pipeline')).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@task(cache_policy=NONE, log_prints=False)
+def run_stage(run: Run, index: int) -> dict[str, Any]:
+    report = run.stage(run.pipeline.stages[index])
+    return {k: v for k, v in report.as_dict().items() if k != "shard_sha256"}
+
+
+@flow(name="curate-pipeline", flow_run_name=_run_name, validate_parameters=True)
+def pipeline_flow(pipeline_path: str, run_dir: str | None = None, limit: int | None = None,
+                  address: str | None = None, run_root: str = "runs") -> dict[str, Any]:
+    """Run a pipeline YAML into a run directory; returns the manifest's summary."""
+    pipeline = load_pipeline(pipeline_path).with_limit(limit)
+    run = Run(pipeline, Path(run_dir) if run_dir else default_run_dir(pipeline.name, run_root), address=address,
+              progress=progress)
+    run.start()
+    try:
+        for st in pipeline.stages:
+            stage_task = run_stage.with_options(name=f"stage-{st.name}", task_run_name=st.id, retries=st.run.retries,
+                                                retry_delay_seconds=st.run.retry_delay_s)
+            stage_task(run, st.index)
+    except BaseException as exc:
+        run.finish(exc)
+        _publish_accounting(run.manifest)
+        raise
+    manifest = run.finish()
+    _publish_accounting(manifest)
+    return manifest
+
+
+def _publish_accounting(manifest: dict[str, Any]) -> None:
+    rows = [{k: s[k] for k in ("id", "in", "out", "dropped", "quarantined", "rows_out", "model_calls", "cache_hits",
+                               "balanced", "seconds")} for s in manifest["stages"]]
+    key = re.sub(r"[^a-z0-9-]+", "-", f"curate-{manifest['name']}-accounting".lower())
+    create_table_artifact(table=rows, key=key,
+                          description=f"Row accounting of {manifest['run_dir']} ({manifest['status']})")
