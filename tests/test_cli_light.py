@@ -1,0 +1,41 @@
+"""`curate --help` stays fast because the CLI module imports nothing heavy until a command runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pyarrow as pa
+
+from conftest import curate
+from schemas.records import PROMPT_ROW
+from schemas.validate import split_valid
+
+
+def test_cli_module_imports_no_heavy_library():
+    code = ("import sys, pipelines.cli; heavy = [m for m in ('ray', 'pyarrow', 'llama_cpp', 'prefect', 'datasets', "
+            "'polars') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_help_lists_the_commands():
+    res = curate("--help")
+    assert res.returncode == 0
+    for cmd in ("run", "validate", "stages", "show"):
+        assert cmd in res.stdout
+
+
+def test_stages_lists_reads_writes_and_fields():
+    res = curate("stages")
+    assert res.returncode == 0, res.stderr
+    for text in ("load", "generate", "judge", "pairs", "export", "candidates.judgments", "min_margin"):
+        assert text in res.stdout
+
+
+def test_split_valid_returns_offending_rows_with_reason():
+    table = pa.table({"prompt_id": ["a", None, "c"], "prompt": ["x", "y", None]})
+    good, bad = split_valid(table, pa.schema([PROMPT_ROW.field("prompt_id"), PROMPT_ROW.field("prompt")]))
+    assert good["prompt_id"].to_pylist() == ["a", "c"]
+    assert bad["reason"].to_pylist() == ["prompt_id is null"]
+    assert '"prompt": "y"' in bad["record"][0].as_py()
