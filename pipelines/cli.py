@@ -43,14 +43,28 @@ def validate(pipeline: Annotated[Path, typer.Argument(help="pipeline YAML")]) ->
 
 @app.command()
 def run(
-    pipeline: Annotated[Path, typer.Argument(help="pipeline YAML")],
+    pipeline: Annotated[Optional[Path], typer.Argument(help="pipeline YAML (omit with --resume)")] = None,
     limit: Annotated[Optional[int], typer.Option(help="load at most N prompts")] = None,
     run_dir: Annotated[
         Optional[Path], typer.Option(help="run directory; an existing one is resumed (done shards are skipped)")
     ] = None,
+    resume: Annotated[
+        Optional[Path], typer.Option(help="resume a run directory with the config stored in it")
+    ] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: local Ray, or RAY_ADDRESS)")] = None,
 ) -> None:
     """Run a pipeline into a run directory and print the row accounting."""
+    if resume is not None:
+        if pipeline is not None or run_dir is not None:
+            err_console.print("[bold red]error:[/] --resume RUN_DIR takes neither a pipeline nor --run-dir")
+            raise typer.Exit(2)
+        pipeline, run_dir = resume / "config.yaml", resume
+        if not pipeline.exists():
+            err_console.print(f"[bold red]error:[/] {resume} is not a run directory (no config.yaml)")
+            raise typer.Exit(2)
+    elif pipeline is None:
+        err_console.print("[bold red]error:[/] give a pipeline YAML, or --resume RUN_DIR")
+        raise typer.Exit(2)
     p = _load(pipeline).with_limit(limit)  # fail fast, before Prefect or Ray start
     import flows.pipeline_flow as pf
 

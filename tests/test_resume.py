@@ -1,0 +1,86 @@
+"""Crash safety: a run killed with SIGKILL in the middle of generation resumes with `curate run --resume`;
+done shards are not redone, cached model calls are not repeated, and the output equals an uninterrupted run's."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import yaml
+
+from conftest import curate
+from test_end_to_end import small_example
+
+
+def pipeline_for_resume(tmp_path: Path) -> Path:
+    path = small_example(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["stages"][0]["load"].update(shard_size=1, limit=6)
+    data["stages"][1]["generate"]["models"][0].update(k=2, max_tokens=48)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def cached_calls(cache_dir: Path) -> int:
+    db = cache_dir / "responses.sqlite"
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as con:
+        return con.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+
+def sorted_rows(run_dir: Path, stage: str) -> list[dict]:
+    return sorted(pq.read_table(run_dir / stage).to_pylist(), key=lambda r: r["prompt_id"])
+
+
+def test_sigkill_mid_generation_then_resume(tmp_path):
+    pipeline = pipeline_for_resume(tmp_path)
+    killed_cache, clean_cache = tmp_path / "cache-killed", tmp_path / "cache-clean"
+
+    # the interrupted run: kill the whole process group once two generate shards are done
+    run_dir = tmp_path / "killed"
+    exe = Path(sys.executable).parent / "curate"
+    proc = subprocess.Popen([str(exe), "run", str(pipeline), "--run-dir", str(run_dir)],
+                            env={**os.environ, "CURATE_CACHE_DIR": str(killed_cache)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    markers = run_dir / "_done" / "02_generate"
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and len(list(markers.glob("part-*.json"))) < 2:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done_before = len(list(markers.glob("part-*.json")))
+    assert 2 <= done_before < 6
+    calls_before = cached_calls(killed_cache)
+    assert json.loads((run_dir / "manifest.json").read_text())["status"] == "running"
+
+    resumed = curate("run", "--resume", run_dir, env={"CURATE_CACHE_DIR": str(killed_cache)})
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    m = json.loads((run_dir / "manifest.json").read_text())
+    assert m["status"] == "ok"
+    gen = m["stages"][1]
+    assert gen["shards_skipped"] >= done_before
+    assert gen["in"] == 6 and gen["out"] + gen["quarantined"] == 6
+
+    # the uninterrupted run, with its own empty cache
+    clean = curate("run", pipeline, "--run-dir", tmp_path / "clean", env={"CURATE_CACHE_DIR": str(clean_cache)})
+    assert clean.returncode == 0, clean.stderr
+    mc = json.loads((tmp_path / "clean" / "manifest.json").read_text())
+    total_calls = sum(s["model_calls"] for s in mc["stages"])
+    resumed_calls = sum(s["model_calls"] for s in m["stages"])
+    # nothing the killed run finished is asked again: only the calls it never completed are made
+    assert calls_before + resumed_calls == total_calls
+    for stage in ("02_generate", "03_judge", "05_export"):
+        assert sorted_rows(run_dir, stage) == sorted_rows(tmp_path / "clean", stage), stage
+    # no temp file was left behind counting as a shard
+    assert not list(run_dir.rglob("part-*.parquet.tmp"))
