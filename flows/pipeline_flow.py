@@ -68,3 +68,18 @@ def _publish_accounting(manifest: dict[str, Any]) -> None:
     key = re.sub(r"[^a-z0-9-]+", "-", f"curate-{manifest['name']}-accounting".lower())
     create_table_artifact(table=rows, key=key,
                           description=f"Row accounting of {manifest['run_dir']} ({manifest['status']})")
+
+
+def serve(pipeline_path: Path, name: str, *, cron: str | None, interval: float | None, run_root: Path,
+          limit: int | None = None, address: str | None = None) -> None:
+    """Register a scheduled deployment of `pipeline_flow` and run its scheduled runs from this process."""
+    from prefect.deployments.runner import EntrypointType
+
+    params: dict[str, Any] = {"pipeline_path": str(pipeline_path), "run_root": str(run_root)}
+    if limit is not None:
+        params["limit"] = limit
+    if address is not None:
+        params["address"] = address
+    pipeline_flow.serve(name=name, cron=cron, interval=interval, parameters=params,
+                        description=f"curate pipeline {pipeline_path}", tags=["curate"],
+                        entrypoint_type=EntrypointType.MODULE_PATH)

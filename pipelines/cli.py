@@ -84,6 +84,31 @@ def run(
 
 
 @app.command()
+def deploy(
+    pipeline: Annotated[Path, typer.Argument(help="pipeline YAML")],
+    cron: Annotated[Optional[str], typer.Option(help='cron schedule, e.g. "0 3 * * *"')] = None,
+    interval: Annotated[Optional[float], typer.Option(help="or: run every N seconds")] = None,
+    name: Annotated[Optional[str], typer.Option(help="deployment name (default: the pipeline's name)")] = None,
+    run_root: Annotated[Path, typer.Option(help="scheduled runs write runs under RUN_ROOT/<name>/<time>")] = Path("runs"),
+    limit: Annotated[Optional[int], typer.Option(help="load at most N prompts per run")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address for the scheduled runs")] = None,
+) -> None:
+    """Create a scheduled Prefect deployment of a pipeline and serve it (this process runs the scheduled runs).
+
+    Point PREFECT_API_URL at your Prefect server first. To run on a work pool instead of this process, use
+    `prefect deploy` with the entrypoint `flows/pipeline_flow.py:pipeline_flow` and the same parameters.
+    """
+    p = _load(pipeline)
+    if (cron is None) == (interval is None):
+        err_console.print("[bold red]error:[/] give exactly one of --cron or --interval")
+        raise typer.Exit(2)
+    from flows.pipeline_flow import serve
+
+    serve(pipeline.resolve(), name or p.name, cron=cron, interval=interval, run_root=run_root.resolve(), limit=limit,
+          address=address)
+
+
+@app.command()
 def stages() -> None:
     """List the stages with the columns they read and write and their config fields."""
     from stages import registry

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -46,7 +50,46 @@ def copy_data(tmp_path, shared_data):
 
 
 def curate(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600):
-    """Run the `curate` CLI as a user would, in a subprocess."""
+    """Run the `curate` CLI as a user would, in a subprocess. `env` values of None unset a variable."""
     exe = Path(sys.executable).parent / "curate"
+    full = {**os.environ, **(env or {})}
+    full = {k: v for k, v in full.items() if v is not None}
     return subprocess.run([str(exe), *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+                          env=full)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_server(_isolated_env, tmp_path_factory):
+    """A real local Prefect server for the whole session, so each `curate run` skips starting a temporary one
+    (a test that wants the temporary server unsets PREFECT_API_URL)."""
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("prefect-server") / "server.log", "w")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
+        pytest.fail("the local Prefect server did not answer /api/health in 90 s")
+    os.environ["PREFECT_API_URL"] = url
+    yield url
+    os.environ.pop("PREFECT_API_URL", None)
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    log.close()

@@ -1,0 +1,113 @@
+"""Orchestration at scale: a scheduled Prefect deployment served by `curate deploy` against a real local Prefect
+server, and a pipeline run on a real two-node local Ray cluster through its address."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import curate, free_port
+from test_end_to_end import small_example
+
+BIN = Path(sys.executable).parent
+
+
+def tiny_pipeline(tmp_path: Path) -> Path:
+    path = small_example(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["stages"][0]["load"]["limit"] = 2
+    data["stages"][1]["generate"]["models"][0].update(k=2, max_tokens=24)
+    data["stages"][2]["judge"]["sampling"]["max_tokens"] = 64
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+async def find_deployment(name: str):
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        for dep in await client.read_deployments():
+            if dep.name == name:
+                return dep
+    return None
+
+
+def test_curate_deploy_serves_a_scheduled_deployment_that_runs(tmp_path, prefect_server):
+    pipeline = tiny_pipeline(tmp_path)
+    runs = tmp_path / "runs"
+    log = open(tmp_path / "serve.log", "w")
+    server = subprocess.Popen([str(BIN / "curate"), "deploy", str(pipeline), "--cron", "0 3 * * *",
+                               "--name", "nightly", "--run-root", str(runs)],
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
+    try:
+        deadline = time.time() + 120
+        dep = None
+        while time.time() < deadline and dep is None:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()
+            dep = asyncio.run(find_deployment("nightly"))
+            time.sleep(1)
+        assert dep is not None, "the deployment never appeared on the server"
+        assert [s.schedule.cron for s in dep.schedules] == ["0 3 * * *"]
+        assert dep.parameters["pipeline_path"] == str(pipeline.resolve())
+
+        triggered = subprocess.run([str(BIN / "prefect"), "deployment", "run", "curate-pipeline/nightly", "--watch"],
+                                   capture_output=True, text=True, timeout=400)
+        assert triggered.returncode == 0, triggered.stdout + triggered.stderr
+        assert "Completed" in triggered.stdout + triggered.stderr
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+        log.close()
+    (run_dir,) = list((runs / "mt_bench_pairs").iterdir())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "ok"
+    assert all(s["balanced"] for s in manifest["stages"])
+    assert (run_dir / "05_export").is_dir()
+
+
+@pytest.fixture
+def ray_cluster(tmp_path):
+    """A head and one worker node, each its own set of processes on loopback, 1 CPU each."""
+    port = free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    ray = str(BIN / "ray")
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
+    head = subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                           f"--temp-dir={temp}", "--disable-usage-stats"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert head.returncode == 0, head.stdout + head.stderr
+    try:
+        worker = subprocess.run([ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1",
+                                 "--disable-usage-stats"], env=env, capture_output=True, text=True, timeout=120)
+        assert worker.returncode == 0, worker.stdout + worker.stderr
+        yield f"127.0.0.1:{port}", env
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_pipeline_runs_on_a_two_node_ray_cluster(tmp_path, ray_cluster):
+    address, env = ray_cluster
+    pipeline = tiny_pipeline(tmp_path)
+    status = subprocess.run([str(BIN / "ray"), "status", f"--address={address}"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert "2.0 CPU" in status.stdout or "0.0/2.0 CPU" in status.stdout, status.stdout
+    res = curate("run", pipeline, "--run-dir", tmp_path / "run", "--address", address, env={"RAY_AUTH_MODE": "token"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["status"] == "ok" and all(s["balanced"] for s in manifest["stages"])
+    assert manifest["stages"][1]["model_calls"] + manifest["stages"][1]["cache_hits"] == 4
