@@ -40,10 +40,10 @@ def judgment(template: Template, judge: str, comp: Completion) -> dict:
 
 
 def grade(engine, template: Template, items: list[tuple[str, str]], sampling: Sampling, retries: int,
-          grammar: bool) -> list[dict | Completion]:
+          grammar: bool, name: str | None = None) -> list[dict | Completion]:
     """Grade (question, answer) items; each result is a judgment dict, or the failed Completion when the
     engine itself failed (the caller quarantines that row)."""
-    judge = f"{engine.model_name}:{template.name}"
+    judge = name or f"{engine.model_name}:{template.name}"
     results: list[dict | Completion | None] = [None] * len(items)
     pending = list(range(len(items)))
     for attempt in range(retries + 1):

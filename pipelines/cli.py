@@ -109,6 +109,20 @@ def deploy(
 
 
 @app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory")],
+    out: Annotated[Optional[Path], typer.Option(help="HTML file to write (default: RUN_DIR/report.html)")] = None,
+) -> None:
+    """Write a self-contained HTML report of a run: accounting, judges, agreement, lengths, sample pairs."""
+    if not (run_dir / "manifest.json").exists():
+        err_console.print(f"[bold red]error:[/] {run_dir} is not a run directory (no manifest.json)")
+        raise typer.Exit(2)
+    from pipelines.report import write_report
+
+    console.print(f"report: {write_report(run_dir, out)}")
+
+
+@app.command()
 def stages() -> None:
     """List the stages with the columns they read and write and their config fields."""
     from stages import registry

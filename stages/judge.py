@@ -21,6 +21,9 @@ from stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
 
 class Config(StageConfig):
     engine: str = "default"
+    #: the judge's label on its judgments (default "<model>:<template>"); name two judges apart when they
+    #: share a model and template but differ in sampling
+    name: str | None = None
     #: a built-in template name (see `curate stages`) or a path to a template YAML
     template: str = "mt_bench_single_v1"
     sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_tokens=512)
@@ -50,7 +53,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
         for c, cand in enumerate(row["candidates"] or []):
             items.append((row["prompt"], cand["response"]))
             where.append((r, c))
-    results = grade(engine, template, items, cfg.sampling.sampling(), cfg.retries, cfg.grammar)
+    results = grade(engine, template, items, cfg.sampling.sampling(), cfg.retries, cfg.grammar, name=cfg.name)
     failed: dict[int, list[str]] = {}
     for (r, c), res in zip(where, results, strict=True):
         if isinstance(res, dict):
