@@ -373,7 +373,7 @@ def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
         )
         if model_stage:  # an actor pool: each actor loads its engines once and serves many shards
             ds = ds.map_batches(ShardWorker, fn_constructor_kwargs=worker_kwargs, batch_size=1,
-                                batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=size),
+                                batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1),
                                 num_cpus=st.run.num_cpus)
         else:  # pure stages run as plain tasks on Ray's already-started workers
             ds = ds.map_batches(_pure_shards, fn_kwargs=worker_kwargs, batch_size=1, batch_format="pyarrow",
