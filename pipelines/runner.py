@@ -106,7 +106,7 @@ class ShardWriter:
         self.counts["in"] += rows_in
         self.counts["out"] += result.n_out
         self.counts["rows_out"] += result.out.num_rows
-        self.counts["dropped"] += result.dropped.num_rows
+        self.counts["dropped"] += result.n_dropped
         self.counts["quarantined"] += result.quarantined.num_rows
 
     def commit(self, fingerprint: str, extra: dict[str, Any]) -> dict[str, Any]:

@@ -64,6 +64,7 @@ PAIR_ROW = pa.schema(
         pa.field("margin", pa.float64()),
         pa.field("strength", pa.float64()),
         pa.field("agreement", pa.float64()),
+        pa.field("difficulty", pa.string()),  # easy | hard by margin (MPO), when a threshold is set
         pa.field("rationale", pa.string()),
         pa.field("chosen_model", pa.string()),
         pa.field("rejected_model", pa.string()),

@@ -33,12 +33,19 @@ class StageResult:
     quarantined: pa.Table = field(default_factory=QUARANTINE_ROW.empty_table)
     #: source rows accounted as "out" (differs from out.num_rows for stages that expand or collapse rows)
     out_sources: int | None = None
+    #: source rows accounted as "dropped", when `dropped` also records finer-grained drops (candidate pairs of
+    #: a prompt that still produced other pairs)
+    dropped_sources: int | None = None
     #: rows read from the input, for source stages whose input is not a table (a file's lines)
     rows_in: int | None = None
 
     @property
     def n_out(self) -> int:
         return self.out.num_rows if self.out_sources is None else self.out_sources
+
+    @property
+    def n_dropped(self) -> int:
+        return self.dropped.num_rows if self.dropped_sources is None else self.dropped_sources
 
 
 class StageContext:

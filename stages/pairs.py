@@ -1,11 +1,25 @@
-"""pairs: turn each judged prompt row into a preference pair, best vs worst candidate.
+"""pairs: turn each judged prompt row into preference pairs.
 
-A candidate's score is the mean of its parsed scores (judgments that failed to parse count for nothing, they
-are never read as a default). A prompt is dropped, with the reason, when fewer than two candidates have a score,
-when the best and worst tie, or when their margin is under `min_margin`.
+A candidate's score is the mean of its parsed scores (judgments that failed to parse count for nothing: they
+are never read as a default). Strategies (UltraFeedback / RankDPO-style recipes):
+  best_vs_worst       the top candidate against the bottom one
+  best_vs_random      the top candidate against a random other one (UltraFeedback binarization; seeded)
+  all_pairs           every ordered pair with a margin
+  top_k_vs_bottom_k   each of the k best against each of the k worst
+Every candidate pair that is not kept carries a reason (tie, margin under `min_margin`, jury agreement under
+`min_agreement`); a prompt with no pair left is dropped, and accounted once, with its reasons.
+
+`agreement` is the share of judges (that scored both) ranking chosen above rejected, a soft label; `strength`
+is the margin over the template's scale span when known, else the raw margin; `difficulty` tags a pair easy or
+hard by margin (MPO) when `easy_margin` is set.
 """
 
 from __future__ import annotations
+
+import hashlib
+import random
+from itertools import combinations
+from typing import Literal
 
 import pyarrow as pa
 from pydantic import Field
@@ -16,75 +30,121 @@ from stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
 
 
 class Config(StageConfig):
-    strategy: str = Field("best_vs_worst", pattern="^best_vs_worst$")
+    strategy: Literal["best_vs_worst", "best_vs_random", "all_pairs", "top_k_vs_bottom_k"] = "best_vs_worst"
+    #: for top_k_vs_bottom_k
+    k: int = Field(1, ge=1)
     #: the smallest score gap between chosen and rejected that makes a pair
     min_margin: float = Field(1.0, ge=0)
+    #: what a tie becomes: dropped with a reason, or kept as a pair with margin 0 (for soft-label training)
+    ties: Literal["drop", "keep"] = "drop"
+    #: the smallest share of judges that must agree chosen beats rejected (a jury's consensus)
+    min_agreement: float | None = Field(None, ge=0, le=1)
+    #: margin at or above which a pair is "easy" (below: "hard"); None leaves difficulty empty
+    easy_margin: float | None = Field(None, ge=0)
     #: only judgments of this aspect count (None: all)
     aspect: str | None = None
+    #: seed of best_vs_random's choice (combined with the prompt id, so it does not depend on sharding)
+    seed: int = 0
 
 
-def candidate_score(cand: dict, aspect: str | None) -> tuple[float | None, list[str]]:
-    scores, judges = [], []
+def judge_scores(cand: dict, aspect: str | None) -> dict[str, float]:
+    """Each judge's mean parsed score for a candidate."""
+    per: dict[str, list[float]] = {}
     for j in cand.get("judgments") or []:
         if j["parse_ok"] and j["score"] is not None and (aspect is None or j["aspect"] == aspect):
-            scores.append(j["score"])
-            judges.append(j["judge"])
-    return (sum(scores) / len(scores) if scores else None), judges
+            per.setdefault(j["judge"], []).append(j["score"])
+    return {judge: sum(v) / len(v) for judge, v in per.items()}
 
 
-def pick(row: dict, cfg: Config) -> tuple[dict | None, str | None]:
-    scored = []
-    unscored = 0
-    for cand in row["candidates"] or []:
-        score, judges = candidate_score(cand, cfg.aspect)
-        if score is None:
-            unscored += 1
-        else:
-            scored.append((score, cand, judges))
-    if len(scored) < 2:
-        return None, f"fewer than 2 scored candidates ({len(scored)} scored, {unscored} without a parsed score)"
-    # Highest score first; ties broken by candidate_id so the choice is reproducible.
-    scored.sort(key=lambda t: (-t[0], t[1]["candidate_id"]))
-    (best, chosen, judges), (worst, rejected, _) = scored[0], scored[-1]
+def agreement(a: dict[str, float], b: dict[str, float]) -> float | None:
+    shared = set(a) & set(b)
+    if not shared:
+        return None
+    return sum(1.0 if a[j] > b[j] else 0.5 if a[j] == b[j] else 0.0 for j in shared) / len(shared)
+
+
+def candidate_pairs(scored: list[tuple], cfg: Config, prompt_id: str) -> list[tuple[int, int]]:
+    """Index pairs (better, worse) into `scored`, which is sorted best first."""
+    n = len(scored)
+    if cfg.strategy == "best_vs_worst":
+        return [(0, n - 1)]
+    if cfg.strategy == "best_vs_random":
+        seed = int(hashlib.sha256(f"{cfg.seed}:{prompt_id}".encode()).hexdigest()[:8], 16)
+        return [(0, random.Random(seed).randrange(1, n))]
+    if cfg.strategy == "all_pairs":
+        return list(combinations(range(n), 2))
+    k = min(cfg.k, n // 2)
+    return [(i, j) for i in range(k) for j in range(n - k, n)]
+
+
+def pair_row(row: dict, hi: tuple, lo: tuple, agree: float | None, cfg: Config) -> dict:
+    (best, chosen, judges_c), (worst, rejected, judges_r) = hi, lo
     margin = best - worst
-    if margin == 0:
-        return None, f"tie: all {len(scored)} scored candidates got {best:g}"
-    if margin < cfg.min_margin:
-        return None, f"margin {margin:g} < min_margin {cfg.min_margin:g} (best {best:g}, worst {worst:g})"
+    difficulty = None if cfg.easy_margin is None else ("easy" if margin >= cfg.easy_margin else "hard")
     return {
-        "prompt_id": row["prompt_id"],
-        "prompt": row["prompt"],
-        "messages": row["messages"],
-        "system": row.get("system"),
-        "chosen": chosen["response"],
-        "rejected": rejected["response"],
-        "chosen_score": best,
-        "rejected_score": worst,
-        "margin": margin,
-        "strength": None,
-        "agreement": None,
-        "rationale": None,
-        "chosen_model": chosen["model"],
-        "rejected_model": rejected["model"],
-        "chosen_id": chosen["candidate_id"],
-        "rejected_id": rejected["candidate_id"],
-        "judge": ",".join(sorted(set(judges))),
-        "source": row.get("source"),
-    }, None
+        "prompt_id": row["prompt_id"], "prompt": row["prompt"], "messages": row["messages"],
+        "system": row.get("system"), "chosen": chosen["response"], "rejected": rejected["response"],
+        "chosen_score": best, "rejected_score": worst, "margin": margin, "strength": margin,
+        "agreement": agree, "difficulty": difficulty, "rationale": None,
+        "chosen_model": chosen["model"], "rejected_model": rejected["model"],
+        "chosen_id": chosen["candidate_id"], "rejected_id": rejected["candidate_id"],
+        "judge": ",".join(sorted(set(judges_c) | set(judges_r))), "source": row.get("source"),
+    }
+
+
+def pairs_of(row: dict, cfg: Config) -> tuple[list[dict], list[tuple[dict, str]]]:
+    """(pairs kept, [(candidate pair record, reason)] not kept) for one prompt row."""
+    scored, unscored = [], 0
+    for cand in row["candidates"] or []:
+        per_judge = judge_scores(cand, cfg.aspect)
+        if per_judge:
+            scored.append((sum(per_judge.values()) / len(per_judge), cand, per_judge))
+        else:
+            unscored += 1
+    if len(scored) < 2:
+        return [], [({}, f"fewer than 2 scored candidates ({len(scored)} scored, {unscored} without a parsed score)")]
+    # best first; ties broken by candidate_id so the choice is reproducible
+    scored.sort(key=lambda t: (-t[0], t[1]["candidate_id"]))
+    kept, rejected = [], []
+    for i, j in candidate_pairs(scored, cfg, row["prompt_id"]):
+        hi, lo = scored[i], scored[j]
+        margin = hi[0] - lo[0]
+        agree = agreement(hi[2], lo[2])
+        ids = {"chosen_id": hi[1]["candidate_id"], "rejected_id": lo[1]["candidate_id"]}
+        if margin == 0 and cfg.ties == "drop":
+            rejected.append((ids, f"tie: both scored {hi[0]:g}"))
+        elif margin < cfg.min_margin and not (margin == 0 and cfg.ties == "keep"):
+            rejected.append((ids, f"margin {margin:g} < min_margin {cfg.min_margin:g} ({hi[0]:g} vs {lo[0]:g})"))
+        elif cfg.min_agreement is not None and (agree is None or agree < cfg.min_agreement):
+            rejected.append((ids, f"agreement {agree if agree is None else round(agree, 3)} < min_agreement "
+                                  f"{cfg.min_agreement:g}"))
+        else:
+            kept.append(pair_row(row, hi, lo, agree, cfg))
+    return kept, rejected
 
 
 def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
-    pairs, dropped, reasons = [], [], []
+    pairs, records, reasons = [], [], []
+    prompts_out = prompts_dropped = 0
     for row in table.to_pylist():
-        pair, reason = pick(row, cfg)
-        if pair is None:
-            dropped.append(row)
-            reasons.append(reason)
+        kept, rejected = pairs_of(row, cfg)
+        pairs.extend(kept)
+        if kept:
+            prompts_out += 1
         else:
-            pairs.append(pair)
+            prompts_dropped += 1
+        if not kept:  # the prompt is dropped once, whole, with every reason
+            records.append(row)
+            reasons.append("; ".join(dict.fromkeys(reason for _, reason in rejected)))
+        else:  # the prompt goes on; the candidate pairs not kept are noted by id
+            for ids, reason in rejected:
+                records.append({"prompt_id": row["prompt_id"], **ids})
+                reasons.append(f"candidate pair: {reason}")
     return StageResult(
         out=pa.Table.from_pylist(pairs, schema=PAIR_ROW),
-        dropped=quarantine_table("pairs", dropped, reasons),
+        dropped=quarantine_table("pairs", records, reasons),
+        out_sources=prompts_out,
+        dropped_sources=prompts_dropped,
     )
 
 
@@ -93,8 +153,8 @@ STAGE = StageSpec(
     config=Config,
     reads=fixed("prompt_id", "prompt", "messages", "candidates", "candidates.judgments"),
     writes=lambda cfg: {f.name for f in PAIR_ROW},
-    doc="Best-vs-worst preference pair per prompt with a minimum score margin; ties and small margins are "
-    "dropped with the reason.",
+    doc="Preference pairs per prompt (best_vs_worst, best_vs_random, all_pairs, top_k_vs_bottom_k) with min "
+    "margin, tie policy, min jury agreement and easy/hard tags; every pair not kept carries a reason.",
     process=process,
     reshapes=True,
 )
