@@ -347,14 +347,20 @@ def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
     engines = {n: pipeline.engines[n].model_dump(mode="json") for n in engine_names}
     cfg_json = st.config.model_dump(mode="json")
     report = StageReport(st.id, st.name)
+    # a stateful stage's shard depends on every shard before it, so its fingerprint covers them all
+    shas = [up["sha256"] for up in upstream]
+    fps = [fingerprint(version, st.id, st.name, cfg_json, engines, shas[: i + 1] if st.spec.stateful else shas[i])
+           for i in range(len(upstream))]
     todo, done = [], []
-    for up in upstream:
-        fp = fingerprint(version, st.id, st.name, cfg_json, engines, up["sha256"])
+    for up, fp in zip(upstream, fps, strict=True):
         marker = read_marker(run_dir, st.id, up["shard"])
         if marker and marker.get("fingerprint") == fp and Path(marker["output"]).exists():
             done.append(marker)
         else:
             todo.append({"shard": up["shard"], "input": up["output"], "fingerprint": fp})
+    if st.spec.stateful and todo:  # its state is rebuilt from the first shard on
+        todo = [{"shard": up["shard"], "input": up["output"], "fingerprint": fp} for up, fp in zip(upstream, fps)]
+        done = []
     progress.stage_start(st.id, len(upstream))
     for m in done:
         report.add(m, skipped=True)
@@ -364,14 +370,16 @@ def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
         model_stage = bool(engine_names)
         cpus = max(1, int(ray.available_resources().get("CPU", os.cpu_count() or 1)))
         size = st.run.concurrency or (1 if model_stage else max(1, min(len(todo), cpus)))
-        size = min(size, len(todo))
+        size = 1 if st.spec.stateful else min(size, len(todo))
         ds = ray.data.from_items(todo, override_num_blocks=len(todo))
         worker_kwargs = dict(
             stage_name=st.name, stage_id=st.id, config=cfg_json, engines=engines,
             cache_dir=str(pipeline.cache_dir) if pipeline.cache_dir else None, run_dir=str(run_dir),
             batch_size=st.run.batch_size,
         )
-        if model_stage:  # an actor pool: each actor loads its engines once and serves many shards
+        data_ctx = ray.data.DataContext.get_current()
+        data_ctx.execution_options.preserve_order = st.spec.stateful  # stateful: shards in order
+        if model_stage or st.spec.stateful:  # an actor pool: engines (or state) live as long as the actor
             ds = ds.map_batches(ShardWorker, fn_constructor_kwargs=worker_kwargs, batch_size=1,
                                 batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1),
                                 num_cpus=st.run.num_cpus)

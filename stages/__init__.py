@@ -6,6 +6,7 @@ from stages.base import StageSpec
 
 
 def registry() -> dict[str, StageSpec]:
-    from stages import export, generate, judge, load, pairs
+    from stages import decontaminate, dedup, export, filter, generate, judge, load, pairs
 
-    return {s.name: s for s in (load.STAGE, generate.STAGE, judge.STAGE, pairs.STAGE, export.STAGE)}
+    stages = (load, generate, judge, pairs, filter, dedup, decontaminate, export)
+    return {m.STAGE.name: m.STAGE for m in stages}

@@ -53,6 +53,8 @@ class StageContext:
 
     def __init__(self, engines: dict[str, Any] | None = None):
         self.engines = engines or {}
+        #: per-worker state that outlives one batch (a dedup index, a loaded benchmark n-gram set)
+        self.state: dict[str, Any] = {}
 
     def engine(self, name: str):
         try:
@@ -81,6 +83,9 @@ class StageSpec:
     source: Callable[[Any], Iterator[StageResult]] | None = None
     #: the output rows have a new shape (prompt rows -> pair rows): upstream columns do not carry over
     reshapes: bool = False
+    #: the stage keeps state across batches (dedup): the runner feeds all its shards, in order, to one worker,
+    #: and redoes the whole stage when any shard of it must be redone
+    stateful: bool = False
     #: the engine names a config uses (model-backed stages run as actor pools, one engine per actor)
     engines: Callable[[Any], list[str]] = lambda cfg: []
     #: extra checks on a config before anything runs (files exist, ...); raise ValueError with a message

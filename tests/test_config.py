@@ -43,10 +43,9 @@ def test_the_example_validates_without_loading_a_model(example):
 def test_typo_in_a_key_names_its_path_and_suggests_the_fix(example):
     data, write = example
     data["stages"][3]["pairs"] = {"min_margn": 2}
-    assert problems_of(write()) == [
-        "stages[3].pairs.min_margn: unknown key 'min_margn' (did you mean 'min_margin'?); "
-        "known keys: aspect, min_margin, strategy"
-    ]
+    (problem,) = problems_of(write())
+    assert problem.startswith("stages[3].pairs.min_margn: unknown key 'min_margn' (did you mean 'min_margin'?); "
+                              "known keys: aspect, easy_margin, k, min_agreement, min_margin,")
 
 
 def test_wrong_type_and_unknown_stage_are_all_reported_at_once(example):
@@ -55,8 +54,8 @@ def test_wrong_type_and_unknown_stage_are_all_reported_at_once(example):
     data["stages"].insert(3, {"judgee": {}})
     found = problems_of(write())
     assert found[0].startswith("stages[1].generate.models[0].k: Input should be a valid integer")
-    assert found[1] == ("stages[3]: unknown stage 'judgee' (did you mean 'judge'?); "
-                        "stages: load, generate, judge, pairs, export")
+    assert found[1].startswith("stages[3]: unknown stage 'judgee' (did you mean 'judge'?); "
+                               "stages: load, generate, judge, pairs, filter, dedup, decontaminate")
 
 
 def test_missing_input_file_and_template(example):
