@@ -62,8 +62,7 @@ class MinHashIndex:
         self.ngram = cfg.ngram
 
     def check(self, texts: list[str], keys: list[str]) -> list[str | None]:
-        sigs = self.hasher.signatures(texts, self.ngram)
-        return [self.lsh.query_insert(sig, key) for sig, key in zip(sigs, keys)]
+        return self.lsh.check_batch(self.hasher.signatures(texts, self.ngram), keys)
 
 
 def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:

@@ -60,17 +60,24 @@ class MinHasher:
         self.b = rng.randint(0, int(MERSENNE), size=num_perm, dtype=np.uint64)
         self.num_perm = num_perm
 
-    def signatures(self, texts: list[str], n: int, chunk: int = 1 << 15) -> np.ndarray:
+    def signatures(self, texts: list[str], n: int, chunk: int = 1 << 14) -> np.ndarray:
         grams, offsets = ngram_hashes(texts, n)
         sig = np.full((len(texts), self.num_perm), MAX_HASH, dtype=np.uint64)
-        if len(grams) == 0:
-            return sig
         h = (grams & MAX_HASH)[:, None]
-        text_of_gram = np.repeat(np.arange(len(texts)), np.diff(offsets))
-        with np.errstate(over="ignore"):
-            for lo in range(0, len(grams), chunk):
-                part = ((h[lo:lo + chunk] * self.a + self.b) % MERSENNE) & MAX_HASH
-                np.minimum.at(sig, text_of_gram[lo:lo + chunk], part)
+        # whole texts per chunk of about `chunk` grams, so each text's minimum is one reduceat over its rows
+        first = 0
+        while first < len(texts):
+            last = int(np.searchsorted(offsets, offsets[first] + chunk, side="right")) - 1
+            last = min(max(last, first + 1), len(texts))
+            lo, hi = offsets[first], offsets[last]
+            if hi > lo:
+                with np.errstate(over="ignore"):
+                    part = ((h[lo:hi] * self.a + self.b) % MERSENNE) & MAX_HASH
+                counts = np.diff(offsets[first:last + 1])
+                nonempty = np.flatnonzero(counts)
+                starts = (offsets[first:last] - lo)[nonempty]
+                sig[first + nonempty] = np.minimum.reduceat(part, starts, axis=0)
+            first = last
         return sig
 
 
@@ -91,20 +98,65 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
 class LSHIndex:
     """Band buckets of MinHash signatures: the first text seen in a bucket is the one later texts duplicate.
 
-    Memory is one dict entry per (band, bucket): the signature table, bounded by the rows kept, not seen.
+    Each band is a sorted uint64 array of bucket hashes with the kept row each points to, grown by merging
+    (searchsorted + insert) batch by batch: about 16 bytes per band per kept row, so memory grows with the rows
+    kept and stays small (a dict of bytes keys costs ~10x more).
     """
 
     def __init__(self, threshold: float, num_perm: int):
         self.bands, self.rows = lsh_params(threshold, num_perm)
-        self.tables: list[dict[bytes, str]] = [{} for _ in range(self.bands)]
+        self.keys = [np.zeros(0, dtype=np.uint64) for _ in range(self.bands)]
+        self.vals = [np.zeros(0, dtype=np.int64) for _ in range(self.bands)]
+        self.ids: list[str] = []
 
-    def query_insert(self, sig: np.ndarray, key: str) -> str | None:
-        """The key of an earlier near-duplicate, or None (then this text is indexed)."""
-        band_keys = [sig[i * self.rows:(i + 1) * self.rows].tobytes() for i in range(self.bands)]
-        for table, bk in zip(self.tables, band_keys):
-            hit = table.get(bk)
-            if hit is not None:
-                return hit
-        for table, bk in zip(self.tables, band_keys):
-            table[bk] = key
-        return None
+    def band_hashes(self, sigs: np.ndarray) -> np.ndarray:
+        """(n, bands) uint64: each band's rows folded into one hash."""
+        n = sigs.shape[0]
+        out = np.zeros((n, self.bands), dtype=np.uint64)
+        mult = np.uint64(0x100000001B3)
+        with np.errstate(over="ignore"):
+            for k in range(self.rows):
+                out = out * mult ^ sigs[:, k: self.bands * self.rows: self.rows]
+        return out
+
+    def check_batch(self, sigs: np.ndarray, keys: list[str]) -> list[str | None]:
+        """For each row, the key of an earlier near-duplicate (indexed, or earlier in this batch), or None;
+        rows with none are indexed."""
+        n = len(keys)
+        hashes = self.band_hashes(sigs)
+        dup = np.full(n, -1, dtype=np.int64)  # >= 0: index into self.ids; <= -2: -(batch row) - 2
+        for b in range(self.bands):
+            col = hashes[:, b]
+            if len(self.keys[b]):
+                pos = np.minimum(np.searchsorted(self.keys[b], col), len(self.keys[b]) - 1)
+                hit = (self.keys[b][pos] == col) & (dup == -1)
+                dup[hit] = self.vals[b][pos[hit]]
+            # within the batch: a row whose bucket an earlier row of the batch opened
+            order = np.argsort(col, kind="stable")
+            sorted_col = col[order]
+            starts = np.r_[True, sorted_col[1:] != sorted_col[:-1]]
+            leader = order[np.maximum.accumulate(np.where(starts, np.arange(n), 0))]
+            later = (leader != np.arange(n)[order]) & (dup[order] == -1)
+            dup[order[later]] = -leader[later] - 2
+        fresh = np.flatnonzero(dup == -1)
+        base = len(self.ids)
+        self.ids.extend(keys[i] for i in fresh)
+        for b in range(self.bands):
+            new_keys = hashes[fresh, b]
+            new_vals = np.arange(base, base + len(fresh), dtype=np.int64)
+            srt = np.argsort(new_keys, kind="stable")
+            new_keys, new_vals = new_keys[srt], new_vals[srt]
+            keep = np.r_[True, new_keys[1:] != new_keys[:-1]] if len(new_keys) else np.zeros(0, dtype=bool)
+            new_keys, new_vals = new_keys[keep], new_vals[keep]
+            if len(self.keys[b]):  # a bucket already open keeps its first row
+                pos = np.minimum(np.searchsorted(self.keys[b], new_keys), len(self.keys[b]) - 1)
+                unseen = self.keys[b][pos] != new_keys
+                new_keys, new_vals = new_keys[unseen], new_vals[unseen]
+            at = np.searchsorted(self.keys[b], new_keys)
+            self.keys[b] = np.insert(self.keys[b], at, new_keys)
+            self.vals[b] = np.insert(self.vals[b], at, new_vals)
+        out: list[str | None] = []
+        for i in range(n):
+            d = int(dup[i])
+            out.append(None if d == -1 else self.ids[d] if d >= 0 else keys[-d - 2])
+        return out
