@@ -79,10 +79,16 @@ RANKED_ROW = pa.schema(
     [
         pa.field("prompt_id", pa.string(), nullable=False),
         pa.field("prompt", pa.string()),
+        pa.field("messages", MESSAGES),
+        pa.field("system", pa.string()),
         pa.field("responses", pa.list_(pa.string())),
-        pa.field("scores", pa.list_(pa.list_(pa.float64()))),  # per response, one score per judge
-        pa.field("rank", pa.list_(pa.int32())),
+        pa.field("models", pa.list_(pa.string())),
+        pa.field("candidate_ids", pa.list_(pa.string())),
+        pa.field("judges", pa.list_(pa.string())),
+        pa.field("scores", pa.list_(pa.list_(pa.float64()))),  # per response, one score per judge (null: none)
+        pa.field("rank", pa.list_(pa.int32())),  # 1 = best
         pa.field("ranking_score", pa.list_(pa.float64())),
+        pa.field("source", pa.string()),
     ]
 )
 

@@ -14,11 +14,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from schemas.records import PROMPT_ROW
+from schemas.records import PROMPT_ROW, PROMPT_ROW_WITH_CANDIDATES
 from schemas.validate import prompt_problem, quarantine_table
 from stages.base import StageConfig, StageResult, StageSpec, existing_path, fixed
+
+
+class CandidateSource(BaseModel):
+    """Responses that already exist (another model's answers), joined to the prompts by id, as candidates."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    path: Path
+    #: the join key in the answer file; it must equal the prompt file's `id_field` value
+    id_field: str
+    #: where the response text sits, as a dotted path (`messages.-1.content.answer` for Arena-Hard)
+    response_field: str = "response"
+    #: the model's name: a fixed string, or read from `model_field`
+    model: str | None = None
+    model_field: str | None = None
+
+    _exists = field_validator("path")(existing_path)
 
 
 class Config(StageConfig):
@@ -39,8 +55,17 @@ class Config(StageConfig):
     limit: int | None = Field(None, ge=0)
     #: rows per shard: the unit of parallelism and of resume for every later stage
     shard_size: int = Field(8, ge=1)
+    #: existing responses to attach as candidates (joined on `id_field`; each file's answers are held as a
+    #: dict keyed by id while loading, so these are side files, not the main stream)
+    candidates: list[CandidateSource] = Field(default_factory=list)
 
     _exists = field_validator("path")(existing_path)
+
+    @model_validator(mode="after")
+    def _join_key(self):
+        if self.candidates and not self.id_field:
+            raise ValueError("`candidates` are joined on the prompts' id: set `id_field`")
+        return self
 
 
 def prompt_id(messages: list[dict[str, str]], system: str | None) -> str:
@@ -147,9 +172,50 @@ def to_prompt_row(rec: Any, cfg: Config, source: str) -> tuple[dict | None, str 
     }, None
 
 
+def dig(rec: Any, path: str) -> Any:
+    """`a.b.-1.c` -> rec["a"]["b"][-1]["c"], or None where the path does not exist."""
+    for part in path.split("."):
+        try:
+            rec = rec[int(part)] if isinstance(rec, list) else rec[part]
+        except (KeyError, IndexError, TypeError, ValueError):
+            return None
+    return rec
+
+
+def answer_table(src: CandidateSource) -> dict[str, tuple[str, Any]]:
+    """join key -> (model, response) for one answer file."""
+    table: dict[str, tuple[str, Any]] = {}
+    for _, rec, error in _records(Config(path=src.path)):
+        if error or not isinstance(rec, dict) or rec.get(src.id_field) is None:
+            continue
+        model = src.model or (str(rec.get(src.model_field)) if src.model_field else src.path.stem)
+        table[str(rec[src.id_field])] = (model, dig(rec, src.response_field))
+    return table
+
+
+def attach_candidates(row: dict, answers: list[tuple[CandidateSource, dict]]) -> str | None:
+    """Add the joined responses to a prompt row as candidates; the reason when one is missing or not text."""
+    cands = []
+    for i, (src, table) in enumerate(answers):
+        got = table.get(row["source_id"])
+        if got is None:
+            return f"no answer for id {row['source_id']!r} in {src.path.name}"
+        model, response = got
+        if not isinstance(response, str) or not response.strip():
+            return f"answer for id {row['source_id']!r} in {src.path.name} at {src.response_field!r} is not text"
+        key = json.dumps([row["prompt_id"], model, i, src.path.name])
+        cands.append({"candidate_id": hashlib.sha256(key.encode()).hexdigest()[:16], "model": model,
+                      "response": response, "finish_reason": None, "n_tokens": None,
+                      "gen_params": json.dumps({"source": src.path.name}), "judgments": []})
+    row["candidates"] = cands
+    return None
+
+
 def read(cfg: Config) -> Iterator[StageResult]:
     """Shards of prompt rows, each with the rows it quarantined; `limit` counts usable rows."""
     source = cfg.path.name
+    answers = [(src, answer_table(src)) for src in cfg.candidates]
+    schema = PROMPT_ROW_WITH_CANDIDATES if answers else PROMPT_ROW
     good: list[dict] = []
     bad: list[Any] = []
     reasons: list[str] = []
@@ -159,7 +225,7 @@ def read(cfg: Config) -> Iterator[StageResult]:
     def flush() -> StageResult:
         nonlocal good, bad, reasons, lines, seen
         result = StageResult(
-            out=pa.Table.from_pylist(good, schema=PROMPT_ROW),
+            out=pa.Table.from_pylist(good, schema=schema),
             quarantined=quarantine_table("load", bad, reasons, source=source, lines=lines),
             rows_in=seen,
         )
@@ -171,6 +237,9 @@ def read(cfg: Config) -> Iterator[StageResult]:
             break
         seen += 1
         row, error = (None, error) if error else to_prompt_row(rec, cfg, source)
+        if row is not None and answers:
+            error = attach_candidates(row, answers)
+            row = None if error else row
         if row is None:
             bad.append(rec)
             reasons.append(error)
@@ -188,7 +257,8 @@ STAGE = StageSpec(
     name="load",
     config=Config,
     reads=fixed(),
-    writes=fixed("prompt_id", "prompt", "messages", "system", "source", "source_id", "meta"),
+    writes=lambda cfg: {"prompt_id", "prompt", "messages", "system", "source", "source_id", "meta"}
+    | ({"candidates", "candidates.response", "candidates.model", "candidates.candidate_id"} if cfg.candidates else set()),
     doc="Read prompts (JSONL, JSON array, Parquet, saved `datasets`) into prompt rows; quarantine malformed rows.",
     source=read,
 )

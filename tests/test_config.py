@@ -55,7 +55,7 @@ def test_wrong_type_and_unknown_stage_are_all_reported_at_once(example):
     found = problems_of(write())
     assert found[0].startswith("stages[1].generate.models[0].k: Input should be a valid integer")
     assert found[1].startswith("stages[3]: unknown stage 'judgee' (did you mean 'judge'?); "
-                               "stages: load, generate, judge, pairs, filter, dedup, decontaminate")
+                               "stages: load, generate, judge, pairs, rank, filter, dedup, decontaminate")
 
 
 def test_missing_input_file_and_template(example):
