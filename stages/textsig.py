@@ -99,15 +99,28 @@ class LSHIndex:
     """Band buckets of MinHash signatures: the first text seen in a bucket is the one later texts duplicate.
 
     Each band is a sorted uint64 array of bucket hashes with the kept row each points to, grown by merging
-    (searchsorted + insert) batch by batch: about 16 bytes per band per kept row, so memory grows with the rows
-    kept and stays small (a dict of bytes keys costs ~10x more).
+    (searchsorted + insert) batch by batch: 12 bytes per band per kept row plus the packed id, so memory grows
+    with the rows kept and stays small (a dict of bytes keys costs ~10x more).
     """
 
     def __init__(self, threshold: float, num_perm: int):
         self.bands, self.rows = lsh_params(threshold, num_perm)
         self.keys = [np.zeros(0, dtype=np.uint64) for _ in range(self.bands)]
-        self.vals = [np.zeros(0, dtype=np.int64) for _ in range(self.bands)]
-        self.ids: list[str] = []
+        self.vals = [np.zeros(0, dtype=np.int32) for _ in range(self.bands)]
+        # ids of kept rows, packed (a Python list of str costs ~70 bytes a row)
+        self._id_bytes = bytearray()
+        self._id_ends = np.zeros(0, dtype=np.int64)
+
+    def _id(self, i: int) -> str:
+        start = int(self._id_ends[i - 1]) if i else 0
+        return self._id_bytes[start:int(self._id_ends[i])].decode()
+
+    def _add_ids(self, keys: list[str]) -> None:
+        ends = []
+        for key in keys:
+            self._id_bytes += key.encode()
+            ends.append(len(self._id_bytes))
+        self._id_ends = np.concatenate([self._id_ends, np.array(ends, dtype=np.int64)])
 
     def band_hashes(self, sigs: np.ndarray) -> np.ndarray:
         """(n, bands) uint64: each band's rows folded into one hash."""
@@ -124,7 +137,7 @@ class LSHIndex:
         rows with none are indexed."""
         n = len(keys)
         hashes = self.band_hashes(sigs)
-        dup = np.full(n, -1, dtype=np.int64)  # >= 0: index into self.ids; <= -2: -(batch row) - 2
+        dup = np.full(n, -1, dtype=np.int64)  # >= 0: a kept row's index; <= -2: -(batch row) - 2
         for b in range(self.bands):
             col = hashes[:, b]
             if len(self.keys[b]):
@@ -139,11 +152,11 @@ class LSHIndex:
             later = (leader != np.arange(n)[order]) & (dup[order] == -1)
             dup[order[later]] = -leader[later] - 2
         fresh = np.flatnonzero(dup == -1)
-        base = len(self.ids)
-        self.ids.extend(keys[i] for i in fresh)
+        base = len(self._id_ends)
+        self._add_ids([keys[i] for i in fresh])
         for b in range(self.bands):
             new_keys = hashes[fresh, b]
-            new_vals = np.arange(base, base + len(fresh), dtype=np.int64)
+            new_vals = np.arange(base, base + len(fresh), dtype=np.int32)
             srt = np.argsort(new_keys, kind="stable")
             new_keys, new_vals = new_keys[srt], new_vals[srt]
             keep = np.r_[True, new_keys[1:] != new_keys[:-1]] if len(new_keys) else np.zeros(0, dtype=bool)
@@ -158,5 +171,5 @@ class LSHIndex:
         out: list[str | None] = []
         for i in range(n):
             d = int(dup[i])
-            out.append(None if d == -1 else self.ids[d] if d >= 0 else keys[-d - 2])
+            out.append(None if d == -1 else self._id(d) if d >= 0 else keys[-d - 2])
         return out
