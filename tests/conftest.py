@@ -87,9 +87,15 @@ def prefect_server(_isolated_env, tmp_path_factory):
     os.environ["PREFECT_API_URL"] = url
     yield url
     os.environ.pop("PREFECT_API_URL", None)
+    stop_group(proc)
+    log.close()
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop a process started with start_new_session=True, and everything it started."""
     os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=20)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-    log.close()
+        proc.wait()

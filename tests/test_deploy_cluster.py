@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import curate, free_port
+from conftest import curate, free_port, stop_group
 from test_end_to_end import small_example
 
 BIN = Path(sys.executable).parent
@@ -66,11 +65,7 @@ def test_curate_deploy_serves_a_scheduled_deployment_that_runs(tmp_path, prefect
         assert triggered.returncode == 0, triggered.stdout + triggered.stderr
         assert "Completed" in triggered.stdout + triggered.stderr
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+        stop_group(server)
         log.close()
     (run_dir,) = list((runs / "mt_bench_pairs").iterdir())
     manifest = json.loads((run_dir / "manifest.json").read_text())
