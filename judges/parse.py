@@ -14,10 +14,14 @@ _RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 _RATING_BACKUP = re.compile(r"\[\s*(\d+(?:\.\d+)?)\s*\]")
 
 
+_VERDICT = re.compile(r"\[\[\s*([ABC])\s*\]\]")
+
+
 @dataclass(frozen=True)
 class Parsed:
     score: float | None
     error: str | None
+    verdict: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -36,4 +40,14 @@ def rating_brackets(text: str | None, low: float, high: float) -> Parsed:
     return Parsed(score, None)
 
 
-PARSERS = {"rating_brackets": rating_brackets}
+def verdict_brackets(text: str | None, *_: float) -> Parsed:
+    """MT-Bench pair verdicts: "[[A]]", "[[B]]" or "[[C]]" (tie); the last one in the judge's output wins."""
+    if not text:
+        return Parsed(None, "empty judge output")
+    found = _VERDICT.findall(text)
+    if not found:
+        return Parsed(None, "no [[A]]/[[B]]/[[C]] verdict in judge output")
+    return Parsed(None, None, verdict=found[-1])
+
+
+PARSERS = {"rating_brackets": rating_brackets, "verdict_brackets": verdict_brackets}

@@ -20,28 +20,44 @@ TEMPLATE_DIR = Path(__file__).parent / "templates"
 class Template(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
-    kind: Literal["pointwise"] = "pointwise"
+    kind: Literal["pointwise", "pairwise"] = "pointwise"
     aspect: str = "overall"
     origin: str | None = None
     system: str | None = None
     prompt: str
-    parser: Literal["rating_brackets"] = "rating_brackets"
+    parser: Literal["rating_brackets", "verdict_brackets"] = "rating_brackets"
     scale: tuple[float, float] = (1, 10)
     #: GBNF grammar that forces the output format on engines with constrained decoding
     grammar: str | None = None
+    #: appended to the prompt when an output did not parse and the judge is asked again
+    reminder: str | None = None
 
     @model_validator(mode="after")
     def _fields_known(self):
         fields = {f for _, f, _, _ in string.Formatter().parse(self.prompt) if f}
-        unknown = fields - {"question", "answer", "reference"}
+        answers = {"answer"} if self.kind == "pointwise" else {"answer_a", "answer_b"}
+        unknown = fields - {"question", "reference"} - answers
         if unknown:
-            raise ValueError(f"prompt uses unknown fields {sorted(unknown)}; allowed: question, answer, reference")
-        if "answer" not in fields:
-            raise ValueError("prompt must contain {answer}")
+            raise ValueError(f"prompt uses unknown fields {sorted(unknown)}; allowed: question, reference, "
+                             f"{', '.join(sorted(answers))}")
+        if not answers <= fields:
+            raise ValueError(f"a {self.kind} prompt must contain {' and '.join('{' + a + '}' for a in sorted(answers))}")
         return self
 
     def render(self, question: str, answer: str, reference: str | None = None) -> list[dict[str, str]]:
-        user = self.prompt.format(question=question, answer=answer, reference=reference or "")
+        return self._chat(self.prompt.format(question=question, answer=answer, reference=reference or ""))
+
+    def render_pair(self, question: str, answer_a: str, answer_b: str, reference: str | None = None):
+        return self._chat(self.prompt.format(question=question, answer_a=answer_a, answer_b=answer_b,
+                                             reference=reference or ""))
+
+    def with_reminder(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
+        default = ('End with your verdict in exactly this format: "[[A]]", "[[B]]" or "[[C]]".'
+                   if self.kind == "pairwise" else 'End with your rating in exactly this format: "Rating: [[5]]".')
+        last = messages[-1]
+        return messages[:-1] + [{**last, "content": f"{last['content']}\n\n{self.reminder or default}"}]
+
+    def _chat(self, user: str) -> list[dict[str, str]]:
         return ([{"role": "system", "content": self.system}] if self.system else []) + [
             {"role": "user", "content": user}
         ]

@@ -88,10 +88,10 @@ def agreement(j: pl.DataFrame) -> str:
     import numpy as np
     from sklearn.metrics import cohen_kappa_score
 
-    scored = j.filter(pl.col("parse_ok") & pl.col("score").is_not_null())
+    scored = j.filter(pl.col("parse_ok") & pl.col("score").is_not_null() & (pl.col("kind") == "pointwise"))
     judges = sorted(scored["judge"].unique().to_list())
     if len(judges) < 2:
-        return _note(f"Judge agreement needs two or more judges; this run has {len(judges)}.")
+        return _note(f"Judge agreement needs two or more pointwise judges; this run has {len(judges)}.")
     wide = (scored.group_by("candidate_id", "judge").agg(pl.col("score").mean())
             .pivot(on="judge", index="candidate_id", values="score"))
     n = len(judges)
@@ -119,7 +119,7 @@ def position_consistency(j: pl.DataFrame) -> str:
     pairwise = j.filter((pl.col("kind") == "pairwise") & pl.col("parse_ok") & pl.col("position").is_not_null())
     if pairwise.is_empty():
         return _note("No pairwise judgments in this run: position consistency applies to pairwise judges.")
-    per = (pairwise.group_by("judge", "prompt_id", "candidate_id")
+    per = (pairwise.group_by("judge", "prompt_id", "candidate_id", "opponent")
            .agg(pl.col("verdict").n_unique().alias("verdicts"), pl.col("position").n_unique().alias("positions"))
            .filter(pl.col("positions") > 1)
            .group_by("judge").agg((pl.col("verdicts") == 1).mean().alias("consistency"), pl.len().alias("n")))

@@ -21,7 +21,8 @@ JUDGMENT = pa.struct(
         ("score", pa.float64()),  # null when the output did not parse
         ("verdict", pa.string()),
         ("feedback", pa.string()),  # the judge's raw text, kept even when it did not parse
-        ("position", pa.int32()),
+        ("position", pa.int32()),  # pairwise: 0 = shown first (as A), 1 = second
+        ("opponent", pa.string()),  # pairwise: the candidate_id it was compared with
         ("parse_ok", pa.bool_()),
         ("error", pa.string()),
     ]

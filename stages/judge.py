@@ -1,4 +1,5 @@
-"""judge: grade every candidate of every prompt with a pointwise template (MT-Bench single-v1 by default).
+"""judge: grade every candidate of every prompt, pointwise (a score per candidate; MT-Bench single-v1 by
+default) or pairwise (every pair of candidates, in both orders; mt_bench_pair_v2), as the template says.
 
 Judgments are appended to each candidate's `judgments` list, so several judge stages (other templates or
 models) accumulate on the same candidates. The judge sees the final user turn as the question.
@@ -6,12 +7,15 @@ models) accumulate on the same candidates. The judge sees the final user turn as
 
 from __future__ import annotations
 
+from itertools import combinations
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 from pydantic import Field, ValidationInfo, field_validator
 
 from engines.config import SamplingConfig
+from judges.pairwise import compare
 from judges.pointwise import grade
 from judges.templates import TEMPLATE_DIR, load_template, template_path
 from schemas.records import PROMPT_ROW_WITH_CANDIDATES
@@ -31,6 +35,8 @@ class Config(StageConfig):
     retries: int = Field(1, ge=0)
     #: force the template's output grammar where the engine supports constrained decoding
     grammar: bool = True
+    #: pairwise templates: what a verdict that flips under the position swap becomes
+    inconsistent: Literal["tie", "drop"] = "tie"
 
     @field_validator("template")
     @classmethod
@@ -48,19 +54,41 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
     template = cfg.resolved_template()
     engine = ctx.engine(cfg.engine)
     rows = table.to_pylist()
-    items, where = [], []
-    for r, row in enumerate(rows):
-        for c, cand in enumerate(row["candidates"] or []):
-            items.append((row["prompt"], cand["response"]))
-            where.append((r, c))
-    results = grade(engine, template, items, cfg.sampling.sampling(), cfg.retries, cfg.grammar, name=cfg.name)
+    sampling = cfg.sampling.sampling()
     failed: dict[int, list[str]] = {}
-    for (r, c), res in zip(where, results, strict=True):
-        if isinstance(res, dict):
-            cand = rows[r]["candidates"][c]
-            cand["judgments"] = list(cand.get("judgments") or []) + [res]
-        else:
-            failed.setdefault(r, []).append(f"candidate {c}: {res.error}")
+
+    def add(r: int, c: int, judgments: list[dict]) -> None:
+        cand = rows[r]["candidates"][c]
+        cand["judgments"] = list(cand.get("judgments") or []) + judgments
+
+    if template.kind == "pointwise":
+        items, where = [], []
+        for r, row in enumerate(rows):
+            for c, cand in enumerate(row["candidates"] or []):
+                items.append((row["prompt"], cand["response"]))
+                where.append((r, c))
+        for (r, c), res in zip(where, grade(engine, template, items, sampling, cfg.retries, cfg.grammar,
+                                            name=cfg.name), strict=True):
+            if isinstance(res, dict):
+                add(r, c, [res])
+            else:
+                failed.setdefault(r, []).append(f"candidate {c}: {res.error}")
+    else:  # every pair of candidates, in both orders
+        items, where = [], []
+        for r, row in enumerate(rows):
+            cands = row["candidates"] or []
+            for a, b in combinations(range(len(cands)), 2):
+                items.append((row["prompt"], cands[a]["response"], cands[b]["response"],
+                              cands[a]["candidate_id"], cands[b]["candidate_id"]))
+                where.append((r, a, b))
+        results = compare(engine, template, items, sampling, cfg.retries, cfg.grammar, name=cfg.name,
+                          inconsistent=cfg.inconsistent)
+        for (r, a, b), res in zip(where, results, strict=True):
+            if isinstance(res, tuple):
+                add(r, a, res[0])
+                add(r, b, res[1])
+            else:
+                failed.setdefault(r, []).append(f"candidates {a} vs {b}: {res.error}")
     good = [row for r, row in enumerate(rows) if r not in failed]
     bad = [rows[r] for r in sorted(failed)]
     return StageResult(
@@ -74,8 +102,8 @@ STAGE = StageSpec(
     config=Config,
     reads=fixed("prompt", "candidates", "candidates.response"),
     writes=fixed("candidates.judgments", "candidates.judgments.score", "candidates.judgments.parse_ok"),
-    doc="Pointwise grading of every candidate (MT-Bench single-v1 by default); unparsable outputs are kept "
-    "with parse_ok=false after retries, never given a score.",
+    doc="Grade candidates: pointwise (MT-Bench single-v1 by default) or pairwise with position swap "
+    "(mt_bench_pair_v2); unparsable outputs are kept with parse_ok=false after retries, never given a score.",
     process=process,
     engines=lambda cfg: [cfg.engine],
 )

@@ -41,18 +41,29 @@ class Config(StageConfig):
     min_agreement: float | None = Field(None, ge=0, le=1)
     #: margin at or above which a pair is "easy" (below: "hard"); None leaves difficulty empty
     easy_margin: float | None = Field(None, ge=0)
-    #: only judgments of this aspect count (None: all)
+    #: which judgments count: an aspect, a kind (pointwise scores and pairwise points are different scales, so
+    #: a run with both picks one), and judge names (None: all)
     aspect: str | None = None
+    judge_kind: Literal["pointwise", "pairwise"] | None = None
+    judges: list[str] | None = None
     #: seed of best_vs_random's choice (combined with the prompt id, so it does not depend on sharding)
     seed: int = 0
 
 
-def judge_scores(cand: dict, aspect: str | None) -> dict[str, float]:
-    """Each judge's mean parsed score for a candidate."""
+def judge_scores(cand: dict, cfg) -> dict[str, float]:
+    """Each judge's mean parsed score for a candidate, over the judgments `cfg` selects (aspect, judge_kind,
+    judges); a pairwise judge's score is its win rate against the candidate's opponents."""
     per: dict[str, list[float]] = {}
     for j in cand.get("judgments") or []:
-        if j["parse_ok"] and j["score"] is not None and (aspect is None or j["aspect"] == aspect):
-            per.setdefault(j["judge"], []).append(j["score"])
+        if not (j["parse_ok"] and j["score"] is not None):
+            continue
+        if cfg.aspect is not None and j["aspect"] != cfg.aspect:
+            continue
+        if cfg.judge_kind is not None and j["kind"] != cfg.judge_kind:
+            continue
+        if cfg.judges is not None and j["judge"] not in cfg.judges:
+            continue
+        per.setdefault(j["judge"], []).append(j["score"])
     return {judge: sum(v) / len(v) for judge, v in per.items()}
 
 
@@ -96,7 +107,7 @@ def pairs_of(row: dict, cfg: Config) -> tuple[list[dict], list[tuple[dict, str]]
     """(pairs kept, [(candidate pair record, reason)] not kept) for one prompt row."""
     scored, unscored = [], 0
     for cand in row["candidates"] or []:
-        per_judge = judge_scores(cand, cfg.aspect)
+        per_judge = judge_scores(cand, cfg)
         if per_judge:
             scored.append((sum(per_judge.values()) / len(per_judge), cand, per_judge))
         else:

@@ -29,7 +29,10 @@ def judged_twice(tmp_path_factory):
     data["stages"][2]["judge"] = {**judge, "name": "smol-seed0"}
     data["stages"].insert(3, {"judge": {**judge, "name": "smol-seed1",
                                         "sampling": {**judge["sampling"], "seed": 1}}})
-    data["stages"][4]["pairs"]["min_margin"] = 0.5
+    # and a pairwise judge, every pair in both orders, for the position-consistency probe
+    data["stages"].insert(4, {"judge": {"template": "mt_bench_pair_v2", "name": "smol-pairwise",
+                                        "sampling": {"temperature": 0.0, "max_tokens": 96}}})
+    data["stages"][5]["pairs"].update(min_margin=0.5, judge_kind="pointwise")
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     res = curate("run", path, "--run-dir", tmp / "run")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -65,8 +68,8 @@ def test_report_renders_in_headless_chromium(judged_twice, tmp_path):
     manifest = json.loads((judged_twice / "manifest.json").read_text())
     assert rows == len(manifest["stages"]) + 1
     kinds = {p["plot"] for p in plots}
-    assert {"scores", "agreement"} <= kinds
-    if manifest["stages"][4]["rows_out"]:
+    assert {"scores", "agreement", "position"} <= kinds
+    if manifest["stages"][5]["rows_out"]:
         assert "lengths" in kinds
     for p in plots:
         assert p["w"] > 100 and p["h"] > 100 and p["marks"] > 5, p
