@@ -122,6 +122,52 @@ def report(
     console.print(f"report: {write_report(run_dir, out)}")
 
 
+@app.command("judge-eval")
+def judge_eval(
+    data: Annotated[Path, typer.Option(help="human-labeled pairs (PandaLM JSON, or JSONL with output_1/output_2/label)")],
+    judge: Annotated[Path, typer.Option(help="judge config YAML: engines and a list of judges (several: a jury)")],
+    limit: Annotated[Optional[int], typer.Option(help="evaluate the first N pairs")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="also write the results as JSON")] = None,
+) -> None:
+    """Measure judges (and their jury) against human labels, next to always-longer and random baselines."""
+    from pipelines.config import ConfigError
+    from pipelines.judge_eval import LABELS, dumps, evaluate
+
+    if not data.exists():
+        err_console.print(f"[bold red]error:[/] data file not found: {data}")
+        raise typer.Exit(2)
+    try:
+        report = evaluate(data, judge, limit)
+    except ConfigError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    table = Table(title=f"judges vs human labels: {report['pairs']} pairs of {data.name} "
+                        f"(human: {report['human_labels']})")
+    for col in ("judge", "agreement", "agreement w/o ties (n)", "Cohen's kappa", "position consistency",
+                "unparsed"):
+        table.add_column(col, justify="left" if col == "judge" else "right")
+    for name, m in report["results"].items():
+        no_ties = "-" if m["agreement_without_ties"] is None else f"{m['agreement_without_ties']:.3f} ({m['decided']})"
+        pc = "-" if m["position_consistency"] is None else f"{m['position_consistency']:.3f}"
+        table.add_row(name, f"{m['agreement']:.3f}", no_ties, f"{m['cohen_kappa']:.3f}", pc, str(m["unparsed"]))
+    console.print(table)
+    from rich.columns import Columns
+
+    matrices = []
+    for name, m in report["results"].items():
+        cm = Table(title=f"{name}\n(rows human, columns judge)")
+        cm.add_column("human")
+        for v in LABELS + ["unparsed"]:
+            cm.add_column(v, justify="right")
+        for h in LABELS:
+            cm.add_row(h, *(str(m["confusion"][h][v]) for v in LABELS + ["unparsed"]))
+        matrices.append(cm)
+    console.print(Columns(matrices))
+    console.print(f"model calls: {report['model_calls']}, cache hits: {report['cache_hits']}")
+    if out:
+        out.write_text(dumps(report))
+
+
 @app.command()
 def stages() -> None:
     """List the stages with the columns they read and write and their config fields."""

@@ -103,7 +103,7 @@ def _path(loc: tuple, prefix: str = "") -> str:
     return out or "(top level)"
 
 
-def _messages(err: ValidationError, prefix: str, model: type[BaseModel] | None) -> list[str]:
+def describe_errors(err: ValidationError, prefix: str, model: type[BaseModel] | None) -> list[str]:
     problems = []
     for e in err.errors(include_url=False):
         loc = e["loc"]
@@ -184,19 +184,19 @@ def parse_pipeline(data: Any, base_dir: Path, source: str | None = None) -> Pipe
         try:
             cfg = spec.config.model_validate(item[name] or {}, context={"base_dir": base_dir})
         except ValidationError as err:
-            problems.extend(_messages(err, f"stages[{i}].{name}", spec.config))
+            problems.extend(describe_errors(err, f"stages[{i}].{name}", spec.config))
             continue
         try:
             run = StageRun.model_validate({k: v for k, v in item.items() if k in run_keys})
         except ValidationError as err:
-            problems.extend(_messages(err, f"stages[{i}]", StageRun))
+            problems.extend(describe_errors(err, f"stages[{i}]", StageRun))
             continue
         entries.append(StageEntry(index=i, name=name, config=cfg, run=run))
     top = {k: v for k, v in data.items() if k != "stages"}
     try:
         pipeline = Pipeline.model_validate(top | {"stages": [], "base_dir": base_dir})
     except ValidationError as err:
-        problems.extend(_messages(err, "", Pipeline))
+        problems.extend(describe_errors(err, "", Pipeline))
         pipeline = None
     if problems:
         raise ConfigError(problems, source)

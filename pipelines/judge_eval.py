@@ -1,0 +1,197 @@
+"""`curate judge-eval`: measure judges against human preference labels before trusting them with a dataset.
+
+Reads human-labeled pairs (PandaLM's test set, or the common `{instruction|input|question, output_1|response_A,
+output_2|response_B, label}` layouts), runs each judge of a judge config (pointwise: both responses scored;
+pairwise: both orders), and, when there are several, their jury (majority vote). Prints per judge: agreement
+with the humans with and without ties, Cohen's kappa, position consistency (pairwise judges), how many outputs
+did not parse, and a confusion matrix; and the same for two baselines measured on the same pairs: always the
+longer response, and a seeded coin.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from engines.config import EngineConfig, LlamaCppConfig
+
+LABELS = ["A", "B", "tie"]
+
+
+class JudgeEvalConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    engines: dict[str, EngineConfig] = Field(default_factory=lambda: {"default": LlamaCppConfig()})
+    #: judge stage configs (template, engine, sampling, retries, name, ...); several make a jury
+    judges: list[dict[str, Any]] = Field(min_length=1)
+    cache_dir: Path | None = None
+
+
+def load_config(path: Path):
+    from pipelines.config import ConfigError, describe_errors
+    from stages.judge import Config as JudgeConfig
+
+    data = yaml.safe_load(path.read_text())
+    try:
+        cfg = JudgeEvalConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(describe_errors(err, "", JudgeEvalConfig), str(path)) from None
+    judges, problems = [], []
+    for i, j in enumerate(cfg.judges):
+        try:
+            judges.append(JudgeConfig.model_validate(j, context={"base_dir": path.parent.resolve()}))
+        except ValidationError as err:
+            problems.extend(describe_errors(err, f"judges[{i}]", JudgeConfig))
+    for i, j in enumerate(judges):
+        if j.engine not in cfg.engines:
+            problems.append(f"judges[{i}].engine: unknown engine {j.engine!r}; defined: {', '.join(cfg.engines)}")
+    if problems:
+        raise ConfigError(problems, str(path))
+    return cfg, judges
+
+
+def _label(value: Any) -> str | None:
+    v = str(value).strip().lower()
+    return {"1": "A", "a": "A", "model_a": "A", "response_a": "A", "2": "B", "b": "B", "model_b": "B",
+            "response_b": "B", "0": "tie", "tie": "tie", "c": "tie", "3": "tie"}.get(v)
+
+
+def read_pairs(path: Path, limit: int | None):
+    """(question, response A, response B, human label) per labeled pair, streaming."""
+    from stages.load import Config as LoadConfig, _records
+
+    n = 0
+    for _, rec, error in _records(LoadConfig(path=path)):
+        if error or not isinstance(rec, dict):
+            continue
+        question = rec.get("instruction") or rec.get("question") or rec.get("prompt")
+        if rec.get("input"):
+            question = f"{question}\n\n{rec['input']}" if question else rec["input"]
+        a = rec.get("response1") or rec.get("output_1") or rec.get("response_A") or rec.get("response_a")
+        b = rec.get("response2") or rec.get("output_2") or rec.get("response_B") or rec.get("response_b")
+        if "annotator1" in rec:  # PandaLM: the majority of three annotators (no majority: tie)
+            votes = Counter(_label(rec[k]) for k in ("annotator1", "annotator2", "annotator3") if k in rec)
+            top, count = votes.most_common(1)[0]
+            label = top if count >= 2 else "tie"
+        else:
+            label = _label(rec.get("label"))
+        if not (isinstance(question, str) and isinstance(a, str) and isinstance(b, str) and label):
+            continue
+        yield question, a, b, label
+        n += 1
+        if limit is not None and n >= limit:
+            return
+
+
+def _verdict_from_scores(sa: float | None, sb: float | None) -> str:
+    if sa is None or sb is None:
+        return "unparsed"
+    return "A" if sa > sb else "B" if sb > sa else "tie"
+
+
+def run_judge(judge_cfg, engine, pairs: list[tuple[str, str, str, str]]) -> tuple[list[str], list[bool] | None]:
+    """The judge's verdict per pair ("A", "B", "tie" or "unparsed"), and per pair whether a pairwise
+    judge's verdict survived the position swap (None for pointwise judges)."""
+    from judges.pairwise import compare
+    from judges.pointwise import grade
+
+    template = judge_cfg.resolved_template()
+    sampling = judge_cfg.sampling.sampling()
+    if template.kind == "pointwise":
+        items = [(q, r) for q, a, b, _ in pairs for r in (a, b)]
+        res = grade(engine, template, items, sampling, judge_cfg.retries, judge_cfg.grammar, name=judge_cfg.name)
+        scores = [r["score"] if isinstance(r, dict) else None for r in res]
+        return [_verdict_from_scores(scores[2 * i], scores[2 * i + 1]) for i in range(len(pairs))], None
+    items = [(q, a, b, "A", "B") for q, a, b, _ in pairs]
+    res = compare(engine, template, items, sampling, judge_cfg.retries, judge_cfg.grammar, name=judge_cfg.name,
+                  inconsistent=judge_cfg.inconsistent)
+    verdicts, consistent = [], []
+    for r in res:
+        if not isinstance(r, tuple):
+            verdicts.append("unparsed")
+            consistent.append(False)
+            continue
+        x, _ = r
+        scores = [j["score"] for j in x]
+        if any(s is None for s in scores):
+            verdicts.append("unparsed")
+            consistent.append(False)
+            continue
+        consistent.append(x[0]["verdict"] == x[1]["verdict"])
+        mean = sum(scores) / 2
+        verdicts.append("A" if mean > 0.5 else "B" if mean < 0.5 else "tie")
+    return verdicts, consistent
+
+
+def jury(verdicts: list[list[str]]) -> list[str]:
+    """Majority vote over the judges that gave a verdict; no majority is a tie."""
+    out = []
+    for votes in zip(*verdicts):
+        counted = Counter(v for v in votes if v != "unparsed")
+        if not counted:
+            out.append("unparsed")
+            continue
+        (top, n), *rest = counted.most_common()
+        out.append(top if not rest or rest[0][1] < n else "tie")
+    return out
+
+
+def metrics(human: list[str], verdicts: list[str], consistent: list[bool] | None) -> dict[str, Any]:
+    from sklearn.metrics import cohen_kappa_score
+
+    n = len(human)
+    agree = sum(h == v for h, v in zip(human, verdicts)) / n
+    decided = [(h, v) for h, v in zip(human, verdicts) if h != "tie" and v in ("A", "B")]
+    kappa_pairs = [(h, v) for h, v in zip(human, verdicts) if v != "unparsed"]
+    kappa = (cohen_kappa_score([h for h, _ in kappa_pairs], [v for _, v in kappa_pairs], labels=LABELS)
+             if len({v for _, v in kappa_pairs}) > 1 or len({h for h, _ in kappa_pairs}) > 1 else 0.0)
+    confusion = {h: {v: sum(1 for a, b in zip(human, verdicts) if a == h and b == v)
+                     for v in LABELS + ["unparsed"]} for h in LABELS}
+    return {
+        "n": n,
+        "agreement": agree,
+        "agreement_without_ties": (sum(h == v for h, v in decided) / len(decided)) if decided else None,
+        "decided": len(decided),
+        "cohen_kappa": float(kappa),
+        "position_consistency": (sum(consistent) / len(consistent)) if consistent else None,
+        "unparsed": sum(v == "unparsed" for v in verdicts),
+        "confusion": confusion,
+    }
+
+
+def evaluate(data: Path, config: Path, limit: int | None, seed: int = 0) -> dict[str, Any]:
+    from engines.cache import ResponseCache
+    from engines.config import build_engine
+
+    cfg, judge_cfgs = load_config(config)
+    pairs = list(read_pairs(data, limit))  # bounded by --limit; an eval set is small by nature
+    if not pairs:
+        raise ValueError(f"no labeled pairs could be read from {data}")
+    human = [p[3] for p in pairs]
+    cache = ResponseCache(cfg.cache_dir)
+    engines = {name: build_engine(e, cache) for name, e in cfg.engines.items()}
+    results: dict[str, Any] = {}
+    all_verdicts = []
+    for jc in judge_cfgs:
+        engine = engines[jc.engine]
+        name = jc.name or f"{engine.model_name}:{jc.resolved_template().name}"
+        verdicts, consistent = run_judge(jc, engine, pairs)
+        all_verdicts.append(verdicts)
+        results[name] = metrics(human, verdicts, consistent)
+    if len(judge_cfgs) > 1:
+        results["jury (majority)"] = metrics(human, jury(all_verdicts), None)
+    longer = ["A" if len(a) > len(b) else "B" if len(b) > len(a) else "tie" for _, a, b, _ in pairs]
+    results["baseline: always longer"] = metrics(human, longer, None)
+    rng = random.Random(seed)
+    results["baseline: random"] = metrics(human, [rng.choice("AB") for _ in pairs], None)
+    return {"data": str(data), "pairs": len(pairs), "human_labels": dict(Counter(human)), "results": results,
+            "model_calls": sum(e.calls for e in engines.values()), "cache_hits": sum(e.hits for e in engines.values())}
+
+
+def dumps(report: dict[str, Any]) -> str:
+    return json.dumps(report, indent=2)
