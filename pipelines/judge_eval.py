@@ -61,6 +61,10 @@ def _label(value: Any) -> str | None:
             "response_b": "B", "0": "tie", "tie": "tie", "c": "tie", "3": "tie"}.get(v)
 
 
+def _first(rec: dict, keys: tuple[str, ...]) -> Any:
+    return next((rec[k] for k in keys if rec.get(k) is not None), None)
+
+
 def read_pairs(path: Path, limit: int | None):
     """(question, response A, response B, human label) per labeled pair, streaming."""
     from stages.load import Config as LoadConfig, _records
@@ -69,11 +73,12 @@ def read_pairs(path: Path, limit: int | None):
     for _, rec, error in _records(LoadConfig(path=path)):
         if error or not isinstance(rec, dict):
             continue
-        question = rec.get("instruction") or rec.get("question") or rec.get("prompt")
+        question = _first(rec, ("instruction", "question", "prompt"))
         if rec.get("input"):
             question = f"{question}\n\n{rec['input']}" if question else rec["input"]
-        a = rec.get("response1") or rec.get("output_1") or rec.get("response_A") or rec.get("response_a")
-        b = rec.get("response2") or rec.get("output_2") or rec.get("response_B") or rec.get("response_b")
+        # an empty response is a real answer (a model that said nothing), so keys are looked up, not truth-tested
+        a = _first(rec, ("response1", "output_1", "response_A", "response_a"))
+        b = _first(rec, ("response2", "output_2", "response_B", "response_b"))
         if "annotator1" in rec:  # PandaLM: the majority of three annotators (no majority: tie)
             votes = Counter(_label(rec[k]) for k in ("annotator1", "annotator2", "annotator3") if k in rec)
             top, count = votes.most_common(1)[0]
