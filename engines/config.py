@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, model_validator
 
 from engines.base import Sampling
 from engines.cache import CachedEngine, ResponseCache
@@ -21,8 +21,49 @@ class LlamaCppConfig(BaseModel):
     n_threads: int | None = Field(None, ge=1)
 
 
-# A discriminated union on `kind` as more engines arrive (vllm, openai_http, transformers).
-EngineConfig = LlamaCppConfig
+class OpenAIHTTPConfig(BaseModel):
+    """Any OpenAI-compatible chat completions server (vLLM serve, llama.cpp server, hosted APIs)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["openai_http"] = "openai_http"
+    #: e.g. http://127.0.0.1:8000/v1
+    base_url: str = Field(pattern=r"^https?://")
+    model: str
+    #: the NAME of the environment variable holding the API key; keys never go in YAML
+    api_key_env: str | None = None
+    concurrency: int = Field(8, ge=1)
+    connect_timeout: float = Field(10, gt=0)
+    read_timeout: float = Field(300, gt=0)
+    max_retries: int = Field(5, ge=0)
+    backoff_base: float = Field(0.5, ge=0)
+    backoff_max: float = Field(30, ge=0)
+    #: the request field that carries a GBNF grammar (llama.cpp server: "grammar"); None sends free text
+    grammar_param: str | None = None
+    #: extra fields merged into every request body (e.g. vLLM's structured-output options)
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_keys_in_yaml(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(k in data for k in ("api_key", "key", "token")):
+            raise ValueError("API keys never go in the pipeline YAML: put the key in an environment variable and "
+                             "name it with api_key_env")
+        return data
+
+
+def _kind(value: Any) -> str:
+    return (value.get("kind") or "llama_cpp") if isinstance(value, dict) else getattr(value, "kind", "llama_cpp")
+
+
+EngineConfig = Annotated[
+    Union[Annotated[LlamaCppConfig, Tag("llama_cpp")], Annotated[OpenAIHTTPConfig, Tag("openai_http")]],
+    Discriminator(_kind),
+]
+_ENGINE = TypeAdapter(EngineConfig)
+
+
+def parse_engine(data: Any):
+    return _ENGINE.validate_python(data)
 
 
 class SamplingConfig(BaseModel):
@@ -38,13 +79,26 @@ class SamplingConfig(BaseModel):
 
 
 def check_engine(cfg: EngineConfig) -> None:
-    """Fail fast (EngineUnavailable) when the engine cannot run here; loads no model."""
+    """Fail fast (EngineUnavailable) when the engine cannot run here; loads no model, calls no server."""
+    import os
+
+    from engines.base import EngineUnavailable
+
+    if isinstance(cfg, OpenAIHTTPConfig):
+        if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
+            raise EngineUnavailable(f"environment variable {cfg.api_key_env} (api_key_env) is not set")
+        return
     from engines import llama_cpp
 
     llama_cpp.check_available(cfg.model_path)
 
 
 def build_engine(cfg: EngineConfig, cache: ResponseCache | None) -> CachedEngine:
+    if isinstance(cfg, OpenAIHTTPConfig):
+        from engines.openai_http import OpenAIHTTPEngine
+
+        identity = {"kind": "openai_http", "base_url": cfg.base_url.rstrip("/"), "model": cfg.model}
+        return CachedEngine(lambda: OpenAIHTTPEngine(cfg), identity=identity, model_name=cfg.model, cache=cache)
     from engines import llama_cpp
 
     return CachedEngine(

@@ -141,7 +141,7 @@ class ShardWorker:
     def __init__(self, stage_name: str, stage_id: str, config: dict, engines: dict[str, dict], cache_dir: str | None,
                  run_dir: str, batch_size: int):
         from engines.cache import ResponseCache
-        from engines.config import EngineConfig, build_engine
+        from engines.config import build_engine, parse_engine
         from stages import registry
         from stages.base import StageContext
 
@@ -151,7 +151,7 @@ class ShardWorker:
         self.run_dir = Path(run_dir)
         self.batch_size = batch_size
         cache = ResponseCache(cache_dir) if engines else None
-        self.engines = {n: build_engine(EngineConfig.model_validate(c), cache) for n, c in engines.items()}
+        self.engines = {n: build_engine(parse_engine(c), cache) for n, c in engines.items()}
         self.ctx = StageContext(self.engines)
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -45,7 +45,7 @@ def test_typo_in_a_key_names_its_path_and_suggests_the_fix(example):
     data["stages"][3]["pairs"] = {"min_margn": 2}
     (problem,) = problems_of(write())
     assert problem.startswith("stages[3].pairs.min_margn: unknown key 'min_margn' (did you mean 'min_margin'?); "
-                              "known keys: aspect, easy_margin, k, min_agreement, min_margin,")
+                              "known keys: aspect, easy_margin, judge_kind, judges, k, min_agreement, min_margin,")
 
 
 def test_wrong_type_and_unknown_stage_are_all_reported_at_once(example):

@@ -1,0 +1,181 @@
+"""The OpenAI-compatible HTTP engine against a real local server (llama-cpp-python's server with the embedded
+model), behind a real local proxy that injects the faults a real API gives: 429 with Retry-After, 503, dropped
+connections, and a request that always fails."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import curate, free_port, stop_group
+from engines.base import Request, Sampling
+from engines.config import OpenAIHTTPConfig, parse_engine
+from engines.llama_cpp import embedded_model_path
+from engines.openai_http import OpenAIHTTPEngine
+from pipelines.config import ConfigError, parse_pipeline
+
+SECRET = "sk-test-3f9a1c-never-print-me"
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory):
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("llama-server") / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_model_path()),
+                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url + "/models", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        stop_group(proc)
+        pytest.fail("llama_cpp.server did not start")
+    yield url
+    stop_group(proc)
+    log.close()
+
+
+class FaultProxy:
+    """A real HTTP server in front of the model server: plays a schedule of faults, then passes through."""
+
+    def __init__(self, upstream: str):
+        self.upstream = upstream
+        self.schedule: list[str] = []
+        self.seen: list[tuple[str, str | None]] = []  # (action, authorization header)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                action = proxy.schedule.pop(0) if proxy.schedule else "pass"
+                if b"FAIL-ME" in body:
+                    action = "500"
+                proxy.seen.append((action, self.headers.get("Authorization")))
+                if action == "drop":
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                if action in ("429", "503", "500"):
+                    self.send_response(int(action))
+                    if action == "429":
+                        self.send_header("Retry-After", "1")
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(b'{"error": {"message": "injected"}}')
+                    return
+                req = urllib.request.Request(proxy.upstream + self.path.removeprefix("/v1"), data=body,
+                                             headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(req, timeout=120) as up:
+                    data = up.read()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def proxy(llama_server):
+    p = FaultProxy(llama_server)
+    yield p
+    p.close()
+
+
+def engine_for(url: str, **kw) -> OpenAIHTTPEngine:
+    cfg = OpenAIHTTPConfig(base_url=url, model="smollm2", backoff_base=0.05, **kw)
+    return OpenAIHTTPEngine(cfg)
+
+
+HAIKU = Request([{"role": "user", "content": "Write a haiku about rivers."}], Sampling(temperature=0.8, max_tokens=24,
+                                                                                         seed=5))
+
+
+def test_retries_429_503_and_dropped_connections_then_answers_like_the_server(proxy, llama_server):
+    direct = engine_for(llama_server).complete([HAIKU])[0]
+    assert direct.ok and direct.completion_tokens > 0
+    proxy.schedule = ["429", "503", "drop"]
+    engine = engine_for(proxy.url, max_retries=5)
+    start = time.perf_counter()
+    (comp,) = engine.complete([HAIKU])
+    assert comp.ok, comp.error
+    assert comp.text == direct.text  # same seed, same server: the retried call gives the same answer
+    assert [a for a, _ in proxy.seen] == ["429", "503", "drop", "pass"]
+    assert engine.retries_done == 3
+    assert time.perf_counter() - start >= 1.0  # Retry-After: 1 was honored
+
+
+def test_a_request_that_keeps_failing_is_an_error_not_an_answer(proxy):
+    engine = engine_for(proxy.url, max_retries=2)
+    bad = Request([{"role": "user", "content": "FAIL-ME please"}], Sampling(max_tokens=8))
+    good, failed = engine.complete([HAIKU, bad])
+    assert good.ok
+    assert failed.text is None and failed.error.startswith("HTTP 500") and "(after 3 attempts)" in failed.error
+
+
+def test_api_keys_are_refused_in_yaml_and_read_from_the_named_variable(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError) as info:
+        parse_pipeline({"name": "x", "engines": {"api": {"kind": "openai_http", "base_url": "http://127.0.0.1:1/v1",
+                                                         "model": "m", "api_key": SECRET}},
+                        "stages": [{"load": {"path": str(tmp_path)}}]}, base_dir=tmp_path)
+    assert "API keys never go in the pipeline YAML" in str(info.value)
+    assert SECRET not in str(info.value)
+    cfg = parse_engine({"kind": "openai_http", "base_url": "http://127.0.0.1:1/v1", "model": "m",
+                        "api_key_env": "CURATE_TEST_KEY"})
+    monkeypatch.delenv("CURATE_TEST_KEY", raising=False)
+    with pytest.raises(Exception, match="CURATE_TEST_KEY"):
+        OpenAIHTTPEngine(cfg)
+
+
+def test_pipeline_on_a_served_model_quarantines_what_fails_and_never_leaks_the_key(proxy, tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in
+                                 ["Name a fruit.", "FAIL-ME: name a vegetable.", "Name a planet."]))
+    pipeline = {
+        "name": "served",
+        "engines": {"default": {"kind": "openai_http", "base_url": proxy.url, "model": "smollm2",
+                                "api_key_env": "CURATE_TEST_KEY", "max_retries": 1, "backoff_base": 0.05}},
+        "stages": [{"load": {"path": str(prompts)}},
+                   {"generate": {"models": [{"k": 2, "max_tokens": 16, "seed": 1}]}}],
+    }
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(pipeline))
+    proxy.schedule = ["429"]
+    res = curate("run", path, "--run-dir", tmp_path / "run", env={"CURATE_TEST_KEY": SECRET})
+    assert res.returncode == 0, res.stdout + res.stderr
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    gen = m["stages"][1]
+    assert (gen["in"], gen["out"], gen["quarantined"]) == (3, 2, 1)
+    assert all(auth == f"Bearer {SECRET}" for _, auth in proxy.seen)  # the key was sent...
+    import pyarrow.parquet as pq
+
+    (q,) = pq.read_table(tmp_path / "run" / "_quarantined" / "02_generate").to_pylist()
+    assert "HTTP 500" in q["reason"] and "FAIL-ME" in q["record"]
+    # ...and appears nowhere: not in the output, the logs or any file of the run
+    assert SECRET not in res.stdout + res.stderr
+    for f in (tmp_path / "run").rglob("*"):
+        if f.is_file():
+            assert SECRET.encode() not in f.read_bytes(), f
