@@ -68,6 +68,9 @@ class FaultProxy:
                 if b"FAIL-ME" in body:
                     action = "500"
                 proxy.seen.append((action, self.headers.get("Authorization")))
+                if action == "hang":  # answer nothing until long past the client's read timeout
+                    time.sleep(4)
+                    return
                 if action == "drop":
                     self.close_connection = True
                     self.connection.close()
@@ -114,17 +117,17 @@ HAIKU = Request([{"role": "user", "content": "Write a haiku about rivers."}], Sa
                                                                                          seed=5))
 
 
-def test_retries_429_503_and_dropped_connections_then_answers_like_the_server(proxy, llama_server):
+def test_retries_429_503_dropped_connections_and_hangs_then_answers_like_the_server(proxy, llama_server):
     direct = engine_for(llama_server).complete([HAIKU])[0]
     assert direct.ok and direct.completion_tokens > 0
-    proxy.schedule = ["429", "503", "drop"]
-    engine = engine_for(proxy.url, max_retries=5)
+    proxy.schedule = ["429", "503", "drop", "hang"]
+    engine = engine_for(proxy.url, max_retries=5, read_timeout=1.5)
     start = time.perf_counter()
     (comp,) = engine.complete([HAIKU])
     assert comp.ok, comp.error
     assert comp.text == direct.text  # same seed, same server: the retried call gives the same answer
-    assert [a for a, _ in proxy.seen] == ["429", "503", "drop", "pass"]
-    assert engine.retries_done == 3
+    assert [a for a, _ in proxy.seen] == ["429", "503", "drop", "hang", "pass"]
+    assert engine.retries_done == 4
     assert time.perf_counter() - start >= 1.0  # Retry-After: 1 was honored
 
 

@@ -1,0 +1,131 @@
+"""What does curate cost on top of the engine? The same prompts and sampling through
+  (a) the engine called directly in a loop (llama.cpp), or a plain async httpx client (HTTP), and
+  (b) curate: the generate stage through the runner (Ray actor, shards, Parquet, cache with no hits), or
+      curate's HTTP engine at the same concurrency.
+Prints tokens/s of each and the ratio curate/direct (target >= 0.95). For the stage, both the stage's wall time
+(with Ray's actor start) and the time inside its shards are shown.
+
+    python benchmarks/engine_overhead.py [--prompts 16] [--max-tokens 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from _common import ROOT, example_pipeline, print_table
+
+sys.path.insert(0, str(ROOT))
+
+
+def prompts(n: int) -> list[str]:
+    lines = (ROOT / "pipelines/examples/data/mt_bench_questions.jsonl").read_text().splitlines()[:n]
+    return [json.loads(line)["turns"][0] for line in lines]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompts", type=int, default=16)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--concurrency", type=int, default=4)
+    args = ap.parse_args()
+    from engines.base import Request, Sampling
+    from engines.llama_cpp import LlamaCppEngine, embedded_model_path
+
+    texts = prompts(args.prompts)
+    reqs = [Request([{"role": "user", "content": t}], Sampling(temperature=0.8, max_tokens=args.max_tokens, seed=7))
+            for t in texts]
+    rows = []
+
+    # llama.cpp: direct loop vs the generate stage
+    engine = LlamaCppEngine()
+    start = time.perf_counter()
+    comps = engine.complete(reqs)
+    direct_s = time.perf_counter() - start
+    tokens = sum(c.completion_tokens for c in comps)
+    del engine
+    from pipelines.config import load_pipeline
+    from pipelines.runner import run_pipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = example_pipeline(Path(tmp), limit=args.prompts, shard_size=args.prompts, k=1,
+                                max_tokens=args.max_tokens)
+        data = yaml.safe_load(path.read_text())
+        data["stages"] = data["stages"][:2]
+        data["cache_dir"] = str(Path(tmp) / "cache")
+        path.write_text(yaml.safe_dump(data))
+        manifest = run_pipeline(load_pipeline(path), Path(tmp) / "run")
+        gen = manifest["stages"][1]
+        marker = json.loads((Path(tmp) / "run" / "_done" / "02_generate" / "part-00000.json").read_text())
+    rows.append(["llama.cpp: engine loop (baseline)", tokens, direct_s, tokens / direct_s, 1.0])
+    rows.append(["llama.cpp: generate stage, inside the shard", tokens, marker["seconds"],
+                 tokens / marker["seconds"], direct_s / marker["seconds"]])
+    rows.append(["llama.cpp: generate stage, wall (with Ray actor start)", tokens, gen["seconds"],
+                 tokens / gen["seconds"], direct_s / gen["seconds"]])
+
+    # HTTP: plain async client vs curate's engine, same server, same concurrency
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_model_path()),
+                               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(url + "/models", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        import httpx
+
+        async def plain():
+            sem = asyncio.Semaphore(args.concurrency)
+            async with httpx.AsyncClient(base_url=url, timeout=300) as client:
+                async def one(r):
+                    async with sem:
+                        resp = await client.post("/chat/completions", json={
+                            "model": "m", "messages": r.messages, "temperature": r.sampling.temperature,
+                            "top_p": r.sampling.top_p, "max_tokens": r.sampling.max_tokens, "seed": r.sampling.seed})
+                        return resp.json()["usage"]["completion_tokens"]
+                return sum(await asyncio.gather(*(one(r) for r in reqs)))
+
+        start = time.perf_counter()
+        plain_tokens = asyncio.run(plain())
+        plain_s = time.perf_counter() - start
+        from engines.config import OpenAIHTTPConfig
+        from engines.openai_http import OpenAIHTTPEngine
+
+        http = OpenAIHTTPEngine(OpenAIHTTPConfig(base_url=url, model="m", concurrency=args.concurrency))
+        start = time.perf_counter()
+        comps = http.complete(reqs)
+        curate_s = time.perf_counter() - start
+        curate_tokens = sum(c.completion_tokens for c in comps)
+    finally:
+        server.terminate()
+        server.wait()
+    rows.append(["HTTP: plain httpx client (baseline)", plain_tokens, plain_s, plain_tokens / plain_s, 1.0])
+    rows.append(["HTTP: curate openai_http engine", curate_tokens, curate_s, curate_tokens / curate_s,
+                 (curate_tokens / curate_s) / (plain_tokens / plain_s)])
+    print_table(f"engine overhead, {args.prompts} MT-Bench prompts x {args.max_tokens} tokens, embedded SmolLM2",
+                ["path", "tokens", "seconds", "tokens/s", "ratio vs its baseline"], rows)
+
+
+if __name__ == "__main__":
+    main()
