@@ -98,9 +98,14 @@ def ray_cluster(tmp_path):
 def test_pipeline_runs_on_a_two_node_ray_cluster(tmp_path, ray_cluster):
     address, env = ray_cluster
     pipeline = tiny_pipeline(tmp_path)
-    status = subprocess.run([str(BIN / "ray"), "status", f"--address={address}"], env=env, capture_output=True,
-                            text=True, timeout=60)
-    assert "2.0 CPU" in status.stdout or "0.0/2.0 CPU" in status.stdout, status.stdout
+    deadline = time.time() + 90  # the head reports the cluster a few seconds after `ray start` returns
+    while True:
+        status = subprocess.run([str(BIN / "ray"), "status", f"--address={address}"], env=env,
+                                capture_output=True, text=True, timeout=60)
+        if "/2.0 CPU" in status.stdout or time.time() > deadline:
+            break
+        time.sleep(2)
+    assert "/2.0 CPU" in status.stdout, status.stdout  # two nodes of one CPU each
     res = curate("run", pipeline, "--run-dir", tmp_path / "run", "--address", address, env={"RAY_AUTH_MODE": "token"})
     assert res.returncode == 0, res.stdout + res.stderr
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
