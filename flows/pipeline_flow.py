@@ -40,6 +40,14 @@ def run_stage(run: Run, index: int) -> dict[str, Any]:
     return {k: v for k, v in report.as_dict().items() if k != "shard_sha256"}
 
 
+@task(cache_policy=NONE, log_prints=False, retries=2, retry_delay_seconds=30)
+def publish_run(run_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
+    from pipelines.publish import publish
+
+    return publish(Path(run_dir), spec["repo"], private=spec["private"], revision=spec["revision"],
+                   config_name=spec["config_name"], license=spec["license"])
+
+
 @flow(name="curate-pipeline", flow_run_name=_run_name, validate_parameters=True)
 def pipeline_flow(pipeline_path: str, run_dir: str | None = None, limit: int | None = None,
                   address: str | None = None, run_root: str = "runs") -> dict[str, Any]:
@@ -59,7 +67,9 @@ def pipeline_flow(pipeline_path: str, run_dir: str | None = None, limit: int | N
         raise
     manifest = run.finish()
     _publish_accounting(manifest)
-    return manifest
+    if pipeline.publish is not None:  # a failed push fails the flow run (after the task's retries)
+        run.record("published", publish_run(str(run.run_dir), pipeline.publish.model_dump()))
+    return run.manifest
 
 
 def _publish_accounting(manifest: dict[str, Any]) -> None:

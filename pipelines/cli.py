@@ -81,6 +81,9 @@ def run(
             raise typer.Exit(1) from None
     print_accounting(manifest)
     console.print(f"dataset: [bold]{manifest['output']}[/]")
+    if manifest.get("published"):
+        pub = manifest["published"]
+        console.print(f"published {pub['rows']} rows to {pub['repo']} commit {pub['commit']}")
 
 
 @app.command()
@@ -120,6 +123,30 @@ def report(
     from pipelines.report import write_report
 
     console.print(f"report: {write_report(run_dir, out)}")
+
+
+@app.command()
+def publish(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run directory")],
+    repo: Annotated[str, typer.Option(help="the dataset repo on the Hub, ORG/NAME")],
+    private: Annotated[bool, typer.Option(help="create the repo private")] = False,
+    revision: Annotated[Optional[str], typer.Option(help="push to this branch (created if missing)")] = None,
+    config_name: Annotated[Optional[str], typer.Option(help="config name (a run with one export)")] = None,
+    license: Annotated[str, typer.Option(help="license in the card's metadata")] = "other",
+) -> None:
+    """Push a run's exports to the Hugging Face Hub with a dataset card (token: HF_TOKEN or `hf auth login`)."""
+    if not (run_dir / "manifest.json").exists():
+        err_console.print(f"[bold red]error:[/] {run_dir} is not a run directory (no manifest.json)")
+        raise typer.Exit(2)
+    from pipelines.publish import PublishError, publish as push
+
+    try:
+        result = push(run_dir, repo, private=private, revision=revision, config_name=config_name, license=license)
+    except PublishError as exc:
+        err_console.print(f"[bold red]publish failed:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(f"published {result['rows']} rows to {result['repo']} "
+                  f"(configs: {', '.join(result['configs'])}) commit {result['commit']}")
 
 
 @app.command("judge-eval")

@@ -41,6 +41,17 @@ class StageRun(BaseModel):
     retry_delay_s: float = Field(10.0, ge=0)
 
 
+class PublishSpec(BaseModel):
+    """Push the run's exports to the Hub when it finishes (a scheduled flow then ends by publishing)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    repo: str = Field(pattern=r"^[\w.-]+/[\w.-]+$")
+    private: bool = False
+    revision: str | None = None
+    config_name: str | None = None
+    license: str = "other"
+
+
 class StageEntry(BaseModel):
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
     index: int
@@ -66,6 +77,8 @@ class Pipeline(BaseModel):
     engines: dict[str, EngineConfig] = Field(default_factory=lambda: {"default": LlamaCppConfig()})
     #: where the response cache lives (default: $CURATE_CACHE_DIR or ~/.cache/curate)
     cache_dir: Path | None = None
+    #: publish to the Hub at the end of each run (token: HF_TOKEN or the local login, never here)
+    publish: PublishSpec | None = None
     stages: list[StageEntry]
     #: the YAML file's folder; relative paths in stage configs resolve against it
     base_dir: Path = Path(".")
@@ -77,6 +90,7 @@ class Pipeline(BaseModel):
             "description": self.description,
             "engines": {k: v.model_dump(mode="json") for k, v in self.engines.items()},
             "cache_dir": str(self.cache_dir) if self.cache_dir else None,
+            "publish": self.publish.model_dump(mode="json") if self.publish else None,
             "stages": [],
         }
         for st in self.stages:

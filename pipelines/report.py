@@ -34,7 +34,7 @@ def _scan(folder: Path) -> pl.LazyFrame:
 
 def judgments(folder: Path) -> pl.DataFrame:
     """One row per (prompt, candidate, judgment): the long table the judge plots are made from."""
-    return (
+    df = (
         _scan(folder)
         .select("prompt_id", "candidates")
         .explode("candidates")
@@ -45,6 +45,8 @@ def judgments(folder: Path) -> pl.DataFrame:
         .unnest("judgments")
         .collect()
     )
+    # runs written before judgments had an `opponent` field still report
+    return df if "opponent" in df.columns else df.with_columns(pl.lit(None, pl.String).alias("opponent"))
 
 
 def _svg(fig) -> str:
@@ -82,28 +84,49 @@ def score_histograms(j: pl.DataFrame) -> str:
     return _figure("scores", "Score histogram per judge", _svg(fig))
 
 
-def agreement(j: pl.DataFrame) -> str:
-    """Cohen's kappa (quadratic weights, scores rounded) between each pair of judges on shared candidates."""
-    import matplotlib.pyplot as plt
-    import numpy as np
+def kappas(j: pl.DataFrame) -> tuple[list[str], list[tuple[str, str, float, int]]]:
+    """Pointwise judges, and Cohen's kappa (quadratic weights, scores rounded) for each pair of them on the
+    candidates both scored: (judge, judge, kappa or nan, n)."""
     from sklearn.metrics import cohen_kappa_score
 
     scored = j.filter(pl.col("parse_ok") & pl.col("score").is_not_null() & (pl.col("kind") == "pointwise"))
     judges = sorted(scored["judge"].unique().to_list())
     if len(judges) < 2:
-        return _note(f"Judge agreement needs two or more pointwise judges; this run has {len(judges)}.")
+        return judges, []
     wide = (scored.group_by("candidate_id", "judge").agg(pl.col("score").mean())
             .pivot(on="judge", index="candidate_id", values="score"))
+    out = []
+    for a, b in combinations(judges, 2):
+        both = wide.select(a, b).drop_nulls()
+        k = float("nan")
+        if both.height >= 2:
+            k = float(cohen_kappa_score(both[a].round().cast(int), both[b].round().cast(int), weights="quadratic"))
+        out.append((a, b, k, both.height))
+    return judges, out
+
+
+def positions(j: pl.DataFrame) -> pl.DataFrame:
+    """Per pairwise judge: the share of comparisons whose verdict survives the order swap."""
+    pairwise = j.filter((pl.col("kind") == "pairwise") & pl.col("parse_ok") & pl.col("position").is_not_null())
+    return (pairwise.group_by("judge", "prompt_id", "candidate_id", "opponent")
+            .agg(pl.col("verdict").n_unique().alias("verdicts"), pl.col("position").n_unique().alias("positions"))
+            .filter(pl.col("positions") > 1)
+            .group_by("judge").agg((pl.col("verdicts") == 1).mean().alias("consistency"), pl.len().alias("n"))
+            .sort("judge"))
+
+
+def agreement(j: pl.DataFrame) -> str:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    judges, pairs = kappas(j)
+    if len(judges) < 2:
+        return _note(f"Judge agreement needs two or more pointwise judges; this run has {len(judges)}.")
     n = len(judges)
     kappa = np.eye(n)
-    for a, b in combinations(range(n), 2):
-        both = wide.select(judges[a], judges[b]).drop_nulls()
-        if both.height < 2:
-            k = np.nan
-        else:
-            k = cohen_kappa_score(both[judges[a]].round().cast(int), both[judges[b]].round().cast(int),
-                                  weights="quadratic")
-        kappa[a, b] = kappa[b, a] = k
+    for a, b, k, _ in pairs:
+        ia, ib = judges.index(a), judges.index(b)
+        kappa[ia, ib] = kappa[ib, ia] = k
     fig, ax = plt.subplots(figsize=(1.2 * n + 3, 1.0 * n + 2))
     im = ax.imshow(kappa, vmin=-1, vmax=1, cmap="RdYlGn")
     ax.set_xticks(range(n), judges, rotation=45, ha="right", fontsize=8)
@@ -116,13 +139,9 @@ def agreement(j: pl.DataFrame) -> str:
 
 
 def position_consistency(j: pl.DataFrame) -> str:
-    pairwise = j.filter((pl.col("kind") == "pairwise") & pl.col("parse_ok") & pl.col("position").is_not_null())
-    if pairwise.is_empty():
+    per = positions(j)
+    if per.is_empty():
         return _note("No pairwise judgments in this run: position consistency applies to pairwise judges.")
-    per = (pairwise.group_by("judge", "prompt_id", "candidate_id", "opponent")
-           .agg(pl.col("verdict").n_unique().alias("verdicts"), pl.col("position").n_unique().alias("positions"))
-           .filter(pl.col("positions") > 1)
-           .group_by("judge").agg((pl.col("verdicts") == 1).mean().alias("consistency"), pl.len().alias("n")))
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3))
@@ -162,19 +181,46 @@ def sample_pairs(folder: Path, n: int = 5) -> str:
     return f'<table class="pairs"><tr>{"".join(f"<th>{c}</th>" for c in cols)}</tr>{body}</table>'
 
 
-def drop_reasons(run_dir: Path, manifest: dict) -> str:
-    parts = []
+def reason_counts(run_dir: Path, manifest: dict, top: int = 8) -> list[tuple[str, str, str, int]]:
+    """(stage id, dropped|quarantined, reason with numbers as N, rows) for each stage's commonest reasons."""
+    out = []
     for kind in ("dropped", "quarantined"):
         for s in manifest["stages"]:
             folder = run_dir / f"_{kind}" / s["id"]
             if not list(folder.glob("part-*.parquet")):
                 continue
             # numbers become N, so "margin 0.5 < min_margin 1" and "margin 0 < min_margin 1" count together
-            top = (_scan(folder).select(pl.col("reason").str.replace_all(r"\d+(\.\d+)?", "N"))
-                   .group_by("reason").len().sort("len", descending=True).head(8).collect())
-            items = "".join(f"<li>{r['len']} × {html.escape(r['reason'])}</li>" for r in top.to_dicts())
-            parts.append(f"<h3>{s['id']} — {kind}</h3><ul>{items}</ul>")
-    return "".join(parts) or _note("Nothing was dropped or quarantined.")
+            counts = (_scan(folder).select(pl.col("reason").str.replace_all(r"\d+(\.\d+)?", "N"))
+                      .group_by("reason").len().sort("len", descending=True).head(top).collect())
+            out += [(s["id"], kind, r["reason"], r["len"]) for r in counts.to_dicts()]
+    return out
+
+
+def drop_reasons(run_dir: Path, manifest: dict) -> str:
+    parts, current = [], None
+    for sid, kind, reason, n in reason_counts(run_dir, manifest):
+        if (sid, kind) != current:
+            parts.append(f"{'</ul>' if current else ''}<h3>{sid} — {kind}</h3><ul>")
+            current = (sid, kind)
+        parts.append(f"<li>{n} × {html.escape(reason)}</li>")
+    return "".join(parts) + "</ul>" if parts else _note("Nothing was dropped or quarantined.")
+
+
+def judge_stats(run_dir: Path, manifest: dict) -> dict[str, Any]:
+    """The numbers a dataset card reports: judgments per judge, agreement, position consistency, reasons."""
+    stages = _stage_dirs(run_dir, manifest)
+    judged = [folder for _, folder, cols in stages if "candidates" in cols]
+    stats: dict[str, Any] = {"judges": {}, "kappa": [], "position": [], "reasons": reason_counts(run_dir, manifest)}
+    if judged:
+        j = judgments(judged[-1])
+        if not j.is_empty():
+            for judge, group in j.group_by("judge"):
+                scored = group.filter(pl.col("parse_ok") & pl.col("score").is_not_null()).height
+                stats["judges"][judge[0]] = {"scored": scored, "unparsed": group.filter(~pl.col("parse_ok")).height}
+            stats["judges"] = dict(sorted(stats["judges"].items()))
+            stats["kappa"] = kappas(j)[1]
+            stats["position"] = [(r["judge"], r["consistency"], r["n"]) for r in positions(j).to_dicts()]
+    return stats
 
 
 def accounting(manifest: dict) -> str:

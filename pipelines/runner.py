@@ -294,6 +294,11 @@ class Run:
         self._save()
         return self.manifest
 
+    def record(self, key: str, value: Any) -> None:
+        """Add a run-level result (e.g. where it was published) to the manifest."""
+        self.manifest[key] = value
+        self._save()
+
     def _save(self) -> None:
         self.manifest["stages"] = [r.as_dict() for r in self.reports.values()]
         _atomic_write_json(self.manifest, self.run_dir / "manifest.json")

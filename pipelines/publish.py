@@ -1,0 +1,171 @@
+"""Publish a run's exports to the Hugging Face Hub with a dataset card.
+
+One config per export stage (named by format: preference, reward, kto, ranked), its Parquet shards under
+`data/<config>/`, and a README.md card: YAML metadata (license, task categories, size, configs) and what a
+user of the dataset needs to trust it: prompt sources, models and sampling, judges and templates, inter-judge
+agreement and position consistency, what was filtered and why with counts, the accounting table, and how to
+load it into TRL. Everything goes in one commit: a failed push leaves the remote repo as it was, and pushing
+the same run again changes nothing (the client skips files whose remote hash matches, and makes no commit).
+The token comes from HF_TOKEN or the local login; nothing here reads, writes or prints it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_NAMES = {"trl": "preference", "reward": "reward", "kto": "kto", "ranked": "ranked"}
+
+
+class PublishError(RuntimeError):
+    pass
+
+
+def _exports(manifest: dict, config: dict) -> list[tuple[str, str]]:
+    """(stage id, format) of every export stage that ran."""
+    out = []
+    for s, item in zip(manifest["stages"], config["stages"]):
+        if s["stage"] == "export":
+            out.append((s["id"], item["export"].get("format", "trl")))
+    return out
+
+
+def _size_category(n: int) -> str:
+    for limit, name in [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
+                        (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")]:
+        if n < limit:
+            return name
+    return "n>10M"
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def build_card(run_dir: Path, repo_id: str, files: dict[str, list[str]], license: str) -> str:
+    from pipelines.report import judge_stats
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    rows_out = sum(s["rows_out"] for s in manifest["stages"] if s["stage"] == "export")
+    meta = {
+        "license": license,
+        "task_categories": ["text-generation"],
+        "tags": ["preference", "dpo", "rlhf", "curate"],
+        "size_categories": [_size_category(rows_out)],
+        "configs": [{"config_name": name, "data_files": [{"split": "train", "path": f"data/{name}/*.parquet"}]}
+                    for name in files],
+    }
+    stages = config["stages"]
+    sources = [f"`{Path(s['load']['path']).name}`" for s in stages if "load" in s]
+    models = []
+    for s in stages:
+        for m in (s.get("generate") or {}).get("models", []):
+            engine = config["engines"].get(m["engine"], {})
+            name = engine.get("model") or Path(engine.get("model_path") or "SmolLM2-135M-Instruct (embedded)").name
+            models.append([name, engine.get("kind"), m["k"], m["temperature"], m["top_p"], m["max_tokens"], m["seed"]])
+    judges = [[s["judge"].get("name") or "-", s["judge"]["template"], s["judge"]["engine"],
+               s["judge"]["sampling"]["temperature"], s["judge"].get("inconsistent", "tie")]
+              for s in stages if "judge" in s]
+    stats = judge_stats(run_dir, manifest)
+    accounting = [[s["id"], s["in"], s["out"], s["dropped"], s["quarantined"], s["rows_out"]] for s in manifest["stages"]]
+    reasons = [[sid, kind, n, r] for sid, kind, r, n in stats["reasons"]]
+    first = next(iter(files))
+    body = [
+        f"# {repo_id}",
+        "",
+        f"Preference data built with [curate](https://pypi.org/project/curate/) from the pipeline "
+        f"`{manifest['name']}` (run started {manifest.get('started')}, code version {manifest.get('code_version')}).",
+        "",
+        "## Prompts",
+        f"Sources: {', '.join(sources) or '-'}.",
+        "",
+        "## Models and sampling",
+        _table(models, ["model", "engine", "k", "temperature", "top_p", "max_tokens", "seed"]) if models else
+        "Responses were not generated in this run (loaded as given).",
+        "",
+        "## Judges",
+        _table(judges, ["name", "template", "engine", "temperature", "inconsistent verdicts"]) if judges else "-",
+        "",
+    ]
+    if stats["judges"]:
+        body += [_table([[j, v["scored"], v["unparsed"]] for j, v in stats["judges"].items()],
+                        ["judge", "judgments scored", "unparsed (never given a score)"]), ""]
+    if stats["kappa"]:
+        body += ["Inter-judge agreement (Cohen's kappa, quadratic weights, on shared candidates):", "",
+                 _table([[a, b, f"{k:.3f}", n] for a, b, k, n in stats["kappa"]], ["judge", "judge", "kappa", "n"]), ""]
+    if stats["position"]:
+        body += ["Position consistency of pairwise judges (verdict survives swapping the order):", "",
+                 _table([[j, f"{c:.3f}", n] for j, c, n in stats["position"]], ["judge", "consistency", "pairs"]), ""]
+    body += [
+        "## What was filtered, and why",
+        _table(reasons, ["stage", "kind", "rows", "reason"]) if reasons else "Nothing was dropped or quarantined.",
+        "",
+        "## Row accounting (in = out + dropped + quarantined)",
+        _table(accounting, ["stage", "in", "out", "dropped", "quarantined", "rows out"]),
+        "",
+        "## Load and train",
+        "```python",
+        "import datasets",
+        f'ds = datasets.load_dataset("{repo_id}", "{first}", split="train")',
+    ]
+    if first == "preference":
+        body += ["", "from trl import DPOConfig, DPOTrainer",
+                 'trainer = DPOTrainer(model=model, args=DPOConfig(output_dir="out"), train_dataset=ds, '
+                 "processing_class=tokenizer)"]
+    elif first == "kto":
+        body += ["", "from trl import KTOConfig, KTOTrainer",
+                 'trainer = KTOTrainer(model=model, args=KTOConfig(output_dir="out"), train_dataset=ds, '
+                 "processing_class=tokenizer)"]
+    body += ["```", ""]
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n\n" + "\n".join(body)
+
+
+def publish(run_dir: Path, repo_id: str, *, private: bool = False, revision: str | None = None,
+            config_name: str | None = None, license: str = "other") -> dict[str, Any]:
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    run_dir = Path(run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    if manifest.get("status") != "ok":
+        raise PublishError(f"{run_dir} did not finish (status {manifest.get('status')}); publish a finished run")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    exports = _exports(manifest, config)
+    if not exports:
+        raise PublishError(f"{run_dir} has no export stage: add `- export: {{format: trl}}` to the pipeline")
+    if config_name and len(exports) > 1:
+        raise PublishError("--config-name names a single export; this run has several")
+    files: dict[str, list[str]] = {}
+    ops = []
+    for sid, fmt in exports:
+        name = config_name or CONFIG_NAMES[fmt]
+        parts = sorted((run_dir / sid).glob("part-*.parquet"))
+        for i, path in enumerate(parts):
+            target = f"data/{name}/train-{i:05d}-of-{len(parts):05d}.parquet"
+            files.setdefault(name, []).append(target)
+            ops.append(CommitOperationAdd(path_in_repo=target, path_or_fileobj=str(path)))
+    card = build_card(run_dir, repo_id, files, license)
+    ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        if revision:
+            api.create_branch(repo_id, repo_type="dataset", branch=revision, exist_ok=True)
+        keep = {op.path_in_repo for op in ops}
+        stale = [f for f in api.list_repo_files(repo_id, repo_type="dataset", revision=revision)
+                 if f.startswith("data/") and f.split("/")[1] in files and f not in keep]
+        ops += [CommitOperationDelete(path_in_repo=f) for f in stale]
+        info = api.create_commit(repo_id, ops, repo_type="dataset", revision=revision,
+                                 commit_message=f"curate: {manifest['name']} run {manifest.get('started')}")
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "?"
+        raise PublishError(f"the Hub answered HTTP {status} ({type(exc).__name__}); nothing was committed, so the "
+                           f"repo is as it was: run `curate publish` again to retry") from None
+    return {"repo": repo_id, "commit": info.oid, "url": str(info.commit_url), "configs": files,
+            "rows": sum(s["rows_out"] for s in manifest["stages"] if s["stage"] == "export")}
