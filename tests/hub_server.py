@@ -112,12 +112,15 @@ def make_handler(state: HubState, endpoint_of):
         def do_POST(self):
             parts, query = self._route()
             body = self._body()
+            if parts[:2] == ["api", "validate-yaml"]:  # the card's metadata: this server accepts any
+                return self._send(200, {"errors": [], "warnings": []})
             if parts[:3] == ["api", "repos", "create"]:
                 data = json.loads(body)
                 name = data["name"] if "/" in data["name"] else f"{data.get('organization')}/{data['name']}"
                 with state.lock:
                     if name in state.repos:
-                        return self._send(409, {"error": "You already created this dataset repo", "url": ""})
+                        return self._send(409, {"error": "You already created this dataset repo",
+                                                "url": f"{endpoint_of()}/datasets/{name}"})
                     state.repos[name] = Repo(name, bool(data.get("private")))
                 return self._send(200, {"url": f"{endpoint_of()}/datasets/{name}", "name": name})
             if parts[0] == "api" and parts[1] == "datasets":
@@ -145,7 +148,7 @@ def make_handler(state: HubState, endpoint_of):
                     out += [{"type": "directory", "path": p.strip("/"), "oid": "0" * 40, "size": 0} for p in paths
                             if p not in repo.files and any(f.startswith(p.strip("/") + "/") for f in repo.files)]
                     return self._send(200, out)
-            if len(parts) >= 4 and parts[0] == "datasets" and parts[3].endswith(".git") and parts[-1] == "batch":
+            if len(parts) >= 4 and parts[0] == "datasets" and parts[2].endswith(".git") and parts[-1] == "batch":
                 data = json.loads(body)
                 objects = []
                 for obj in data["objects"]:
@@ -207,6 +210,8 @@ def make_handler(state: HubState, endpoint_of):
 
         def do_GET(self):
             parts, query = self._route()
+            if parts[:2] == ["api", "agent-harnesses"]:  # the client's agent registry: none here
+                return self._send(200, {"standardEnvVars": [], "harnesses": {}})
             if parts[:2] == ["api", "datasets"] and len(parts) >= 4:
                 repo = self._repo(f"{parts[2]}/{parts[3]}")
                 if repo is None:
