@@ -108,3 +108,11 @@ def test_not_yaml_and_missing_pipeline_file(tmp_path):
     bad.write_text("stages: [load: {path: x\n")
     assert problems_of(bad)[0].startswith("not valid YAML")
     assert problems_of(tmp_path / "absent.yaml") == [f"pipeline file not found: {tmp_path / 'absent.yaml'}"]
+
+
+def test_every_shipped_example_validates():
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        if path.name == "judge_eval.yaml":  # a judge config for `curate judge-eval`, not a pipeline
+            continue
+        res = curate("validate", path)
+        assert res.returncode == 0, (path.name, res.stderr)
