@@ -14,24 +14,22 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import example_pipeline, print_table
+from _common import ROOT, example_pipeline, print_table
 
 CURATE = str(Path(sys.executable).parent / "curate")
 
 
 def cached(cache: Path) -> int:
-    db = cache / "responses.sqlite"
-    if not db.exists():
-        return 0
-    with sqlite3.connect(db) as con:
-        return con.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    sys.path.insert(0, str(ROOT))
+    from engines.cache import ResponseCache
+
+    return len(ResponseCache(cache))
 
 
 def calls(run_dir: Path) -> int:

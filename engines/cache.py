@@ -60,6 +60,9 @@ class ResponseCache:
             "INSERT OR REPLACE INTO responses (key, value) VALUES (?, ?)", (key, json.dumps(value, ensure_ascii=False))
         )
 
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
     def close(self) -> None:
         self._db.close()
 

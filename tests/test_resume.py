@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from conftest import curate
+from engines.cache import ResponseCache
 from test_end_to_end import small_example
 
 
@@ -29,11 +29,7 @@ def pipeline_for_resume(tmp_path: Path) -> Path:
 
 
 def cached_calls(cache_dir: Path) -> int:
-    db = cache_dir / "responses.sqlite"
-    if not db.exists():
-        return 0
-    with sqlite3.connect(db) as con:
-        return con.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    return len(ResponseCache(cache_dir))
 
 
 def sorted_rows(run_dir: Path, stage: str) -> list[dict]:
