@@ -93,7 +93,7 @@ class CachedEngine:
         keys = [request_key(self.identity, r) for r in requests]
         todo = []
         for i, key in enumerate(keys):
-            hit = self.cache.get(key) if self.cache else None
+            hit = self.cache.get(key) if self.cache is not None else None
             if hit is not None:
                 results[i] = hit
                 self.hits += 1
@@ -104,6 +104,6 @@ class CachedEngine:
             self.calls += len(todo)
             for i, comp in zip(todo, fresh, strict=True):
                 results[i] = comp
-                if self.cache and comp.ok:
+                if self.cache is not None and comp.ok:
                     self.cache.put(keys[i], comp)
         return [r for r in results if r is not None]

@@ -97,3 +97,30 @@ def test_kto_export_from_the_same_judgments_costs_no_model_calls(arena_runs):
         ds = datasets.load_dataset("parquet", data_dir=str(arena_runs / "kto" / "04_export"), split="train")
         assert ds.column_names[:3] == ["prompt", "completion", "label"]
         assert sum(ds["label"]) == ds.num_rows // 2
+
+
+@pytest.mark.parametrize("tail", [
+    [{"pairs": {"strategy": "best_vs_random", "min_margin": 0, "ties": "keep", "seed": 3}},
+     {"filter": {"max_longer_share": 0.55, "languages": ["en"], "min_length": 1, "drop_refusals": True}},
+     {"dedup": {"method": "minhash", "field": "chosen"}},
+     {"export": {"format": "reward"}}],
+    [{"pairs": {"strategy": "top_k_vs_bottom_k", "k": 1, "min_margin": 0, "ties": "keep"}},
+     {"filter": {"min_margin": 0, "max_length": 20000}},
+     {"export": {"format": "trl", "conversational": True}}],
+], ids=["random-filter-dedup-reward", "topk-trl-conversational"])
+def test_strategies_and_filters_from_yaml_on_arena_answers(arena_runs, tail, tmp_path):
+    from conftest import SHARED_DATA
+
+    path = arena_pipeline(tmp_path, SHARED_DATA, tail)
+    res = curate("run", path, "--run-dir", tmp_path / "run")
+    assert res.returncode == 0, res.stdout + res.stderr
+    m = manifest(tmp_path / "run")
+    assert m["stages"][1]["model_calls"] == 0  # the judgments are the cached ones of the ranked run
+    for s in m["stages"]:
+        assert s["in"] == s["out"] + s["dropped"] + s["quarantined"], s
+    import datasets
+
+    export = m["stages"][-1]
+    if export["rows_out"]:
+        ds = datasets.load_dataset("parquet", data_dir=str(tmp_path / "run" / export["id"]), split="train")
+        assert {"chosen", "rejected"} <= set(ds.column_names)
