@@ -46,7 +46,7 @@ def split_valid(table: pa.Table, schema: pa.Schema = PROMPT_ROW) -> tuple[pa.Tab
     if missing:
         reason = f"missing columns: {', '.join(missing)}"
         return table.slice(0, 0), quarantine_table("validate", table.to_pylist(), [reason] * table.num_rows)
-    bad = pa.array([False] * table.num_rows)
+    bad = pa.array([False] * table.num_rows, type=pa.bool_())
     reasons: list[str | None] = [None] * table.num_rows
     for field in schema:
         if field.nullable:

@@ -92,7 +92,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
                 name, bench_text = index[int(grams[offsets[i] + found[0]])]
                 span = matching_span(texts[i], bench_text, cfg.ngram)
                 hit[i] = f"contaminated: {field} shares a {cfg.ngram}-gram with {name}: {span!r}"
-    keep = pa.array([h is None for h in hit])
+    keep = pa.array([h is None for h in hit], type=pa.bool_())
     dropped = table.filter(pa.compute.invert(keep)).to_pylist()
     return StageResult(out=table.filter(keep),
                        dropped=quarantine_table("decontaminate", dropped, [h for h in hit if h is not None]))

@@ -111,7 +111,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
         for i in length_bias_drops(c_len, r_len, [r is None for r in reasons], cfg.max_longer_share):
             reasons[i] = (f"length-bias control: chosen longer than rejected ({c_len[i]} vs {r_len[i]} chars); "
                           f"target share {cfg.max_longer_share:g}")
-    keep = pa.array([r is None for r in reasons])
+    keep = pa.array([r is None for r in reasons], type=pa.bool_())
     dropped = [(row, r) for row, r in zip(rows, reasons, strict=True) if r is not None]
     return StageResult(
         out=table.filter(keep),

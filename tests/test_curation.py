@@ -127,3 +127,16 @@ def test_thresholds_lengths_language_and_refusals(shared_data):
     # real Arena-Hard pairs pass, except the answer written in ABC music notation, which is not English prose
     assert reasons["Use ABC notation to "].startswith("chosen language ")
     assert res.out.num_rows == 2
+
+
+def test_filters_and_dedup_pass_an_empty_shard_through(shared_data):
+    """A shard can be empty (every row dropped upstream); the stages still write an empty, typed output."""
+    from stages import decontaminate, dedup
+
+    empty = pa.Table.from_pylist([], schema=PAIR_ROW)
+    for stage, cfg in [(dedup, dedup.Config(field="chosen")), (filter_stage, filter_stage.Config(max_longer_share=0.5)),
+                       (decontaminate, decontaminate.Config.model_validate(
+                           {"benchmarks": [{"name": "mt-bench", "path": shared_data / "fastchat_mt_bench" /
+                                            "question.jsonl", "field": "turns"}]}))]:
+        res = stage.process(empty, cfg, StageContext())
+        assert res.out.num_rows == 0 and res.out.schema == PAIR_ROW
