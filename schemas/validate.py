@@ -84,7 +84,3 @@ def quarantine_table(
             }
         )
     return pa.Table.from_pylist(rows, schema=QUARANTINE_ROW)
-
-
-def empty(schema: pa.Schema) -> pa.Table:
-    return schema.empty_table()
