@@ -22,6 +22,10 @@ class Parsed:
     score: float | None
     error: str | None
     verdict: str | None = None
+    #: pairwise strength judges: how much better the response shown first (A) is, -3..3
+    strength: float | None = None
+    #: multi-score outputs: {aspect: score} (HelpSteer2 attributes) or {"1": s, "2": s, ...} per shown text
+    scores: dict[str, float] | None = None
 
     @property
     def ok(self) -> bool:
@@ -50,4 +54,93 @@ def verdict_brackets(text: str | None, *_: float) -> Parsed:
     return Parsed(None, None, verdict=found[-1])
 
 
-PARSERS = {"rating_brackets": rating_brackets, "verdict_brackets": verdict_brackets}
+_RESULT = re.compile(r"\[RESULT\]\s*\(?\s*(\d+(?:\.\d+)?)")
+_RESULT_AB = re.compile(r"\[RESULT\]\s*\(?\s*\"?([AB])\b")
+_STRENGTH = re.compile(r"\[\[\s*([+-−]?\s*\d)\s*\]\]")
+_TEXT_BLOCK = re.compile(r"Output for Text\s*(\d+)\s*\**\s*\n+\s*\**Rating\**:?\**\s*(N/A|\d+(?:\.\d+)?)", re.I)
+_RATING_LINE = re.compile(r"^\s*\**Rating\**:?\**\s*(\d+(?:\.\d+)?)", re.I | re.M)
+
+
+def result_tag(text: str | None, low: float, high: float) -> Parsed:
+    """Prometheus absolute grading: "Feedback: ... [RESULT] 4"; the last tag wins."""
+    if not text:
+        return Parsed(None, "empty judge output")
+    found = _RESULT.findall(text)
+    if not found:
+        return Parsed(None, "no [RESULT] n in judge output")
+    score = float(found[-1])
+    if not low <= score <= high:
+        return Parsed(None, f"[RESULT] {found[-1]} outside the scale {low:g}-{high:g}")
+    return Parsed(score, None)
+
+
+def result_ab(text: str | None, *_: float) -> Parsed:
+    """Prometheus relative grading: "Feedback: ... [RESULT] A" (no ties in this format)."""
+    if not text:
+        return Parsed(None, "empty judge output")
+    found = _RESULT_AB.findall(text)
+    if not found:
+        return Parsed(None, "no [RESULT] A/B in judge output")
+    return Parsed(None, None, verdict=found[-1])
+
+
+def strength_brackets(text: str | None, low: float, high: float) -> Parsed:
+    """HelpSteer2-Preference style: "[[-2]]" on -3..3, negative when Response 1 (shown first, A) is better.
+    Stored the other way round (`strength` = how much better A is), with the verdict it implies."""
+    if not text:
+        return Parsed(None, "empty judge output")
+    found = _STRENGTH.findall(text)
+    if not found:
+        return Parsed(None, "no [[preference]] in judge output")
+    value = float(found[-1].replace("−", "-").replace(" ", ""))
+    if not low <= value <= high:
+        return Parsed(None, f"preference {value:g} outside the scale {low:g}-{high:g}")
+    strength = -value or 0.0  # no -0.0
+    verdict = "A" if strength > 0 else "B" if strength < 0 else "C"
+    return Parsed(None, None, verdict=verdict, strength=strength)
+
+
+def aspect_lines(text: str | None, low: float, high: float, aspects: tuple[str, ...] = ()) -> Parsed:
+    """One "Aspect: n" line per aspect (HelpSteer2's attributes); the last line per aspect wins, and every
+    aspect must be there (a partial answer is a parse failure: no aspect gets a made-up score)."""
+    if not text:
+        return Parsed(None, "empty judge output")
+    scores: dict[str, float] = {}
+    for aspect in aspects:
+        label = re.escape(aspect).replace("_", "[ _]")
+        found = re.findall(rf"^\W*{label}\W*\s*:?\s*\**\s*(\d+(?:\.\d+)?)", text, re.I | re.M)
+        if found:
+            scores[aspect] = float(found[-1])
+    missing = [a for a in aspects if a not in scores]
+    if missing:
+        return Parsed(None, f"no score for {', '.join(missing)} in judge output")
+    off = [f"{a}={v:g}" for a, v in scores.items() if not low <= v <= high]
+    if off:
+        return Parsed(None, f"scores outside the scale {low:g}-{high:g}: {', '.join(off)}")
+    return Parsed(sum(scores.values()) / len(scores), None, scores=scores)
+
+
+def text_ratings(text: str | None, low: float, high: float, n: int = 1) -> Parsed:
+    """UltraFeedback's format, one block per shown text: "#### Output for Text 2\nRating: 4\nRationale: ...".
+    Every text 1..n needs a rating; "N/A" (UltraFeedback's answer when an aspect does not apply) is a failure
+    for that output, not a score."""
+    if not text:
+        return Parsed(None, "empty judge output")
+    blocks = {int(i): v for i, v in _TEXT_BLOCK.findall(text)}
+    if not blocks:  # no headers: bare "Rating: n" lines, in order, when there are exactly n of them
+        lines = _RATING_LINE.findall(text)
+        if len(lines) == n:
+            blocks = {i + 1: v for i, v in enumerate(lines)}
+    missing = [i for i in range(1, n + 1) if i not in blocks or blocks[i].upper() == "N/A"]
+    if missing:
+        return Parsed(None, f"no rating for text {', '.join(map(str, missing))} of {n} in judge output")
+    scores = {str(i): float(blocks[i]) for i in range(1, n + 1)}
+    off = [f"text {i}={v:g}" for i, v in scores.items() if not low <= v <= high]
+    if off:
+        return Parsed(None, f"ratings outside the scale {low:g}-{high:g}: {', '.join(off)}")
+    return Parsed(None, None, scores=scores)
+
+
+PARSERS = {"rating_brackets": rating_brackets, "verdict_brackets": verdict_brackets, "result_tag": result_tag,
+           "result_ab": result_ab, "strength_brackets": strength_brackets, "aspect_lines": aspect_lines,
+           "text_ratings": text_ratings}

@@ -17,45 +17,105 @@ from pydantic import BaseModel, ConfigDict, model_validator
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 
 
+ANSWERS = {"pointwise": {"answer"}, "pairwise": {"answer_a", "answer_b"}, "listwise": {"texts"},
+           "debate": {"answer_a", "answer_b"}}
+CONTEXT = {"question", "reference", "rubric", "context"}
+DEFAULT_REMINDERS = {
+    "rating_brackets": 'End with your rating in exactly this format: "Rating: [[5]]".',
+    "verdict_brackets": 'End with your verdict in exactly this format: "[[A]]", "[[B]]" or "[[C]]".',
+    "result_tag": 'End with "[RESULT] " and an integer score.',
+    "result_ab": 'End with "[RESULT] A" or "[RESULT] B".',
+    "strength_brackets": 'End with your preference in exactly this format: "[[-1]]" (a whole number from -3 to 3).',
+    "aspect_lines": "Give one line per attribute, exactly as in the format above.",
+    "text_ratings": 'Give one "#### Output for Text N" block with "Rating: n" for every text.',
+}
+
+
 class Template(BaseModel):
+    """kind: pointwise (one answer -> a score, or one score per aspect), pairwise (two answers -> a verdict or a
+    strength, judged in both orders), listwise (all of a prompt's answers in one call, shuffled -> a score each;
+    UltraFeedback), debate (pairwise, with a rebuttal round prompt and a moderator prompt)."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
-    kind: Literal["pointwise", "pairwise"] = "pointwise"
+    kind: Literal["pointwise", "pairwise", "listwise", "debate"] = "pointwise"
     aspect: str = "overall"
+    #: aspect_lines templates: the aspects one output scores (one judgment per aspect)
+    aspects: tuple[str, ...] = ()
     origin: str | None = None
     system: str | None = None
     prompt: str
-    parser: Literal["rating_brackets", "verdict_brackets"] = "rating_brackets"
+    parser: Literal["rating_brackets", "verdict_brackets", "result_tag", "result_ab", "strength_brackets",
+                    "aspect_lines", "text_ratings"] = "rating_brackets"
     scale: tuple[float, float] = (1, 10)
-    #: GBNF grammar that forces the output format on engines with constrained decoding
+    #: the rubric filled into {rubric} when the judge stage gives none (Prometheus-style templates)
+    rubric: str | None = None
+    #: GBNF grammar that forces the output format on engines with constrained decoding; listwise grammars may
+    #: use {n}, the number of texts shown
     grammar: str | None = None
     #: appended to the prompt when an output did not parse and the judge is asked again
     reminder: str | None = None
+    #: debate templates: the prompt of a later round ({arguments}: the other judges' last turns) and the
+    #: moderator's prompt ({transcript})
+    rebuttal: str | None = None
+    moderator: str | None = None
 
     @model_validator(mode="after")
     def _fields_known(self):
         fields = {f for _, f, _, _ in string.Formatter().parse(self.prompt) if f}
-        answers = {"answer"} if self.kind == "pointwise" else {"answer_a", "answer_b"}
-        unknown = fields - {"question", "reference"} - answers
+        answers = ANSWERS[self.kind]
+        unknown = fields - CONTEXT - answers
         if unknown:
-            raise ValueError(f"prompt uses unknown fields {sorted(unknown)}; allowed: question, reference, "
-                             f"{', '.join(sorted(answers))}")
+            raise ValueError(f"prompt uses unknown fields {sorted(unknown)}; allowed: "
+                             f"{', '.join(sorted(CONTEXT | answers))}")
         if not answers <= fields:
             raise ValueError(f"a {self.kind} prompt must contain {' and '.join('{' + a + '}' for a in sorted(answers))}")
+        if self.parser == "aspect_lines" and not self.aspects:
+            raise ValueError("an aspect_lines template must list its aspects")
+        if self.kind == "listwise" and self.parser != "text_ratings":
+            raise ValueError("a listwise template needs the text_ratings parser")
+        if self.kind == "debate" and not (self.rebuttal and self.moderator):
+            raise ValueError("a debate template needs `rebuttal` and `moderator` prompts")
+        if "rubric" in fields and not self.rubric:
+            raise ValueError("a prompt with {rubric} needs a default `rubric`")
         return self
 
-    def render(self, question: str, answer: str, reference: str | None = None) -> list[dict[str, str]]:
-        return self._chat(self.prompt.format(question=question, answer=answer, reference=reference or ""))
+    @property
+    def pairwise_like(self) -> bool:
+        return self.kind in ("pairwise", "debate")
 
-    def render_pair(self, question: str, answer_a: str, answer_b: str, reference: str | None = None):
-        return self._chat(self.prompt.format(question=question, answer_a=answer_a, answer_b=answer_b,
-                                             reference=reference or ""))
+    def fill(self, question: str, reference: str | None = None, rubric: str | None = None,
+             context: str | None = None, **answers: str) -> list[dict[str, str]]:
+        return self._chat(self.prompt.format(question=question, reference=reference or "",
+                                             rubric=rubric or self.rubric or "", context=context or "", **answers))
+
+    def render(self, question: str, answer: str, **extra) -> list[dict[str, str]]:
+        return self.fill(question, answer=answer, **extra)
+
+    def render_pair(self, question: str, answer_a: str, answer_b: str, **extra):
+        return self.fill(question, answer_a=answer_a, answer_b=answer_b, **extra)
+
+    def render_list(self, question: str, answers: list[str], **extra):
+        texts = "\n".join(f"<text {i}> {a}" for i, a in enumerate(answers, 1))
+        return self.fill(question, texts=texts, **extra)
+
+    def grammar_for(self, n: int | None = None) -> str | None:
+        if self.grammar is None or n is None:
+            return self.grammar
+        return self.grammar.replace("{n}", "{%d}" % n)  # GBNF repetition: exactly n blocks
+
+    def parse(self, text: str | None, n: int | None = None):
+        from judges.parse import PARSERS
+
+        extra = {"aspects": self.aspects} if self.parser == "aspect_lines" else {}
+        if self.parser == "text_ratings":
+            extra = {"n": n or 1}
+        return PARSERS[self.parser](text, *self.scale, **extra)
 
     def with_reminder(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
-        default = ('End with your verdict in exactly this format: "[[A]]", "[[B]]" or "[[C]]".'
-                   if self.kind == "pairwise" else 'End with your rating in exactly this format: "Rating: [[5]]".')
         last = messages[-1]
-        return messages[:-1] + [{**last, "content": f"{last['content']}\n\n{self.reminder or default}"}]
+        note = self.reminder or DEFAULT_REMINDERS[self.parser]
+        return messages[:-1] + [{**last, "content": f"{last['content']}\n\n{note}"}]
 
     def _chat(self, user: str) -> list[dict[str, str]]:
         return ([{"role": "system", "content": self.system}] if self.system else []) + [

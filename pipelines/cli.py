@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -80,6 +79,7 @@ def run(
             err_console.print(f"partial results and manifest: {run_dir}")
             raise typer.Exit(1) from None
     print_accounting(manifest)
+    print_judges(manifest.get("judges") or {})
     console.print(f"dataset: [bold]{manifest['output']}[/]")
     if manifest.get("published"):
         pub = manifest["published"]
@@ -171,13 +171,15 @@ def judge_eval(
     table = Table(title=f"judges vs human labels: {report['pairs']} pairs of {data.name} "
                         f"(human: {report['human_labels']})")
     for col in ("judge", "agreement", "agreement w/o ties (n)", "Cohen's kappa", "position consistency",
-                "unparsed"):
+                "longer wins", "unparsed"):
         table.add_column(col, justify="left" if col == "judge" else "right")
     for name, m in report["results"].items():
         no_ties = "-" if m["agreement_without_ties"] is None else f"{m['agreement_without_ties']:.3f} ({m['decided']})"
-        pc = "-" if m["position_consistency"] is None else f"{m['position_consistency']:.3f}"
-        table.add_row(name, f"{m['agreement']:.3f}", no_ties, f"{m['cohen_kappa']:.3f}", pc, str(m["unparsed"]))
+        table.add_row(name, f"{m['agreement']:.3f}", no_ties, f"{m['cohen_kappa']:.3f}", _f(m["position_consistency"]),
+                      _f(m["longer_wins"]), str(m["unparsed"]))
     console.print(table)
+    console.print(f"the longer response wins {_f(report['human_longer_wins'])} of the pairs humans decided "
+                  "(a judge far above that rewards length)")
     from rich.columns import Columns
 
     matrices = []
@@ -257,6 +259,31 @@ def print_accounting(manifest: dict) -> None:
             f"{s['seconds']:.1f}", "[green]yes[/]" if s["balanced"] else "[red]NO[/]",
         )
     console.print(table)
+
+
+def _f(value, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_judges(judges: dict) -> None:
+    """Per judge: what it scored, what did not parse, and its bias probes; then inter-judge agreement."""
+    per = judges.get("per_judge") or {}
+    if not per:
+        return
+    table = Table(title="judges (bias probes: position consistency, longer response wins, self-preference gap)")
+    for col in ("judge", "kind", "scored", "unparsed", "position consistency", "longer wins", "self-pref gap"):
+        table.add_column(col, justify="left" if col in ("judge", "kind") else "right")
+    for name, v in per.items():
+        table.add_row(name, v["kind"], str(v["scored"]), str(v["unparsed"]), _f(v.get("position_consistency")),
+                      _f(v.get("longer_wins")), _f((v.get("self_preference") or {}).get("gap")))
+    console.print(table)
+    kappas = sorted(k["kappa"] for k in judges.get("cohen_kappa", []) if k["kappa"] == k["kappa"])  # not nan
+    if kappas:
+        console.print(f"Cohen's kappa over {len(kappas)} pairs of judges: median {_f(kappas[len(kappas) // 2])}, "
+                      f"range {_f(kappas[0])} to {_f(kappas[-1])} (each pair in manifest.json)")
+    if judges.get("krippendorff_alpha") is not None:
+        console.print(f"Krippendorff's alpha: {_f(judges['krippendorff_alpha'])} "
+                      f"(on {judges['alpha_units']} candidates)")
 
 
 class _Bars:

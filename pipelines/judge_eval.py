@@ -27,13 +27,15 @@ LABELS = ["A", "B", "tie"]
 class JudgeEvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     engines: dict[str, EngineConfig] = Field(default_factory=lambda: {"default": LlamaCppConfig()})
-    #: judge stage configs (template, engine, sampling, retries, name, ...); several make a jury
+    #: judge stage configs (template, engine, sampling, retries, name, ...) or debate stage configs (those with
+    #: `debaters`); several make a jury
     judges: list[dict[str, Any]] = Field(min_length=1)
     cache_dir: Path | None = None
 
 
 def load_config(path: Path):
     from pipelines.config import ConfigError, describe_errors
+    from stages.debate import Config as DebateConfig
     from stages.judge import Config as JudgeConfig
 
     data = yaml.safe_load(path.read_text())
@@ -43,13 +45,16 @@ def load_config(path: Path):
         raise ConfigError(describe_errors(err, "", JudgeEvalConfig), str(path)) from None
     judges, problems = [], []
     for i, j in enumerate(cfg.judges):
+        kind = DebateConfig if isinstance(j, dict) and "debaters" in j else JudgeConfig
         try:
-            judges.append(JudgeConfig.model_validate(j, context={"base_dir": path.parent.resolve()}))
+            judges.append(kind.model_validate(j, context={"base_dir": path.parent.resolve()}))
         except ValidationError as err:
-            problems.extend(describe_errors(err, f"judges[{i}]", JudgeConfig))
+            problems.extend(describe_errors(err, f"judges[{i}]", kind))
     for i, j in enumerate(judges):
-        if j.engine not in cfg.engines:
-            problems.append(f"judges[{i}].engine: unknown engine {j.engine!r}; defined: {', '.join(cfg.engines)}")
+        used = j.engine if isinstance(j, JudgeConfig) else [d.engine for d in j.debaters]
+        for name in [used] if isinstance(used, str) else used:
+            if name not in cfg.engines:
+                problems.append(f"judges[{i}]: unknown engine {name!r}; defined: {', '.join(cfg.engines)}")
     if problems:
         raise ConfigError(problems, str(path))
     return cfg, judges
@@ -99,38 +104,60 @@ def _verdict_from_scores(sa: float | None, sb: float | None) -> str:
     return "A" if sa > sb else "B" if sb > sa else "tie"
 
 
-def run_judge(judge_cfg, engine, pairs: list[tuple[str, str, str, str]]) -> tuple[list[str], list[bool] | None]:
-    """The judge's verdict per pair ("A", "B", "tie" or "unparsed"), and per pair whether a pairwise
-    judge's verdict survived the position swap (None for pointwise judges)."""
+def _verdict_from_pair(x: list[dict]) -> tuple[str, bool]:
+    """A's verdict from its two judgments (both orders), and whether it survived the swap."""
+    scores = [j["score"] for j in x]
+    if any(sc is None for sc in scores):
+        return "unparsed", False
+    mean = sum(scores) / 2
+    return ("A" if mean > 0.5 else "B" if mean < 0.5 else "tie"), x[0]["verdict"] == x[1]["verdict"]
+
+
+def _mean_score(judgments: list[dict]) -> float | None:
+    scores = [j["score"] for j in judgments]
+    return None if not scores or any(sc is None for sc in scores) else sum(scores) / len(scores)
+
+
+def run_judge(judge_cfg, engines: dict, pairs: list[tuple[str, str, str, str]]) -> tuple[str, list[str], list[bool] | None]:
+    """The judge's name, its verdict per pair ("A", "B", "tie" or "unparsed"), and per pair whether a pairwise
+    judge's (or debate's) verdict survived the position swap (None for judges that score responses)."""
+    from judges import debate as debate_mod
+    from judges.listwise import rate
     from judges.pairwise import compare
     from judges.pointwise import grade
+    from stages.debate import Config as DebateConfig
 
+    items = [(q, a, b, "A", "B", {}) for q, a, b, _ in pairs]
+    if isinstance(judge_cfg, DebateConfig):
+        from judges.templates import load_template, template_path
+
+        debaters = [debate_mod.Debater(engines[d.engine], d.name or f"judge-{i + 1}", d.sampling.sampling())
+                    for i, d in enumerate(judge_cfg.debaters)]
+        mod = judge_cfg.moderator
+        moderator = debate_mod.Debater(engines[mod.engine], mod.name or "moderator", mod.sampling.sampling()) if mod else None
+        res = debate_mod.run(debaters, load_template(template_path(judge_cfg.template)), items, judge_cfg.rounds,
+                             judge_cfg.retries, judge_cfg.grammar, judge_cfg.name, judge_cfg.final, moderator,
+                             judge_cfg.inconsistent)
+        out = [_verdict_from_pair(r[0]) if isinstance(r, tuple) else ("unparsed", False) for r in res]
+        return judge_cfg.name, [v for v, _ in out], [c for _, c in out]
+    engine = engines[judge_cfg.engine]
     template = judge_cfg.resolved_template()
+    name = judge_cfg.name or f"{engine.model_name}:{template.name}"
     sampling = judge_cfg.sampling.sampling()
-    if template.kind == "pointwise":
-        items = [(q, r) for q, a, b, _ in pairs for r in (a, b)]
-        res = grade(engine, template, items, sampling, judge_cfg.retries, judge_cfg.grammar, name=judge_cfg.name)
-        scores = [r["score"] if isinstance(r, dict) else None for r in res]
-        return [_verdict_from_scores(scores[2 * i], scores[2 * i + 1]) for i in range(len(pairs))], None
-    items = [(q, a, b, "A", "B") for q, a, b, _ in pairs]
+    if template.kind in ("pointwise", "listwise"):
+        if template.kind == "pointwise":
+            res = grade(engine, template, [(q, r, {}) for q, a, b, _ in pairs for r in (a, b)], sampling,
+                        judge_cfg.retries, judge_cfg.grammar, name=judge_cfg.name)
+            scores = [_mean_score(r) if isinstance(r, list) else None for r in res]
+        else:
+            res = rate(engine, template, [(q, [a, b], str(i), {}) for i, (q, a, b, _) in enumerate(pairs)], sampling,
+                       judge_cfg.retries, judge_cfg.grammar, name=judge_cfg.name, seed=judge_cfg.sampling.seed)
+            scores = [sc for r in res for sc in ([j["score"] for j in r] if isinstance(r, list) else [None, None])]
+        return name, [_verdict_from_scores(scores[2 * i], scores[2 * i + 1]) for i in range(len(pairs))], None
     res = compare(engine, template, items, sampling, judge_cfg.retries, judge_cfg.grammar, name=judge_cfg.name,
                   inconsistent=judge_cfg.inconsistent)
-    verdicts, consistent = [], []
-    for r in res:
-        if not isinstance(r, tuple):
-            verdicts.append("unparsed")
-            consistent.append(False)
-            continue
-        x, _ = r
-        scores = [j["score"] for j in x]
-        if any(s is None for s in scores):
-            verdicts.append("unparsed")
-            consistent.append(False)
-            continue
-        consistent.append(x[0]["verdict"] == x[1]["verdict"])
-        mean = sum(scores) / 2
-        verdicts.append("A" if mean > 0.5 else "B" if mean < 0.5 else "tie")
-    return verdicts, consistent
+    out = [_verdict_from_pair(r[0]) if isinstance(r, tuple) else ("unparsed", False) for r in res]
+    return name, [v for v, _ in out], [c for _, c in out]
 
 
 def jury(verdicts: list[list[str]]) -> list[str]:
@@ -146,7 +173,15 @@ def jury(verdicts: list[list[str]]) -> list[str]:
     return out
 
 
-def metrics(human: list[str], verdicts: list[str], consistent: list[bool] | None) -> dict[str, Any]:
+def longer_wins(verdicts: list[str], longer: list[str]) -> float | None:
+    """Among pairs the judge decided whose responses differ in length, the share where the longer one won: a
+    judge well above the humans' rate rewards length."""
+    decided = [(v, lg) for v, lg in zip(verdicts, longer) if v in ("A", "B") and lg in ("A", "B")]
+    return sum(v == lg for v, lg in decided) / len(decided) if decided else None
+
+
+def metrics(human: list[str], verdicts: list[str], consistent: list[bool] | None,
+            longer: list[str] | None = None) -> dict[str, Any]:
     from sklearn.metrics import cohen_kappa_score
 
     n = len(human)
@@ -165,6 +200,7 @@ def metrics(human: list[str], verdicts: list[str], consistent: list[bool] | None
         "cohen_kappa": float(kappa),
         "position_consistency": (sum(consistent) / len(consistent)) if consistent else None,
         "unparsed": sum(v == "unparsed" for v in verdicts),
+        "longer_wins": longer_wins(verdicts, longer) if longer else None,
         "confusion": confusion,
     }
 
@@ -182,19 +218,19 @@ def evaluate(data: Path, config: Path, limit: int | None, seed: int = 0) -> dict
     engines = {name: build_engine(e, cache) for name, e in cfg.engines.items()}
     results: dict[str, Any] = {}
     all_verdicts = []
-    for jc in judge_cfgs:
-        engine = engines[jc.engine]
-        name = jc.name or f"{engine.model_name}:{jc.resolved_template().name}"
-        verdicts, consistent = run_judge(jc, engine, pairs)
-        all_verdicts.append(verdicts)
-        results[name] = metrics(human, verdicts, consistent)
-    if len(judge_cfgs) > 1:
-        results["jury (majority)"] = metrics(human, jury(all_verdicts), None)
     longer = ["A" if len(a) > len(b) else "B" if len(b) > len(a) else "tie" for _, a, b, _ in pairs]
-    results["baseline: always longer"] = metrics(human, longer, None)
+    for jc in judge_cfgs:
+        name, verdicts, consistent = run_judge(jc, engines, pairs)
+        all_verdicts.append(verdicts)
+        results[name] = metrics(human, verdicts, consistent, longer)
+    if len(judge_cfgs) > 1:
+        results["jury (majority)"] = metrics(human, jury(all_verdicts), None, longer)
+    results["baseline: always longer"] = metrics(human, longer, None, longer)
     rng = random.Random(seed)
-    results["baseline: random"] = metrics(human, [rng.choice("AB") for _ in pairs], None)
+    results["baseline: random"] = metrics(human, [rng.choice("AB") for _ in pairs], None, longer)
+
     return {"data": str(data), "pairs": len(pairs), "human_labels": dict(Counter(human)), "results": results,
+            "human_longer_wins": longer_wins(human, longer),
             "model_calls": sum(e.calls for e in engines.values()), "cache_hits": sum(e.hits for e in engines.values())}
 
 

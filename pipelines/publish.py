@@ -99,6 +99,10 @@ def build_card(run_dir: Path, repo_id: str, files: dict[str, list[str]], license
     if stats["kappa"]:
         body += ["Inter-judge agreement (Cohen's kappa, quadratic weights, on shared candidates):", "",
                  _table([[a, b, f"{k:.3f}", n] for a, b, k, n in stats["kappa"]], ["judge", "judge", "kappa", "n"]), ""]
+    alpha = (manifest.get("judges") or {}).get("krippendorff_alpha")
+    if alpha is not None:
+        body += [f"Krippendorff's alpha over all judges (interval, on within-prompt ranks): {alpha:.3f} "
+                 f"({manifest['judges']['alpha_units']} candidates rated by two or more judges).", ""]
     if stats["position"]:
         body += ["Position consistency of pairwise judges (verdict survives swapping the order):", "",
                  _table([[j, f"{c:.3f}", n] for j, c, n in stats["position"]], ["judge", "consistency", "pairs"]), ""]

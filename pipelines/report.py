@@ -10,12 +10,13 @@ from __future__ import annotations
 import html
 import io
 import json
-from itertools import combinations
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pyarrow.parquet as pq
+
+from judges.stats import judgments, kappas, positions
 
 
 def _stage_dirs(run_dir: Path, manifest: dict) -> list[tuple[str, Path, list[str]]]:
@@ -30,23 +31,6 @@ def _stage_dirs(run_dir: Path, manifest: dict) -> list[tuple[str, Path, list[str
 
 def _scan(folder: Path) -> pl.LazyFrame:
     return pl.scan_parquet(str(folder / "part-*.parquet"))
-
-
-def judgments(folder: Path) -> pl.DataFrame:
-    """One row per (prompt, candidate, judgment): the long table the judge plots are made from."""
-    df = (
-        _scan(folder)
-        .select("prompt_id", "candidates")
-        .explode("candidates")
-        .unnest("candidates")
-        .select("prompt_id", "candidate_id", "model", "response", "judgments")
-        .explode("judgments")
-        .drop_nulls("judgments")
-        .unnest("judgments")
-        .collect()
-    )
-    # runs written before judgments had an `opponent` field still report
-    return df if "opponent" in df.columns else df.with_columns(pl.lit(None, pl.String).alias("opponent"))
 
 
 def _svg(fig) -> str:
@@ -82,37 +66,6 @@ def score_histograms(j: pl.DataFrame) -> str:
         ax.set_xlabel("score")
         ax.set_ylabel("judgments")
     return _figure("scores", "Score histogram per judge", _svg(fig))
-
-
-def kappas(j: pl.DataFrame) -> tuple[list[str], list[tuple[str, str, float, int]]]:
-    """Pointwise judges, and Cohen's kappa (quadratic weights, scores rounded) for each pair of them on the
-    candidates both scored: (judge, judge, kappa or nan, n)."""
-    from sklearn.metrics import cohen_kappa_score
-
-    scored = j.filter(pl.col("parse_ok") & pl.col("score").is_not_null() & (pl.col("kind") == "pointwise"))
-    judges = sorted(scored["judge"].unique().to_list())
-    if len(judges) < 2:
-        return judges, []
-    wide = (scored.group_by("candidate_id", "judge").agg(pl.col("score").mean())
-            .pivot(on="judge", index="candidate_id", values="score"))
-    out = []
-    for a, b in combinations(judges, 2):
-        both = wide.select(a, b).drop_nulls()
-        k = float("nan")
-        if both.height >= 2:
-            k = float(cohen_kappa_score(both[a].round().cast(int), both[b].round().cast(int), weights="quadratic"))
-        out.append((a, b, k, both.height))
-    return judges, out
-
-
-def positions(j: pl.DataFrame) -> pl.DataFrame:
-    """Per pairwise judge: the share of comparisons whose verdict survives the order swap."""
-    pairwise = j.filter((pl.col("kind") == "pairwise") & pl.col("parse_ok") & pl.col("position").is_not_null())
-    return (pairwise.group_by("judge", "prompt_id", "candidate_id", "opponent")
-            .agg(pl.col("verdict").n_unique().alias("verdicts"), pl.col("position").n_unique().alias("positions"))
-            .filter(pl.col("positions") > 1)
-            .group_by("judge").agg((pl.col("verdicts") == 1).mean().alias("consistency"), pl.len().alias("n"))
-            .sort("judge"))
 
 
 def agreement(j: pl.DataFrame) -> str:

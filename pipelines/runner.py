@@ -287,12 +287,27 @@ class Run:
         if error is None:
             self.manifest["status"] = "ok"
             self.manifest["output"] = str(self.run_dir / self.pipeline.stages[-1].id)
+            judged = self._judged_folder()
+            if judged is not None:
+                from judges.stats import summary
+
+                self.manifest["judges"] = summary(judged)
         else:
             self.manifest["status"] = "failed"
             self.manifest["error"] = f"{type(error).__name__}: {error}"
         self.manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self._save()
         return self.manifest
+
+    def _judged_folder(self) -> Path | None:
+        """The last stage output that still has candidates with judgments (before pairs reshape them)."""
+        import pyarrow.parquet as pq
+
+        for st in reversed(self.pipeline.stages):
+            files = sorted((self.run_dir / st.id).glob("part-*.parquet"))
+            if files and "candidates" in pq.read_schema(files[0]).names:
+                return self.run_dir / st.id
+        return None
 
     def record(self, key: str, value: Any) -> None:
         """Add a run-level result (e.g. where it was published) to the manifest."""

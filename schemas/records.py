@@ -25,6 +25,8 @@ JUDGMENT = pa.struct(
         ("opponent", pa.string()),  # pairwise: the candidate_id it was compared with
         ("parse_ok", pa.bool_()),
         ("error", pa.string()),
+        ("strength", pa.float64()),  # pairwise strength judges: preference for this candidate, -3..3
+        ("judge_model", pa.string()),  # the judge's model (for self-preference probes)
     ]
 )
 
@@ -50,7 +52,15 @@ PROMPT_FIELDS = [
     pa.field("meta", pa.string()),  # JSON
 ]
 PROMPT_ROW = pa.schema(PROMPT_FIELDS)
-PROMPT_ROW_WITH_CANDIDATES = pa.schema(PROMPT_FIELDS + [pa.field("candidates", pa.list_(CANDIDATE))])
+PROMPT_ROW_WITH_CANDIDATES = pa.schema(
+    PROMPT_FIELDS
+    + [
+        pa.field("candidates", pa.list_(CANDIDATE)),
+        # written by a jury stage: how much its judges agree on this prompt's candidates, and the flag
+        pa.field("jury_agreement", pa.float64()),
+        pa.field("disagreement", pa.bool_()),
+    ]
+)
 
 PAIR_ROW = pa.schema(
     [
@@ -65,6 +75,7 @@ PAIR_ROW = pa.schema(
         pa.field("margin", pa.float64()),
         pa.field("strength", pa.float64()),
         pa.field("agreement", pa.float64()),
+        pa.field("disagreement", pa.bool_()),  # the jury disagreed on this prompt (see the jury stage)
         pa.field("difficulty", pa.string()),  # easy | hard by margin (MPO), when a threshold is set
         pa.field("rationale", pa.string()),
         pa.field("chosen_model", pa.string()),

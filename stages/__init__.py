@@ -6,7 +6,7 @@ from stages.base import StageSpec
 
 
 def registry() -> dict[str, StageSpec]:
-    from stages import decontaminate, dedup, export, filter, generate, judge, load, pairs, rank
+    from stages import debate, decontaminate, dedup, export, filter, generate, judge, jury, load, pairs, rank
 
-    stages = (load, generate, judge, pairs, rank, filter, dedup, decontaminate, export)
+    stages = (load, generate, judge, jury, debate, pairs, rank, filter, dedup, decontaminate, export)
     return {m.STAGE.name: m.STAGE for m in stages}

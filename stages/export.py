@@ -15,13 +15,13 @@ from __future__ import annotations
 from typing import Literal
 
 import pyarrow as pa
-from pydantic import Field
 
 from schemas.records import MESSAGES
 from stages.base import StageConfig, StageContext, StageResult, StageSpec
 
-PROVENANCE = ["prompt_id", "chosen_score", "rejected_score", "margin", "chosen_model", "rejected_model",
-              "chosen_id", "rejected_id", "judge", "source"]
+PROVENANCE = ["prompt_id", "chosen_score", "rejected_score", "margin", "strength", "agreement", "disagreement",
+              "difficulty", "rationale", "chosen_model", "rejected_model", "chosen_id", "rejected_id", "judge",
+              "source"]
 DEFAULT_COLUMNS = {
     "trl": PROVENANCE,
     "reward": PROVENANCE,

@@ -1,4 +1,5 @@
 """generate: k candidate responses per prompt from one or more models, each with its own sampling and seed.
+Candidates a prompt already has (loaded answers of other models) are kept, and the new ones added.
 
 Candidate i of a model uses seed `seed + i`, so candidates differ, a rerun reproduces them, and every request
 has its own cache key. A prompt whose request fails (context overflow, engine error) is quarantined with the
@@ -82,7 +83,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
             bad.append(row)
             reasons.append("generation failed: " + "; ".join(errs))
         else:
-            good.append(row | {"candidates": cands})
+            good.append(row | {"candidates": list(row.get("candidates") or []) + cands})
     return StageResult(
         out=pa.Table.from_pylist(good, schema=PROMPT_ROW_WITH_CANDIDATES),
         quarantined=quarantine_table("generate", bad, reasons),

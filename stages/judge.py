@@ -1,5 +1,7 @@
-"""judge: grade every candidate of every prompt, pointwise (a score per candidate; MT-Bench single-v1 by
-default) or pairwise (every pair of candidates, in both orders; mt_bench_pair_v2), as the template says.
+"""judge: grade every candidate of every prompt as the template says: pointwise (a score per candidate, or one
+per aspect; MT-Bench single-v1 by default, HelpSteer2, Prometheus absolute), listwise (all candidates in one
+shuffled call; UltraFeedback's aspects) or pairwise (every pair of candidates, in both orders; MT-Bench pair-v2,
+Prometheus relative, preference strength -3..3).
 
 Judgments are appended to each candidate's `judgments` list, so several judge stages (other templates or
 models) accumulate on the same candidates. The judge sees the final user turn as the question.
@@ -7,6 +9,7 @@ models) accumulate on the same candidates. The judge sees the final user turn as
 
 from __future__ import annotations
 
+import json
 from itertools import combinations
 from pathlib import Path
 from typing import Literal
@@ -15,12 +18,23 @@ import pyarrow as pa
 from pydantic import Field, ValidationInfo, field_validator
 
 from engines.config import SamplingConfig
+from judges.listwise import rate
 from judges.pairwise import compare
 from judges.pointwise import grade
 from judges.templates import TEMPLATE_DIR, load_template, template_path
 from schemas.records import PROMPT_ROW_WITH_CANDIDATES
 from schemas.validate import quarantine_table
 from stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
+
+
+class Rubric(StageConfig):
+    """A Prometheus-style score rubric: the criteria and what each score means."""
+
+    criteria: str
+    scores: dict[int, str]
+
+    def text(self) -> str:
+        return f"[{self.criteria}]\n" + "\n".join(f"Score {k}: {v}" for k, v in sorted(self.scores.items()))
 
 
 class Config(StageConfig):
@@ -37,17 +51,43 @@ class Config(StageConfig):
     grammar: bool = True
     #: pairwise templates: what a verdict that flips under the position swap becomes
     inconsistent: Literal["tie", "drop"] = "tie"
+    #: the rubric for templates with {rubric} (Prometheus): text, or {criteria, scores: {1: ..., 5: ...}}
+    rubric: str | Rubric | None = None
+    #: a key of the prompt's `meta` holding a reference answer, for templates with {reference}
+    reference_key: str | None = None
+    #: a key of the prompt's `meta` holding the user's persona or context, for templates with {context}
+    context_key: str | None = None
 
     @field_validator("template")
     @classmethod
     def _template_exists(cls, value: str, info: ValidationInfo) -> str:
         base = (info.context or {}).get("base_dir")
         path = template_path(value, Path(base) if base else None)
-        load_template(path)  # a broken template fails at load time, with this field's path
+        # a broken template fails at load time, with this field's path
+        if load_template(path).kind == "debate":
+            raise ValueError(f"{value!r} is a debate template: use it in a `debate` stage")
         return value if path.parent == TEMPLATE_DIR.resolve() else str(path)
+
+    def rubric_text(self) -> str | None:
+        return self.rubric.text() if isinstance(self.rubric, Rubric) else self.rubric
 
     def resolved_template(self):
         return load_template(template_path(self.template))
+
+
+def _meta_value(row: dict, key: str | None) -> str | None:
+    if key is None:
+        return None
+    value = json.loads(row.get("meta") or "{}").get(key)
+    if isinstance(value, list):  # MT-Bench's reference is a list per turn: the first turn's
+        value = value[0] if value else None
+    return None if value is None else str(value)
+
+
+def extras(row: dict, cfg: Config) -> dict:
+    """The template fields besides the answers: reference answer, rubric, and the user's persona/context."""
+    return {"reference": _meta_value(row, cfg.reference_key), "rubric": cfg.rubric_text(),
+            "context": _meta_value(row, cfg.context_key)}
 
 
 def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
@@ -65,21 +105,35 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
         items, where = [], []
         for r, row in enumerate(rows):
             for c, cand in enumerate(row["candidates"] or []):
-                items.append((row["prompt"], cand["response"]))
+                items.append((row["prompt"], cand["response"], extras(row, cfg)))
                 where.append((r, c))
         for (r, c), res in zip(where, grade(engine, template, items, sampling, cfg.retries, cfg.grammar,
                                             name=cfg.name), strict=True):
-            if isinstance(res, dict):
-                add(r, c, [res])
+            if isinstance(res, list):
+                add(r, c, res)
             else:
                 failed.setdefault(r, []).append(f"candidate {c}: {res.error}")
-    else:  # every pair of candidates, in both orders
+    elif template.kind == "listwise":  # all candidates in one call, shuffled
+        items, where = [], []
+        for r, row in enumerate(rows):
+            cands = row["candidates"] or []
+            if cands:
+                items.append((row["prompt"], [c["response"] for c in cands], row["prompt_id"], extras(row, cfg)))
+                where.append(r)
+        for r, res in zip(where, rate(engine, template, items, sampling, cfg.retries, cfg.grammar, name=cfg.name,
+                                      seed=cfg.sampling.seed), strict=True):
+            if isinstance(res, list):
+                for c, j in enumerate(res):
+                    add(r, c, [j])
+            else:
+                failed.setdefault(r, []).append(f"candidates: {res.error}")
+    elif template.kind == "pairwise":  # every pair of candidates, in both orders
         items, where = [], []
         for r, row in enumerate(rows):
             cands = row["candidates"] or []
             for a, b in combinations(range(len(cands)), 2):
                 items.append((row["prompt"], cands[a]["response"], cands[b]["response"],
-                              cands[a]["candidate_id"], cands[b]["candidate_id"]))
+                              cands[a]["candidate_id"], cands[b]["candidate_id"], extras(row, cfg)))
                 where.append((r, a, b))
         results = compare(engine, template, items, sampling, cfg.retries, cfg.grammar, name=cfg.name,
                           inconsistent=cfg.inconsistent)
@@ -89,6 +143,8 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
                 add(r, b, res[1])
             else:
                 failed.setdefault(r, []).append(f"candidates {a} vs {b}: {res.error}")
+    else:
+        raise ValueError(f"template {template.name!r} is a {template.kind} template: use the {template.kind} stage")
     good = [row for r, row in enumerate(rows) if r not in failed]
     bad = [rows[r] for r in sorted(failed)]
     return StageResult(
@@ -100,10 +156,12 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
 STAGE = StageSpec(
     name="judge",
     config=Config,
-    reads=fixed("prompt", "candidates", "candidates.response"),
+    reads=lambda cfg: {"prompt", "candidates", "candidates.response"}
+    | ({"meta"} if cfg.reference_key or cfg.context_key else set()),
     writes=fixed("candidates.judgments", "candidates.judgments.score", "candidates.judgments.parse_ok"),
-    doc="Grade candidates: pointwise (MT-Bench single-v1 by default) or pairwise with position swap "
-    "(mt_bench_pair_v2); unparsable outputs are kept with parse_ok=false after retries, never given a score.",
+    doc="Grade candidates: pointwise (MT-Bench single-v1 by default, HelpSteer2 attributes, Prometheus "
+    "absolute), listwise (UltraFeedback aspects, shuffled), or pairwise with position swap (MT-Bench pair-v2, "
+    "Prometheus relative, strength -3..3); unparsable outputs are kept with parse_ok=false, never given a score.",
     process=process,
     engines=lambda cfg: [cfg.engine],
 )

@@ -9,8 +9,9 @@ are never read as a default). Strategies (UltraFeedback / RankDPO-style recipes)
 Every candidate pair that is not kept carries a reason (tie, margin under `min_margin`, jury agreement under
 `min_agreement`); a prompt with no pair left is dropped, and accounted once, with its reasons.
 
-`agreement` is the share of judges (that scored both) ranking chosen above rejected, a soft label; `strength`
-is the margin over the template's scale span when known, else the raw margin; `difficulty` tags a pair easy or
+`agreement` is the share of judges (that scored both; a jury's members) ranking chosen above rejected, a soft
+label; `strength` is the mean preference strength (-3..3) of strength judges that compared the two, else the
+margin; `disagreement` is the jury's flag for the prompt; `difficulty` tags a pair easy or
 hard by margin (MPO) when `easy_margin` is set.
 """
 
@@ -24,6 +25,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
+from judges.jury import JudgeKind, judge_scores, voters
 from schemas.records import PAIR_ROW
 from schemas.validate import quarantine_table
 from stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
@@ -44,27 +46,10 @@ class Config(StageConfig):
     #: which judgments count: an aspect, a kind (pointwise scores and pairwise points are different scales, so
     #: a run with both picks one), and judge names (None: all)
     aspect: str | None = None
-    judge_kind: Literal["pointwise", "pairwise"] | None = None
+    judge_kind: JudgeKind | None = None
     judges: list[str] | None = None
     #: seed of best_vs_random's choice (combined with the prompt id, so it does not depend on sharding)
     seed: int = 0
-
-
-def judge_scores(cand: dict, cfg) -> dict[str, float]:
-    """Each judge's mean parsed score for a candidate, over the judgments `cfg` selects (aspect, judge_kind,
-    judges); a pairwise judge's score is its win rate against the candidate's opponents."""
-    per: dict[str, list[float]] = {}
-    for j in cand.get("judgments") or []:
-        if not (j["parse_ok"] and j["score"] is not None):
-            continue
-        if cfg.aspect is not None and j["aspect"] != cfg.aspect:
-            continue
-        if cfg.judge_kind is not None and j["kind"] != cfg.judge_kind:
-            continue
-        if cfg.judges is not None and j["judge"] not in cfg.judges:
-            continue
-        per.setdefault(j["judge"], []).append(j["score"])
-    return {judge: sum(v) / len(v) for judge, v in per.items()}
 
 
 def agreement(a: dict[str, float], b: dict[str, float]) -> float | None:
@@ -88,15 +73,23 @@ def candidate_pairs(scored: list[tuple], cfg: Config, prompt_id: str) -> list[tu
     return [(i, j) for i in range(k) for j in range(n - k, n)]
 
 
+def strength(chosen: dict, rejected_id: str, margin: float) -> float:
+    """The judges' preference strength (-3..3) for chosen over rejected when strength judges compared the two
+    directly; otherwise the score margin."""
+    direct = [j["strength"] for j in chosen.get("judgments") or []
+              if j.get("strength") is not None and j["opponent"] == rejected_id and j["score"] is not None]
+    return sum(direct) / len(direct) if direct else margin
+
+
 def pair_row(row: dict, hi: tuple, lo: tuple, agree: float | None, cfg: Config) -> dict:
-    (best, chosen, judges_c), (worst, rejected, judges_r) = hi, lo
+    (best, chosen, judges_c, _), (worst, rejected, judges_r, _) = hi, lo
     margin = best - worst
     difficulty = None if cfg.easy_margin is None else ("easy" if margin >= cfg.easy_margin else "hard")
     return {
         "prompt_id": row["prompt_id"], "prompt": row["prompt"], "messages": row["messages"],
         "system": row.get("system"), "chosen": chosen["response"], "rejected": rejected["response"],
-        "chosen_score": best, "rejected_score": worst, "margin": margin, "strength": margin,
-        "agreement": agree, "difficulty": difficulty, "rationale": None,
+        "chosen_score": best, "rejected_score": worst, "margin": margin, "strength": strength(chosen, rejected["candidate_id"], margin),
+        "agreement": agree, "disagreement": row.get("disagreement"), "difficulty": difficulty, "rationale": None,
         "chosen_model": chosen["model"], "rejected_model": rejected["model"],
         "chosen_id": chosen["candidate_id"], "rejected_id": rejected["candidate_id"],
         "judge": ",".join(sorted(set(judges_c) | set(judges_r))), "source": row.get("source"),
@@ -107,9 +100,9 @@ def pairs_of(row: dict, cfg: Config) -> tuple[list[dict], list[tuple[dict, str]]
     """(pairs kept, [(candidate pair record, reason)] not kept) for one prompt row."""
     scored, unscored = [], 0
     for cand in row["candidates"] or []:
-        per_judge = judge_scores(cand, cfg)
+        per_judge = judge_scores(cand, cfg.aspect, cfg.judge_kind, cfg.judges)
         if per_judge:
-            scored.append((sum(per_judge.values()) / len(per_judge), cand, per_judge))
+            scored.append((sum(per_judge.values()) / len(per_judge), cand, per_judge, voters(cand, per_judge)))
         else:
             unscored += 1
     if len(scored) < 2:
@@ -120,7 +113,7 @@ def pairs_of(row: dict, cfg: Config) -> tuple[list[dict], list[tuple[dict, str]]
     for i, j in candidate_pairs(scored, cfg, row["prompt_id"]):
         hi, lo = scored[i], scored[j]
         margin = hi[0] - lo[0]
-        agree = agreement(hi[2], lo[2])
+        agree = agreement(hi[3], lo[3])
         ids = {"chosen_id": hi[1]["candidate_id"], "rejected_id": lo[1]["candidate_id"]}
         if margin == 0 and cfg.ties == "drop":
             rejected.append((ids, f"tie: both scored {hi[0]:g}"))

@@ -8,7 +8,6 @@ previous stage's output); a prompt with fewer than two scored responses is dropp
 
 from __future__ import annotations
 
-from typing import Literal
 
 import pyarrow as pa
 from pydantic import Field
@@ -16,13 +15,13 @@ from pydantic import Field
 from schemas.records import RANKED_ROW
 from schemas.validate import quarantine_table
 from stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
-from stages.pairs import judge_scores
+from judges.jury import JudgeKind, judge_scores
 
 
 class Config(StageConfig):
     #: which judgments count (as in pairs): aspect, kind, judge names; None: all
     aspect: str | None = None
-    judge_kind: Literal["pointwise", "pairwise"] | None = None
+    judge_kind: JudgeKind | None = None
     judges: list[str] | None = None
     #: the fewest scored responses a list must have
     min_responses: int = Field(2, ge=2)
@@ -45,7 +44,7 @@ def phi(per_judge: list[dict[str, float]], judges: list[str]) -> list[float]:
 
 
 def ranked(row: dict, cfg: Config) -> tuple[dict | None, str | None]:
-    scored = [(c, judge_scores(c, cfg)) for c in row["candidates"] or []]
+    scored = [(c, judge_scores(c, cfg.aspect, cfg.judge_kind, cfg.judges)) for c in row["candidates"] or []]
     scored = [(c, s) for c, s in scored if s]
     if len(scored) < cfg.min_responses:
         return None, f"{len(scored)} scored responses < min_responses {cfg.min_responses}"
