@@ -142,6 +142,9 @@ def template_path(ref: str, base_dir: Path | None = None) -> Path:
 
 @lru_cache(maxsize=64)
 def load_template(path: Path) -> Template:
-    with open(path, encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as err:
+        raise ValueError(f"template {path} is not valid YAML: {err}") from None
     return Template.model_validate(data)

@@ -387,7 +387,7 @@ def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
         progress.shard_done(st.id)
     fresh: list[dict[str, Any]] = []
     if todo:
-        model_stage = bool(engine_names)
+        model_stage = bool(engine_names) or st.spec.keeps_model
         cpus = max(1, int(ray.available_resources().get("CPU", os.cpu_count() or 1)))
         size = st.run.concurrency or (1 if model_stage else max(1, min(len(todo), cpus)))
         size = 1 if st.spec.stateful else min(size, len(todo))

@@ -50,6 +50,8 @@ PROMPT_FIELDS = [
     pa.field("source", pa.string()),
     pa.field("source_id", pa.string()),
     pa.field("meta", pa.string()),  # JSON
+    # who is asking: a persona or context the answers and labels are conditioned on (pluralistic preferences)
+    pa.field("persona", pa.string()),
 ]
 PROMPT_ROW = pa.schema(PROMPT_FIELDS)
 PROMPT_ROW_WITH_CANDIDATES = pa.schema(
@@ -77,7 +79,17 @@ PAIR_ROW = pa.schema(
         pa.field("agreement", pa.float64()),
         pa.field("disagreement", pa.bool_()),  # the jury disagreed on this prompt (see the jury stage)
         pa.field("difficulty", pa.string()),  # easy | hard by margin (MPO), when a threshold is set
-        pa.field("rationale", pa.string()),
+        pa.field("rationale", pa.string()),  # why chosen is better (rationale stage)
+        pa.field("rejected_rationale", pa.string()),  # what is wrong with rejected
+        pa.field("persona", pa.string()),
+        pa.field("goal_score", pa.float64()),  # reward_augment: the score the system prompt asks for
+        pa.field("augmented", pa.string()),  # reward_augment: "goal=chosen" (order kept) | "goal=rejected" (swapped)
+        pa.field("chosen_harmless", pa.float64()),  # safety dual labels: the harmlessness scores
+        pa.field("rejected_harmless", pa.float64()),
+        pa.field("safer", pa.string()),  # chosen | rejected | tie | null (no harmlessness scores)
+        pa.field("retrieved_prompt", pa.string()),  # retrieval_pairs: the prompt the rejected answer answers
+        pa.field("prompt_similarity", pa.float64()),
+        pa.field("response_similarity", pa.float64()),
         pa.field("chosen_model", pa.string()),
         pa.field("rejected_model", pa.string()),
         pa.field("chosen_id", pa.string()),

@@ -86,6 +86,8 @@ class StageSpec:
     #: the stage keeps state across batches (dedup): the runner feeds all its shards, in order, to one worker,
     #: and redoes the whole stage when any shard of it must be redone
     stateful: bool = False
+    #: the stage loads a model of its own (an embedder): run it as an actor pool, so the model outlives a shard
+    keeps_model: bool = False
     #: the engine names a config uses (model-backed stages run as actor pools, one engine per actor)
     engines: Callable[[Any], list[str]] = lambda cfg: []
     #: extra checks on a config before anything runs (files exist, ...); raise ValueError with a message

@@ -20,8 +20,9 @@ from schemas.records import MESSAGES
 from stages.base import StageConfig, StageContext, StageResult, StageSpec
 
 PROVENANCE = ["prompt_id", "chosen_score", "rejected_score", "margin", "strength", "agreement", "disagreement",
-              "difficulty", "rationale", "chosen_model", "rejected_model", "chosen_id", "rejected_id", "judge",
-              "source"]
+              "difficulty", "rationale", "rejected_rationale", "persona", "goal_score", "augmented",
+              "chosen_harmless", "rejected_harmless", "safer", "chosen_model", "rejected_model", "chosen_id",
+              "rejected_id", "judge", "source"]
 DEFAULT_COLUMNS = {
     "trl": PROVENANCE,
     "reward": PROVENANCE,

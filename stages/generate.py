@@ -26,14 +26,19 @@ class ModelSpec(SamplingConfig):
     k: int = Field(2, ge=1)
     #: a system prompt for generation (the prompt row's own `system` wins when present)
     system: str | None = None
+    #: for rows with a persona: a system prompt with {persona}, so answers are written for that user
+    persona_prompt: str | None = None
 
 
 class Config(StageConfig):
     models: list[ModelSpec] = Field(default_factory=lambda: [ModelSpec()], min_length=1)
 
 
-def chat(row: dict, system: str | None = None) -> list[dict[str, str]]:
+def chat(row: dict, system: str | None = None, persona_prompt: str | None = None) -> list[dict[str, str]]:
     sys_text = row.get("system") or system
+    if persona_prompt and row.get("persona"):
+        persona = persona_prompt.format(persona=row["persona"])
+        sys_text = f"{sys_text}\n\n{persona}" if sys_text else persona
     head = [{"role": "system", "content": sys_text}] if sys_text else []
     return head + [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
 
@@ -50,7 +55,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
     for r, row in enumerate(rows):
         for spec in cfg.models:
             for i in range(spec.k):
-                req = Request(chat(row, spec.system), spec.sampling(seed=spec.seed + i))
+                req = Request(chat(row, spec.system, spec.persona_prompt), spec.sampling(seed=spec.seed + i))
                 requests_by_engine.setdefault(spec.engine, []).append((len(plan), req))
                 plan.append((r, spec, i))
     completions = [None] * len(plan)
@@ -93,7 +98,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
 STAGE = StageSpec(
     name="generate",
     config=Config,
-    reads=fixed("prompt_id", "messages", "system"),
+    reads=lambda cfg: {"prompt_id", "messages", "system"} | ({"persona"} if any(m.persona_prompt for m in cfg.models) else set()),
     writes=fixed("candidates", "candidates.response", "candidates.model", "candidates.candidate_id"),
     doc="k candidate responses per prompt from one or more models (own sampling params and seed each).",
     process=process,

@@ -53,9 +53,13 @@ class Config(StageConfig):
     inconsistent: Literal["tie", "drop"] = "tie"
     #: the rubric for templates with {rubric} (Prometheus): text, or {criteria, scores: {1: ..., 5: ...}}
     rubric: str | Rubric | None = None
+    #: what the judge sees as the question: the final user turn, or the whole conversation (multi-turn chats,
+    #: HH-RLHF transcripts)
+    question: Literal["last_turn", "conversation"] = "last_turn"
     #: a key of the prompt's `meta` holding a reference answer, for templates with {reference}
     reference_key: str | None = None
-    #: a key of the prompt's `meta` holding the user's persona or context, for templates with {context}
+    #: a key of the prompt's `meta` holding the user's context for templates with {context} (default: the
+    #: prompt's `persona`)
     context_key: str | None = None
 
     @field_validator("template")
@@ -84,10 +88,17 @@ def _meta_value(row: dict, key: str | None) -> str | None:
     return None if value is None else str(value)
 
 
+def question(row: dict, cfg) -> str:
+    if getattr(cfg, "question", "last_turn") == "last_turn" or len(row.get("messages") or []) < 2:
+        return row["prompt"]
+    names = {"user": "User", "assistant": "Assistant", "system": "System"}
+    return "\n\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in row["messages"])
+
+
 def extras(row: dict, cfg: Config) -> dict:
     """The template fields besides the answers: reference answer, rubric, and the user's persona/context."""
-    return {"reference": _meta_value(row, cfg.reference_key), "rubric": cfg.rubric_text(),
-            "context": _meta_value(row, cfg.context_key)}
+    context = _meta_value(row, cfg.context_key) if cfg.context_key else row.get("persona")
+    return {"reference": _meta_value(row, cfg.reference_key), "rubric": cfg.rubric_text(), "context": context}
 
 
 def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
@@ -105,7 +116,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
         items, where = [], []
         for r, row in enumerate(rows):
             for c, cand in enumerate(row["candidates"] or []):
-                items.append((row["prompt"], cand["response"], extras(row, cfg)))
+                items.append((question(row, cfg), cand["response"], extras(row, cfg)))
                 where.append((r, c))
         for (r, c), res in zip(where, grade(engine, template, items, sampling, cfg.retries, cfg.grammar,
                                             name=cfg.name), strict=True):
@@ -118,7 +129,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
         for r, row in enumerate(rows):
             cands = row["candidates"] or []
             if cands:
-                items.append((row["prompt"], [c["response"] for c in cands], row["prompt_id"], extras(row, cfg)))
+                items.append((question(row, cfg), [c["response"] for c in cands], row["prompt_id"], extras(row, cfg)))
                 where.append(r)
         for r, res in zip(where, rate(engine, template, items, sampling, cfg.retries, cfg.grammar, name=cfg.name,
                                       seed=cfg.sampling.seed), strict=True):
@@ -132,7 +143,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
         for r, row in enumerate(rows):
             cands = row["candidates"] or []
             for a, b in combinations(range(len(cands)), 2):
-                items.append((row["prompt"], cands[a]["response"], cands[b]["response"],
+                items.append((question(row, cfg), cands[a]["response"], cands[b]["response"],
                               cands[a]["candidate_id"], cands[b]["candidate_id"], extras(row, cfg)))
                 where.append((r, a, b))
         results = compare(engine, template, items, sampling, cfg.retries, cfg.grammar, name=cfg.name,
@@ -156,7 +167,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
 STAGE = StageSpec(
     name="judge",
     config=Config,
-    reads=lambda cfg: {"prompt", "candidates", "candidates.response"}
+    reads=lambda cfg: {"prompt", "messages", "candidates", "candidates.response"}
     | ({"meta"} if cfg.reference_key or cfg.context_key else set()),
     writes=fixed("candidates.judgments", "candidates.judgments.score", "candidates.judgments.parse_ok"),
     doc="Grade candidates: pointwise (MT-Bench single-v1 by default, HelpSteer2 attributes, Prometheus "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -37,6 +38,12 @@ class CandidateSource(BaseModel):
     _exists = field_validator("path")(existing_path)
 
 
+class TranscriptPair(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    chosen: str = "chosen"
+    rejected: str = "rejected"
+
+
 class Config(StageConfig):
     path: Path
     format: Literal["auto", "jsonl", "json", "parquet", "hf"] = "auto"
@@ -55,6 +62,14 @@ class Config(StageConfig):
     limit: int | None = Field(None, ge=0)
     #: rows per shard: the unit of parallelism and of resume for every later stage
     shard_size: int = Field(8, ge=1)
+    #: a field holding the asker's persona or context (kept as `persona`; judges and generation can use it)
+    persona_field: str | None = None
+    #: personas to cross with every prompt: one prompt row per (prompt, persona), so each user's label is kept
+    personas: list[str] | None = None
+    #: Anthropic HH-RLHF layout: two transcripts ("\n\nHuman: ... \n\nAssistant: ...") that share the
+    #: conversation and differ in the last assistant turn; the conversation becomes the prompt, the two last
+    #: turns its candidates, and the human preference is kept in `meta.human_chosen`
+    transcripts: TranscriptPair | None = None
     #: existing responses to attach as candidates (joined on `id_field`; each file's answers are held as a
     #: dict keyed by id while loading, so these are side files, not the main stream)
     candidates: list[CandidateSource] = Field(default_factory=list)
@@ -65,11 +80,14 @@ class Config(StageConfig):
     def _join_key(self):
         if self.candidates and not self.id_field:
             raise ValueError("`candidates` are joined on the prompts' id: set `id_field`")
+        if self.candidates and self.transcripts:
+            raise ValueError("`transcripts` bring their own two candidates; drop `candidates` or `transcripts`")
         return self
 
 
-def prompt_id(messages: list[dict[str, str]], system: str | None) -> str:
-    canon = json.dumps({"system": system, "messages": messages}, sort_keys=True, ensure_ascii=False)
+def prompt_id(messages: list[dict[str, str]], system: str | None, persona: str | None = None) -> str:
+    key = {"system": system, "messages": messages} | ({"persona": persona} if persona is not None else {})
+    canon = json.dumps(key, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
@@ -127,12 +145,43 @@ def _records(cfg: Config) -> Iterator[tuple[int | None, Any, str | None]]:
                 yield n, rec, None
 
 
+_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
+
+
+def parse_transcript(text: str) -> list[dict[str, str]] | None:
+    """"\n\nHuman: hi\n\nAssistant: hello" -> messages; None when it is not in that layout."""
+    parts = _TURN.split(text)
+    if len(parts) < 3 or parts[0].strip():
+        return None
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": roles[r], "content": c.strip()} for r, c in zip(parts[1::2], parts[2::2], strict=True)]
+
+
+def transcript_pair(rec: dict, spec: TranscriptPair) -> tuple[list[dict], list[str], str | None]:
+    """(shared conversation, [chosen last turn, rejected last turn], problem)."""
+    chats = []
+    for key in (spec.chosen, spec.rejected):
+        text = rec.get(key)
+        chat = parse_transcript(text) if isinstance(text, str) else None
+        if not chat or chat[-1]["role"] != "assistant":
+            return [], [], f"field {key!r} is not a Human/Assistant transcript ending with an Assistant turn"
+        chats.append(chat)
+    if chats[0][:-1] != chats[1][:-1]:
+        return [], [], "the two transcripts differ before their last Assistant turn"
+    return chats[0][:-1], [chats[0][-1]["content"], chats[1][-1]["content"]], None
+
+
 def to_prompt_row(rec: Any, cfg: Config, source: str) -> tuple[dict | None, str | None]:
     """One source record -> (prompt row, None) or (None, why it is unusable)."""
     if not isinstance(rec, dict):
         return None, f"row is {type(rec).__name__}, not an object"
     system = rec.get(cfg.system_field) if cfg.system_field else None
-    if cfg.messages_field:
+    answers: list[str] = []
+    if cfg.transcripts:
+        messages, answers, problem = transcript_pair(rec, cfg.transcripts)
+        if problem:
+            return None, problem
+    elif cfg.messages_field:
         if cfg.messages_field not in rec:
             return None, f"no prompt: field {cfg.messages_field!r} is missing"
         messages = rec[cfg.messages_field]
@@ -155,21 +204,44 @@ def to_prompt_row(rec: Any, cfg: Config, source: str) -> tuple[dict | None, str 
     if problem:
         return None, problem
     messages = [{"role": m["role"], "content": m["content"]} for m in messages]
-    mapped = {cfg.prompt_field, cfg.turns_field, cfg.messages_field, cfg.system_field, cfg.id_field}
+    persona = rec.get(cfg.persona_field) if cfg.persona_field else None
+    if persona is not None and not isinstance(persona, str):
+        persona = json.dumps(persona, ensure_ascii=False, sort_keys=True)
+    mapped = {cfg.prompt_field, cfg.turns_field, cfg.messages_field, cfg.system_field, cfg.id_field,
+              cfg.persona_field} | ({cfg.transcripts.chosen, cfg.transcripts.rejected} if cfg.transcripts else set())
     keys = cfg.meta_fields if cfg.meta_fields is not None else [k for k in rec if k not in mapped]
     meta = {k: rec[k] for k in keys if k in rec}
     if cfg.turns_field and len(rec[cfg.turns_field]) > 1:
         meta["later_turns"] = rec[cfg.turns_field][1:]
     source_id = rec.get(cfg.id_field) if cfg.id_field else None
-    return {
-        "prompt_id": prompt_id(messages, system),
+    row = {
+        "prompt_id": prompt_id(messages, system, persona),
         "prompt": messages[-1]["content"],
         "messages": messages,
         "system": system,
         "source": source,
         "source_id": None if source_id is None else str(source_id),
         "meta": json.dumps(meta, ensure_ascii=False, default=str),
-    }, None
+        "persona": persona,
+    }
+    if answers:
+        row["candidates"] = [transcript_candidate(row["prompt_id"], label, text)
+                             for label, text in zip(("chosen", "rejected"), answers, strict=True)]
+        row["meta"] = json.dumps(meta | {"human_chosen": row["candidates"][0]["candidate_id"]}, ensure_ascii=False,
+                                 default=str)
+    return row, None
+
+
+def transcript_candidate(pid: str, label: str, text: str) -> dict:
+    return {"candidate_id": hashlib.sha256(json.dumps([pid, label]).encode()).hexdigest()[:16],
+            "model": f"human-labeled:{label}", "response": text, "finish_reason": None, "n_tokens": None,
+            "gen_params": json.dumps({"source": "transcript", "human_label": label}), "judgments": []}
+
+
+def with_personas(row: dict, personas: list[str]) -> Iterator[dict]:
+    """One row per persona; the id covers the persona, so each (prompt, persona) keeps its own label."""
+    for persona in personas:
+        yield row | {"persona": persona, "prompt_id": prompt_id(row["messages"], row["system"], persona)}
 
 
 def dig(rec: Any, path: str) -> Any:
@@ -215,21 +287,22 @@ def read(cfg: Config) -> Iterator[StageResult]:
     """Shards of prompt rows, each with the rows it quarantined; `limit` counts usable rows."""
     source = cfg.path.name
     answers = [(src, answer_table(src)) for src in cfg.candidates]
-    schema = PROMPT_ROW_WITH_CANDIDATES if answers else PROMPT_ROW
+    schema = PROMPT_ROW_WITH_CANDIDATES if answers or cfg.transcripts else PROMPT_ROW
     good: list[dict] = []
     bad: list[Any] = []
     reasons: list[str] = []
     lines: list[int | None] = []
-    seen = kept = 0
+    seen = kept = sources = 0  # sources: source rows kept in this shard (personas expand one into several)
 
     def flush() -> StageResult:
-        nonlocal good, bad, reasons, lines, seen
+        nonlocal good, bad, reasons, lines, seen, sources
         result = StageResult(
             out=pa.Table.from_pylist(good, schema=schema),
             quarantined=quarantine_table("load", bad, reasons, source=source, lines=lines),
             rows_in=seen,
+            out_sources=sources,
         )
-        good, bad, reasons, lines, seen = [], [], [], [], 0
+        good, bad, reasons, lines, seen, sources = [], [], [], [], 0, 0
         return result
 
     for lineno, rec, error in _records(cfg):
@@ -245,8 +318,9 @@ def read(cfg: Config) -> Iterator[StageResult]:
             reasons.append(error)
             lines.append(lineno)
         else:
-            good.append(row)
+            good.extend(with_personas(row, cfg.personas) if cfg.personas else [row])
             kept += 1
+            sources += 1
         if len(good) >= cfg.shard_size or len(bad) >= 4096:
             yield flush()
     if seen or not kept:
@@ -257,8 +331,9 @@ STAGE = StageSpec(
     name="load",
     config=Config,
     reads=fixed(),
-    writes=lambda cfg: {"prompt_id", "prompt", "messages", "system", "source", "source_id", "meta"}
-    | ({"candidates", "candidates.response", "candidates.model", "candidates.candidate_id"} if cfg.candidates else set()),
+    writes=lambda cfg: {"prompt_id", "prompt", "messages", "system", "source", "source_id", "meta", "persona"}
+    | ({"candidates", "candidates.response", "candidates.model", "candidates.candidate_id"}
+       if cfg.candidates or cfg.transcripts else set()),
     doc="Read prompts (JSONL, JSON array, Parquet, saved `datasets`) into prompt rows; quarantine malformed rows.",
     source=read,
 )

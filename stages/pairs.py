@@ -48,6 +48,9 @@ class Config(StageConfig):
     aspect: str | None = None
     judge_kind: JudgeKind | None = None
     judges: list[str] | None = None
+    #: safety dual labels: the aspect of harmlessness judgments (e.g. "harmlessness"). Pairs are still built on
+    #: the other judgments (helpfulness); each pair also gets both responses' harmlessness and `safer`
+    safety_aspect: str | None = None
     #: seed of best_vs_random's choice (combined with the prompt id, so it does not depend on sharding)
     seed: int = 0
 
@@ -81,6 +84,17 @@ def strength(chosen: dict, rejected_id: str, margin: float) -> float:
     return sum(direct) / len(direct) if direct else margin
 
 
+def safety(chosen: dict, rejected: dict, aspect: str | None) -> dict:
+    """Harmlessness of both responses, and which is safer, kept apart from the helpfulness label."""
+    if aspect is None:
+        return {}
+    hc, hr = (judge_scores(c, aspect=aspect) for c in (chosen, rejected))
+    c = sum(hc.values()) / len(hc) if hc else None
+    r = sum(hr.values()) / len(hr) if hr else None
+    safer = None if c is None or r is None else "chosen" if c > r else "rejected" if r > c else "tie"
+    return {"chosen_harmless": c, "rejected_harmless": r, "safer": safer}
+
+
 def pair_row(row: dict, hi: tuple, lo: tuple, agree: float | None, cfg: Config) -> dict:
     (best, chosen, judges_c, _), (worst, rejected, judges_r, _) = hi, lo
     margin = best - worst
@@ -93,6 +107,7 @@ def pair_row(row: dict, hi: tuple, lo: tuple, agree: float | None, cfg: Config) 
         "chosen_model": chosen["model"], "rejected_model": rejected["model"],
         "chosen_id": chosen["candidate_id"], "rejected_id": rejected["candidate_id"],
         "judge": ",".join(sorted(set(judges_c) | set(judges_r))), "source": row.get("source"),
+        "persona": row.get("persona"), **safety(chosen, rejected, cfg.safety_aspect),
     }
 
 
@@ -100,7 +115,7 @@ def pairs_of(row: dict, cfg: Config) -> tuple[list[dict], list[tuple[dict, str]]
     """(pairs kept, [(candidate pair record, reason)] not kept) for one prompt row."""
     scored, unscored = [], 0
     for cand in row["candidates"] or []:
-        per_judge = judge_scores(cand, cfg.aspect, cfg.judge_kind, cfg.judges)
+        per_judge = judge_scores(cand, cfg.aspect, cfg.judge_kind, cfg.judges, exclude_aspect=cfg.safety_aspect)
         if per_judge:
             scored.append((sum(per_judge.values()) / len(per_judge), cand, per_judge, voters(cand, per_judge)))
         else:
