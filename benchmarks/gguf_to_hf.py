@@ -1,0 +1,32 @@
+"""Convert the embedded SmolLM2-135M GGUF into a Hugging Face model folder (safetensors + tokenizer with its
+chat template), for engines that cannot read GGUF (vLLM, transformers). Needs `transformers` and `gguf`.
+
+    python benchmarks/gguf_to_hf.py OUT_DIR
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def convert(out: Path) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engines.llama_cpp import embedded_model_path
+
+    if (out / "config.json").exists():
+        return out
+    gguf = embedded_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.hf_quantizer = None  # dequantized on load; save plain weights
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+if __name__ == "__main__":
+    print(convert(Path(sys.argv[1])))

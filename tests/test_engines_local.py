@@ -1,0 +1,55 @@
+"""The transformers engine on the CPU with the embedded model converted to a Hugging Face folder: a pipeline
+runs from YAML by changing the engine block only, and a rerun without the cache reproduces every candidate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import curate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def hf_model(tmp_path_factory) -> Path:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gguf_to_hf import convert
+
+    return convert(tmp_path_factory.mktemp("models") / "smollm2-hf")
+
+
+def test_transformers_engine_pipeline_is_reproducible(hf_model, tmp_path):
+    shutil.copytree(ROOT / "pipelines" / "examples" / "data", tmp_path / "data")
+    text = (ROOT / "pipelines" / "examples" / "transformers.yaml").read_text()
+    spec = tmp_path / "hf.yaml"
+    spec.write_text(text.replace("model: /tmp/smollm2-hf", f"model: {hf_model}")
+                    .replace("device: auto", "device: cpu").replace("max_tokens: 96", "max_tokens: 32")
+                    .replace("max_tokens: 160", "max_tokens: 64") + f"cache_dir: {tmp_path / 'cache1'}\n")
+    res = curate("run", spec, "--limit", "2", "--run-dir", tmp_path / "a")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    for s in manifest["stages"]:
+        assert s["in"] == s["out"] + s["dropped"] + s["quarantined"], s
+    gen = next(s for s in manifest["stages"] if s["stage"] == "generate")
+    assert gen["model_calls"] == 4 and gen["out"] == 2
+    first = pq.read_table(tmp_path / "a" / "02_generate").to_pylist()
+    for row in first:
+        for cand in row["candidates"]:
+            assert cand["response"] and cand["n_tokens"] > 0 and cand["model"] == "smollm2-hf"
+    # judgments are free text here (no grammar): each is either parsed or recorded as a failure, never defaulted
+    judged = pq.read_table(tmp_path / "a" / "03_judge").to_pylist()
+    for j in (j for r in judged for c in r["candidates"] for j in c["judgments"]):
+        assert (j["score"] is not None) == j["parse_ok"]
+    # a fresh cache: every call is made again, and the sampled candidates come out the same
+    spec.write_text(spec.read_text().replace("cache1", "cache2"))
+    res = curate("run", spec, "--limit", "2", "--run-dir", tmp_path / "b")
+    assert res.returncode == 0, res.stderr[-3000:]
+    again = pq.read_table(tmp_path / "b" / "02_generate").to_pylist()
+    assert [[c["response"] for c in r["candidates"]] for r in again] == [
+        [c["response"] for c in r["candidates"]] for r in first]
