@@ -22,7 +22,9 @@ def convert(out: Path) -> Path:
     gguf = embedded_model_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model.hf_quantizer = None  # dequantized on load; save plain weights
+    model.hf_quantizer = None  # dequantized on load; save plain weights, with no quantization in the config
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

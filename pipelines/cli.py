@@ -198,6 +198,50 @@ def judge_eval(
         out.write_text(dumps(report))
 
 
+review_app = typer.Typer(help="human review round-trip: Label Studio tasks out, annotations back in")
+app.add_typer(review_app, name="review")
+
+
+@review_app.command("export")
+def review_export(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory")],
+    sample: Annotated[int, typer.Option(help="pairs to sample (stratified by source and margin)")] = 50,
+    out: Annotated[Optional[Path], typer.Option(help="tasks file (default RUN_DIR/review/tasks.json)")] = None,
+    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+) -> None:
+    """Write a stratified sample of a run's pairs as Label Studio tasks (and the labeling config)."""
+    from pipelines.review import export_tasks
+
+    try:
+        res = export_tasks(run_dir, sample, out or run_dir / "review" / "tasks.json", seed)
+    except (ValueError, FileNotFoundError) as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(f"{res['tasks']} of {res['pairs']} pairs -> {res['file']} (strata: {res['strata']})")
+    console.print(f"Label Studio labeling config: {res['label_config']}")
+
+
+@review_app.command("import")
+def review_import(
+    file: Annotated[Path, typer.Argument(help="Label Studio JSON export of the annotated tasks")],
+    run: Annotated[Path, typer.Option(help="the run directory the tasks came from")],
+) -> None:
+    """Read annotations back: human-judge agreement into the manifest, human labels over the judges'."""
+    from pipelines.review import import_annotations
+
+    try:
+        res = import_annotations(file, run)
+    except (ValueError, FileNotFoundError) as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(f"{res['reviewed']} reviewed pairs: humans {res['human']}; agreement with the judges' choice "
+                  f"(without human ties): {_f(res['agreement_without_ties'])} on {res['decided']}")
+    for judge, m in res["per_judge"].items():
+        console.print(f"  {judge}: agreement {_f(m['agreement'])}, kappa {_f(m['cohen_kappa'])} (n={m['n']})")
+    console.print(f"{res['flipped']} pairs flipped, {res['ties_dropped']} dropped as human ties -> "
+                  f"{res['reviewed_export']}")
+
+
 @app.command()
 def stages() -> None:
     """List the stages with the columns they read and write and their config fields."""
@@ -260,6 +304,10 @@ def print_accounting(manifest: dict) -> None:
             f"{s['seconds']:.1f}", "[green]yes[/]" if s["balanced"] else "[red]NO[/]",
         )
     console.print(table)
+    for s in manifest["stages"]:
+        if s.get("summary"):
+            figures = ", ".join(f"{k} {_f(v) if isinstance(v, float) else v}" for k, v in s["summary"].items())
+            console.print(f"{s['id']}: {figures}")
 
 
 def _f(value, digits: int = 3) -> str:

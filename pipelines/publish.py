@@ -99,6 +99,12 @@ def build_card(run_dir: Path, repo_id: str, files: dict[str, list[str]], license
     if stats["kappa"]:
         body += ["Inter-judge agreement (Cohen's kappa, quadratic weights, on shared candidates):", "",
                  _table([[a, b, f"{k:.3f}", n] for a, b, k, n in stats["kappa"]], ["judge", "judge", "kappa", "n"]), ""]
+    review = manifest.get("human_review")
+    if review:
+        body += [f"Human review: {review['reviewed']} pairs were checked by people (a stratified sample); they agreed "
+                 f"with the judges' choice on {review['agreement_without_ties'] or 0:.1%} of the {review['decided']} "
+                 f"they decided; {review['flipped']} pairs were flipped and {review['ties_dropped']} dropped as ties "
+                 "by their labels.", ""]
     alpha = (manifest.get("judges") or {}).get("krippendorff_alpha")
     if alpha is not None:
         body += [f"Krippendorff's alpha over all judges (interval, on within-prompt ranks): {alpha:.3f} "

@@ -81,6 +81,7 @@ class ShardWriter:
     shard: int
     counts: dict[str, int] = field(default_factory=lambda: {"in": 0, "out": 0, "rows_out": 0, "dropped": 0,
                                                               "quarantined": 0})
+    stats: dict[str, float] = field(default_factory=dict)
     _writers: dict[str, tuple[pq.ParquetWriter, Path, Path]] = field(default_factory=dict)
 
     def _target(self, kind: str) -> Path:
@@ -108,6 +109,8 @@ class ShardWriter:
         self.counts["rows_out"] += result.out.num_rows
         self.counts["dropped"] += result.n_dropped
         self.counts["quarantined"] += result.quarantined.num_rows
+        for k, v in (result.stats or {}).items():
+            self.stats[k] = self.stats.get(k, 0.0) + v
 
     def commit(self, fingerprint: str, extra: dict[str, Any]) -> dict[str, Any]:
         hashes = {}
@@ -115,7 +118,7 @@ class ShardWriter:
             writer.close()
             os.replace(tmp, target)
             hashes[kind] = _sha256(target)
-        marker = {"shard": self.shard, "fingerprint": fingerprint, **self.counts, **extra,
+        marker = {"shard": self.shard, "fingerprint": fingerprint, **self.counts, **extra, "stats": self.stats,
                   "sha256": hashes.get("out"), "output": str(self._target("out"))}
         _atomic_write_json(marker, self.run_dir / "_done" / self.stage_id / f"{part_name(self.shard)}.json")
         return marker
@@ -211,10 +214,15 @@ class StageReport:
     cache_hits: int = 0
     seconds: float = 0.0
     shard_sha256: dict[str, str | None] = field(default_factory=dict)
+    #: what the stage measured over its shards (summed), and the figures its spec derives from them
+    stats: dict[str, float] = field(default_factory=dict)
+    summarize: Any = None
 
     def add(self, marker: dict[str, Any], skipped: bool) -> None:
         self.shards += 1
         self.shards_skipped += int(skipped)
+        for k, v in (marker.get("stats") or {}).items():
+            self.stats[k] = self.stats.get(k, 0.0) + v
         for k in self.counts:
             self.counts[k] += marker.get(k, 0)
         if not skipped:
@@ -230,7 +238,9 @@ class StageReport:
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "stage": self.stage, **self.counts, "balanced": self.balanced,
                 "model_calls": self.model_calls, "cache_hits": self.cache_hits, "seconds": round(self.seconds, 3),
-                "shards": self.shards, "shards_skipped": self.shards_skipped, "shard_sha256": self.shard_sha256}
+                "shards": self.shards, "shards_skipped": self.shards_skipped, "shard_sha256": self.shard_sha256,
+                **({"stats": self.stats, "summary": self.summarize(self.stats) if self.summarize else {}}
+                   if self.stats else {})}
 
 
 class Progress:
@@ -340,7 +350,7 @@ def _run_source(st: StageEntry, run_dir: Path, version: str, progress: Progress)
     fp = fingerprint(version, st.id, st.config.model_dump(mode="json"),
                      [stat.st_size, stat.st_mtime_ns] if stat else str(path))
     stage_marker = run_dir / "_done" / st.id / "stage.json"
-    report = StageReport(st.id, st.name)
+    report = StageReport(st.id, st.name, summarize=st.spec.summarize)
     progress.stage_start(st.id, None)
     if stage_marker.exists() and json.loads(stage_marker.read_text()).get("fingerprint") == fp:
         markers = json.loads(stage_marker.read_text())["markers"]
@@ -366,7 +376,7 @@ def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
     engine_names = st.spec.engines(st.config)
     engines = {n: pipeline.engines[n].model_dump(mode="json") for n in engine_names}
     cfg_json = st.config.model_dump(mode="json")
-    report = StageReport(st.id, st.name)
+    report = StageReport(st.id, st.name, summarize=st.spec.summarize)
     # a stateful stage's shard depends on every shard before it, so its fingerprint covers them all
     shas = [up["sha256"] for up in upstream]
     fps = [fingerprint(version, st.id, st.name, cfg_json, engines, shas[: i + 1] if st.spec.stateful else shas[i])

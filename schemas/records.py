@@ -90,6 +90,11 @@ PAIR_ROW = pa.schema(
         pa.field("retrieved_prompt", pa.string()),  # retrieval_pairs: the prompt the rejected answer answers
         pa.field("prompt_similarity", pa.float64()),
         pa.field("response_similarity", pa.float64()),
+        # reference_margin: the reference model's log-probabilities (summed over tokens) and the margins
+        pa.field("ref_logp_chosen", pa.float64()),
+        pa.field("ref_logp_rejected", pa.float64()),
+        pa.field("ref_margin", pa.float64()),  # logp(chosen) - logp(rejected)
+        pa.field("ref_margin_norm", pa.float64()),  # the same, per token (length-normalized)
         pa.field("chosen_model", pa.string()),
         pa.field("rejected_model", pa.string()),
         pa.field("chosen_id", pa.string()),

@@ -38,6 +38,8 @@ class StageResult:
     dropped_sources: int | None = None
     #: rows read from the input, for source stages whose input is not a table (a file's lines)
     rows_in: int | None = None
+    #: numbers the stage measured on this batch, summed over shards by the runner (see StageSpec.summarize)
+    stats: dict[str, float] = field(default_factory=dict)
 
     @property
     def n_out(self) -> int:
@@ -90,6 +92,8 @@ class StageSpec:
     keeps_model: bool = False
     #: the engine names a config uses (model-backed stages run as actor pools, one engine per actor)
     engines: Callable[[Any], list[str]] = lambda cfg: []
+    #: summed `stats` -> the figures the run reports (e.g. {"ranking_accuracy": correct / pairs})
+    summarize: Callable[[dict[str, float]], dict[str, float]] | None = None
     #: extra checks on a config before anything runs (files exist, ...); raise ValueError with a message
     check: Callable[[Any], None] = lambda cfg: None
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from typing import Literal
 
 import pyarrow as pa
 from pydantic import Field
@@ -21,9 +23,19 @@ from schemas.validate import quarantine_table
 from stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
 
 
+VERBALIZED = ("For the user's query, write {k} different possible responses, each in its own <response> tag with a "
+              "<text> and a <probability> (how likely that response is, between 0 and 1). Sample them from the whole "
+              "range of likely responses, not only the most typical one.")
+
+
 class ModelSpec(SamplingConfig):
     engine: str = "default"
     k: int = Field(2, ge=1)
+    #: sample: k calls, seeds seed..seed+k-1. verbalized (Verbalized Sampling): one call asks for k responses with
+    #: their probabilities (a grammar forces the format where the engine supports it); the stated
+    #: probability is kept in each candidate's gen_params
+    mode: Literal["sample", "verbalized"] = "sample"
+    verbalized_prompt: str = VERBALIZED
     #: a system prompt for generation (the prompt row's own `system` wins when present)
     system: str | None = None
     #: for rows with a persona: a system prompt with {persona}, so answers are written for that user
@@ -43,6 +55,26 @@ def chat(row: dict, system: str | None = None, persona_prompt: str | None = None
     return head + [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
 
 
+_VERBAL = re.compile(r"<text>(.*?)</text>\s*<probability>\s*([0-9]*\.?[0-9]+)\s*</probability>", re.S)
+
+
+def verbalized_grammar(k: int, max_chars: int) -> str:
+    return (f'root ::= item{{{k}}}\n'
+            f'item ::= "<response>\\n<text>" [^<]{{1,{max_chars}}} "</text>\\n<probability>" prob '
+            f'"</probability>\\n</response>\\n"\n'
+            'prob ::= "0." [0-9] [0-9]? | "1.0"\n')
+
+
+def parse_verbalized(text: str | None) -> list[tuple[str, float]]:
+    return [(t.strip(), float(p)) for t, p in _VERBAL.findall(text or "") if t.strip()]
+
+
+def distinct_n(texts: list[str], n: int = 2) -> float | None:
+    """Distinct n-grams over all n-grams of a prompt's candidates (1.0: no n-gram repeats across them)."""
+    grams = [tuple(words[i:i + n]) for t in texts for words in [t.lower().split()] for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else None
+
+
 def candidate_id(prompt_id: str, model: str, params: dict, index: int) -> str:
     key = json.dumps([prompt_id, model, params, index], sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -54,6 +86,19 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
     requests_by_engine: dict[str, list[tuple[int, Request]]] = {}
     for r, row in enumerate(rows):
         for spec in cfg.models:
+            if spec.mode == "verbalized":  # one call for all k
+                messages = chat(row, spec.system, spec.persona_prompt)
+                note = spec.verbalized_prompt.format(k=spec.k)
+                head = messages[0] if messages[0]["role"] == "system" else None
+                messages = ([{"role": "system", "content": f"{head['content']}\n\n{note}"}] + messages[1:] if head
+                            else [{"role": "system", "content": note}] + messages)
+                # max_tokens is per response: the one call gets room for all k, each text up to ~3 chars/token
+                grammar = verbalized_grammar(spec.k, max(40, spec.max_tokens * 3))
+                req = Request(messages, spec.sampling(seed=spec.seed, max_tokens=(spec.max_tokens + 24) * spec.k),
+                              grammar)
+                requests_by_engine.setdefault(spec.engine, []).append((len(plan), req))
+                plan.append((r, spec, -1))
+                continue
             for i in range(spec.k):
                 req = Request(chat(row, spec.system, spec.persona_prompt), spec.sampling(seed=spec.seed + i))
                 requests_by_engine.setdefault(spec.engine, []).append((len(plan), req))
@@ -67,7 +112,23 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
     errors: list[list[str]] = [[] for _ in rows]
     for (r, spec, i), comp in zip(plan, completions, strict=True):
         engine = ctx.engine(spec.engine)
-        params = spec.model_dump(exclude={"engine", "k"}) | {"seed": spec.seed + i}
+        if i < 0:  # verbalized: k responses from one completion
+            if not comp.ok:
+                errors[r].append(f"{engine.model_name} verbalized: {comp.error}")
+                continue
+            found = parse_verbalized(comp.text)
+            if not found:
+                errors[r].append(f"{engine.model_name} verbalized: no <text>/<probability> responses in the output")
+                continue
+            base = spec.model_dump(exclude={"engine", "k", "verbalized_prompt"})
+            for j, (text, prob) in enumerate(found[: spec.k]):
+                params = base | {"stated_probability": prob, "index": j}
+                candidates[r].append({
+                    "candidate_id": candidate_id(rows[r]["prompt_id"], engine.model_name, params, j),
+                    "model": engine.model_name, "response": text, "finish_reason": comp.finish_reason,
+                    "n_tokens": None, "gen_params": json.dumps(params, sort_keys=True), "judgments": []})
+            continue
+        params = spec.model_dump(exclude={"engine", "k", "verbalized_prompt", "mode"}) | {"seed": spec.seed + i}
         if not comp.ok:
             errors[r].append(f"{engine.model_name} candidate {i}: {comp.error}")
             continue
@@ -83,7 +144,12 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
             }
         )
     good, bad, reasons = [], [], []
+    stats = {"prompts": 0.0, "distinct_2_sum": 0.0}
     for row, cands, errs in zip(rows, candidates, errors, strict=True):
+        d2 = distinct_n([c["response"] for c in cands])
+        if not errs and d2 is not None and len(cands) > 1:
+            stats["prompts"] += 1
+            stats["distinct_2_sum"] += d2
         if errs:
             bad.append(row)
             reasons.append("generation failed: " + "; ".join(errs))
@@ -92,7 +158,13 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
     return StageResult(
         out=pa.Table.from_pylist(good, schema=PROMPT_ROW_WITH_CANDIDATES),
         quarantined=quarantine_table("generate", bad, reasons),
+        stats=stats,
     )
+
+
+def summarize(stats: dict[str, float]) -> dict[str, float]:
+    """The mean per-prompt diversity of the candidates (distinct bigrams over all bigrams)."""
+    return {"distinct_2": stats["distinct_2_sum"] / stats["prompts"]} if stats.get("prompts") else {}
 
 
 STAGE = StageSpec(
@@ -103,4 +175,5 @@ STAGE = StageSpec(
     doc="k candidate responses per prompt from one or more models (own sampling params and seed each).",
     process=process,
     engines=lambda cfg: sorted({m.engine for m in cfg.models}),
+    summarize=summarize,
 )

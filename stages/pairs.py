@@ -18,6 +18,7 @@ hard by margin (MPO) when `easy_margin` is set.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from itertools import combinations
 from typing import Literal
@@ -28,7 +29,7 @@ from pydantic import Field
 from judges.jury import JudgeKind, judge_scores, voters
 from schemas.records import PAIR_ROW
 from schemas.validate import quarantine_table
-from stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
+from stages.base import StageConfig, StageContext, StageResult, StageSpec
 
 
 class Config(StageConfig):
@@ -51,6 +52,9 @@ class Config(StageConfig):
     #: safety dual labels: the aspect of harmlessness judgments (e.g. "harmlessness"). Pairs are still built on
     #: the other judgments (helpfulness); each pair also gets both responses' harmlessness and `safer`
     safety_aspect: str | None = None
+    #: pairs from a label already in the data instead of judges: the `meta` key naming the chosen candidate
+    #: (HH-RLHF transcripts: `human_chosen`); each other candidate becomes a rejected
+    label_key: str | None = None
     #: seed of best_vs_random's choice (combined with the prompt id, so it does not depend on sharding)
     seed: int = 0
 
@@ -97,8 +101,8 @@ def safety(chosen: dict, rejected: dict, aspect: str | None) -> dict:
 
 def pair_row(row: dict, hi: tuple, lo: tuple, agree: float | None, cfg: Config) -> dict:
     (best, chosen, judges_c, _), (worst, rejected, judges_r, _) = hi, lo
-    margin = best - worst
-    difficulty = None if cfg.easy_margin is None else ("easy" if margin >= cfg.easy_margin else "hard")
+    margin = best - worst if best is not None else None
+    difficulty = None if cfg.easy_margin is None or margin is None else ("easy" if margin >= cfg.easy_margin else "hard")
     return {
         "prompt_id": row["prompt_id"], "prompt": row["prompt"], "messages": row["messages"],
         "system": row.get("system"), "chosen": chosen["response"], "rejected": rejected["response"],
@@ -111,8 +115,25 @@ def pair_row(row: dict, hi: tuple, lo: tuple, agree: float | None, cfg: Config) 
     }
 
 
+def labeled_pairs(row: dict, cfg: Config) -> tuple[list[dict], list[tuple[dict, str]]]:
+    """Pairs from the data's own label (a human's choice): no scores, judge = the label's key."""
+    chosen_id = json.loads(row.get("meta") or "{}").get(cfg.label_key)
+    cands = row["candidates"] or []
+    chosen = next((c for c in cands if c["candidate_id"] == chosen_id), None)
+    if chosen is None:
+        return [], [({}, f"no candidate named by meta.{cfg.label_key} ({chosen_id!r})")]
+    out = []
+    for other in cands:
+        if other is not chosen:
+            pair = pair_row(row, (None, chosen, {cfg.label_key: 1}, {}), (None, other, {}, {}), None, cfg)
+            out.append(pair | {"margin": None, "strength": None, "judge": cfg.label_key})
+    return out, [] if out else [({}, "only one candidate")]
+
+
 def pairs_of(row: dict, cfg: Config) -> tuple[list[dict], list[tuple[dict, str]]]:
     """(pairs kept, [(candidate pair record, reason)] not kept) for one prompt row."""
+    if cfg.label_key:
+        return labeled_pairs(row, cfg)
     scored, unscored = [], 0
     for cand in row["candidates"] or []:
         per_judge = judge_scores(cand, cfg.aspect, cfg.judge_kind, cfg.judges, exclude_aspect=cfg.safety_aspect)
@@ -170,7 +191,8 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
 STAGE = StageSpec(
     name="pairs",
     config=Config,
-    reads=fixed("prompt_id", "prompt", "messages", "candidates", "candidates.judgments"),
+    reads=lambda cfg: {"prompt_id", "prompt", "messages", "candidates"}
+    | ({"meta"} if cfg.label_key else {"candidates.judgments"}),
     writes=lambda cfg: {f.name for f in PAIR_ROW},
     doc="Preference pairs per prompt (best_vs_worst, best_vs_random, all_pairs, top_k_vs_bottom_k) with min "
     "margin, tie policy, min jury agreement and easy/hard tags; every pair not kept carries a reason.",
