@@ -134,12 +134,22 @@ class LlamaCppEngine:
         return out
 
     def _score(self, messages: list[dict[str, str]], response: str) -> tuple[float, int]:
+        import numpy as np
+
         llm = self._scorer
         prompt = self._formatter(messages=messages).prompt
-        n_prompt = len(llm.tokenize(prompt.encode(), add_bos=False, special=True))
-        n_total = len(llm.tokenize((prompt + response).encode(), add_bos=False, special=True))
-        if n_total + 1 > self.n_ctx:
-            raise ValueError(f"{n_total} tokens do not fit the context of {self.n_ctx}")
-        res = llm.create_completion(prompt=prompt + response, max_tokens=1, echo=True, logprobs=1, temperature=0.0)
-        values = res["choices"][0]["logprobs"]["token_logprobs"][n_prompt:n_total]
-        return float(sum(values)), len(values)
+        head = llm.tokenize(prompt.encode(), add_bos=False, special=True)
+        tokens = llm.tokenize((prompt + response).encode(), add_bos=False, special=True)
+        start = next((i for i, (a, b) in enumerate(zip(head, tokens)) if a != b), len(head))
+        if len(tokens) <= start:
+            raise ValueError("empty response: no tokens to score")
+        if len(tokens) > self.n_ctx:
+            raise ValueError(f"{len(tokens)} tokens do not fit the context of {self.n_ctx}")
+        llm.reset()
+        llm.eval(tokens)
+        logits = np.asarray(llm.scores[start - 1:len(tokens) - 1], dtype=np.float64)  # each predicts the next
+        top = logits.max(axis=1, keepdims=True)
+        log_z = (top + np.log(np.exp(logits - top).sum(axis=1, keepdims=True)))[:, 0]
+        targets = np.asarray(tokens[start:])
+        values = logits[np.arange(len(targets)), targets] - log_z
+        return float(values.sum()), len(targets)

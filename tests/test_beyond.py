@@ -58,13 +58,16 @@ def test_reference_margins_and_ranking_accuracy_on_hh_rlhf(tmp_path):
     m = _manifest(tmp_path / "run")
     stage = m["stages"][2]
     summary = stage["summary"]
-    assert summary["pairs_scored"] == 6 == stage["in"] - stage["quarantined"]
+    assert stage["in"] == 6 and summary["pairs_scored"] == 6 - stage["quarantined"] >= 4
     kept = pq.read_table(tmp_path / "run" / "03_reference_margin").to_pylist()
     dropped = pq.read_table(tmp_path / "run" / "_dropped" / "03_reference_margin").to_pylist() if stage["dropped"] else []
     rows = kept + [json.loads(d["record"]) for d in dropped]
-    assert len(rows) == 6
+    assert len(rows) == summary["pairs_scored"]
     right = sum(r["ref_logp_chosen"] > r["ref_logp_rejected"] for r in rows)
-    assert summary["ranking_accuracy"] == right / 6
+    assert summary["ranking_accuracy"] == right / len(rows)
+    if stage["quarantined"]:  # HH-RLHF has empty answers: nothing to score, said so, not scored as 0
+        reasons = pq.read_table(tmp_path / "run" / "_quarantined" / "03_reference_margin")["reason"].to_pylist()
+        assert all("empty response" in r for r in reasons)
     for r in rows:
         assert r["ref_margin"] == r["ref_logp_chosen"] - r["ref_logp_rejected"] and r["ref_logp_chosen"] < 0
         assert r["judge"] == "human_chosen" and r["chosen_model"] == "human-labeled:chosen"
