@@ -148,3 +148,16 @@ def load_template(path: Path) -> Template:
     except yaml.YAMLError as err:
         raise ValueError(f"template {path} is not valid YAML: {err}") from None
     return Template.model_validate(data)
+
+
+def template_ref(value: str, base_dir: str | None, debate: bool) -> str:
+    """A stage config's `template` value, checked when the YAML loads: the template must exist and parse, and
+    be a debate template for the debate stage and any other kind for judge stages. Built-ins keep their name;
+    a user's file becomes an absolute path (the run's config then works from any folder)."""
+    path = template_path(value, Path(base_dir) if base_dir else None)
+    kind = load_template(path).kind
+    if debate and kind != "debate":
+        raise ValueError(f"{value!r} is not a debate template (kind: debate, with rebuttal and moderator)")
+    if not debate and kind == "debate":
+        raise ValueError(f"{value!r} is a debate template: use it in a `debate` stage")
+    return value if path.parent == TEMPLATE_DIR.resolve() else str(path)

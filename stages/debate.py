@@ -6,8 +6,6 @@ transcript (JSON) as feedback; pairs downstream select them with `judge_kind: de
 
 from __future__ import annotations
 
-from itertools import combinations
-from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
@@ -15,11 +13,9 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from engines.config import SamplingConfig
 from judges.debate import Debater, run
-from judges.templates import TEMPLATE_DIR, load_template, template_path
-from schemas.records import PROMPT_ROW_WITH_CANDIDATES
-from schemas.validate import quarantine_table
+from judges.templates import load_template, template_path, template_ref
 from stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
-from stages.judge import extras
+from stages.judge import candidate_pairs, settle_pairs
 
 
 class DebaterConfig(StageConfig):
@@ -48,11 +44,7 @@ class Config(StageConfig):
     @field_validator("template")
     @classmethod
     def _template_exists(cls, value: str, info: ValidationInfo) -> str:
-        base = (info.context or {}).get("base_dir")
-        path = template_path(value, Path(base) if base else None)
-        if load_template(path).kind != "debate":
-            raise ValueError(f"{value!r} is not a debate template (kind: debate, with rebuttal and moderator)")
-        return value if path.parent == TEMPLATE_DIR.resolve() else str(path)
+        return template_ref(value, (info.context or {}).get("base_dir"), debate=True)
 
     @model_validator(mode="after")
     def _moderated(self):
@@ -74,35 +66,17 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
     moderator = (Debater(ctx.engine(cfg.moderator.engine), cfg.moderator.name or "moderator",
                          cfg.moderator.sampling.sampling()) if cfg.moderator else None)
     rows = table.to_pylist()
-    items, where = [], []
-    for r, row in enumerate(rows):
-        cands = row["candidates"] or []
-        for a, b in combinations(range(len(cands)), 2):
-            items.append((row["prompt"], cands[a]["response"], cands[b]["response"], cands[a]["candidate_id"],
-                          cands[b]["candidate_id"], extras(row, cfg)))
-            where.append((r, a, b))
+    items, where = candidate_pairs(rows, cfg)
     results = run(debaters, template, items, cfg.rounds, cfg.retries, cfg.grammar, cfg.name, cfg.final, moderator,
                   cfg.inconsistent)
-    failed: dict[int, list[str]] = {}
-    for (r, a, b), res in zip(where, results, strict=True):
-        if isinstance(res, tuple):
-            for c, js in ((a, res[0]), (b, res[1])):
-                cand = rows[r]["candidates"][c]
-                cand["judgments"] = list(cand.get("judgments") or []) + js
-        else:
-            failed.setdefault(r, []).append(f"candidates {a} vs {b}: {res.error}")
-    good = [row for r, row in enumerate(rows) if r not in failed]
-    bad = [rows[r] for r in sorted(failed)]
-    return StageResult(
-        out=pa.Table.from_pylist(good, schema=PROMPT_ROW_WITH_CANDIDATES),
-        quarantined=quarantine_table("debate", bad, ["debate call failed: " + "; ".join(failed[r]) for r in sorted(failed)]),
-    )
+    return settle_pairs(rows, where, results, "debate")
 
 
 STAGE = StageSpec(
     name="debate",
     config=Config,
-    reads=fixed("prompt", "candidates", "candidates.response"),
+    reads=lambda cfg: {"prompt", "messages", "candidates", "candidates.response"}
+    | ({"meta"} if cfg.reference_key or cfg.context_key else set()),
     writes=fixed("candidates.judgments", "candidates.judgments.score"),
     doc="Judges debate each candidate pair for R rounds (both orders), then majority or a moderator decides; "
     "the transcript is kept per judgment.",

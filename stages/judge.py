@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from itertools import combinations
-from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
@@ -21,7 +20,7 @@ from engines.config import SamplingConfig
 from judges.listwise import rate
 from judges.pairwise import compare
 from judges.pointwise import grade
-from judges.templates import TEMPLATE_DIR, load_template, template_path
+from judges.templates import load_template, template_path, template_ref
 from schemas.records import PROMPT_ROW_WITH_CANDIDATES
 from schemas.validate import quarantine_table
 from stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
@@ -65,12 +64,7 @@ class Config(StageConfig):
     @field_validator("template")
     @classmethod
     def _template_exists(cls, value: str, info: ValidationInfo) -> str:
-        base = (info.context or {}).get("base_dir")
-        path = template_path(value, Path(base) if base else None)
-        # a broken template fails at load time, with this field's path
-        if load_template(path).kind == "debate":
-            raise ValueError(f"{value!r} is a debate template: use it in a `debate` stage")
-        return value if path.parent == TEMPLATE_DIR.resolve() else str(path)
+        return template_ref(value, (info.context or {}).get("base_dir"), debate=False)
 
     def rubric_text(self) -> str | None:
         return self.rubric.text() if isinstance(self.rubric, Rubric) else self.rubric
@@ -99,6 +93,41 @@ def extras(row: dict, cfg: Config) -> dict:
     """The template fields besides the answers: reference answer, rubric, and the user's persona/context."""
     context = _meta_value(row, cfg.context_key) if cfg.context_key else row.get("persona")
     return {"reference": _meta_value(row, cfg.reference_key), "rubric": cfg.rubric_text(), "context": context}
+
+
+def candidate_pairs(rows: list[dict], cfg) -> tuple[list[tuple], list[tuple[int, int, int]]]:
+    """Every pair of each row's candidates as pairwise items, and where each came from (row, a, b)."""
+    items, where = [], []
+    for r, row in enumerate(rows):
+        cands = row["candidates"] or []
+        for a, b in combinations(range(len(cands)), 2):
+            items.append((question(row, cfg), cands[a]["response"], cands[b]["response"],
+                          cands[a]["candidate_id"], cands[b]["candidate_id"], extras(row, cfg)))
+            where.append((r, a, b))
+    return items, where
+
+
+def settle_pairs(rows: list[dict], where: list[tuple[int, int, int]], results: list, stage: str,
+                 failed: dict[int, list[str]] | None = None) -> StageResult:
+    """Append each pair's judgments to its two candidates; rows with a failed call are quarantined whole."""
+    failed = {} if failed is None else failed
+    for (r, a, b), res in zip(where, results, strict=True):
+        if isinstance(res, tuple):
+            for c, js in ((a, res[0]), (b, res[1])):
+                cand = rows[r]["candidates"][c]
+                cand["judgments"] = list(cand.get("judgments") or []) + js
+        else:
+            failed.setdefault(r, []).append(f"candidates {a} vs {b}: {res.error}")
+    return finish(rows, failed, stage)
+
+
+def finish(rows: list[dict], failed: dict[int, list[str]], stage: str) -> StageResult:
+    good = [row for r, row in enumerate(rows) if r not in failed]
+    bad = [rows[r] for r in sorted(failed)]
+    return StageResult(
+        out=pa.Table.from_pylist(good, schema=PROMPT_ROW_WITH_CANDIDATES),
+        quarantined=quarantine_table(stage, bad, [f"{stage} call failed: " + "; ".join(failed[r]) for r in sorted(failed)]),
+    )
 
 
 def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
@@ -139,29 +168,13 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
             else:
                 failed.setdefault(r, []).append(f"candidates: {res.error}")
     elif template.kind == "pairwise":  # every pair of candidates, in both orders
-        items, where = [], []
-        for r, row in enumerate(rows):
-            cands = row["candidates"] or []
-            for a, b in combinations(range(len(cands)), 2):
-                items.append((question(row, cfg), cands[a]["response"], cands[b]["response"],
-                              cands[a]["candidate_id"], cands[b]["candidate_id"], extras(row, cfg)))
-                where.append((r, a, b))
+        items, where = candidate_pairs(rows, cfg)
         results = compare(engine, template, items, sampling, cfg.retries, cfg.grammar, name=cfg.name,
                           inconsistent=cfg.inconsistent)
-        for (r, a, b), res in zip(where, results, strict=True):
-            if isinstance(res, tuple):
-                add(r, a, res[0])
-                add(r, b, res[1])
-            else:
-                failed.setdefault(r, []).append(f"candidates {a} vs {b}: {res.error}")
+        return settle_pairs(rows, where, results, "judge", failed)
     else:
         raise ValueError(f"template {template.name!r} is a {template.kind} template: use the {template.kind} stage")
-    good = [row for r, row in enumerate(rows) if r not in failed]
-    bad = [rows[r] for r in sorted(failed)]
-    return StageResult(
-        out=pa.Table.from_pylist(good, schema=PROMPT_ROW_WITH_CANDIDATES),
-        quarantined=quarantine_table("judge", bad, ["judge call failed: " + "; ".join(failed[r]) for r in sorted(failed)]),
-    )
+    return finish(rows, failed, "judge")
 
 
 STAGE = StageSpec(

@@ -99,3 +99,18 @@ def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "pipelines" / "examples"
+
+
+def example_pipeline(tmp_path: Path, name: str, *edits: tuple[str, str]) -> Path:
+    """An example pipeline with its data in a temp folder, its own response cache, and optional text edits."""
+    shutil.copytree(EXAMPLES / "data", tmp_path / "data", dirs_exist_ok=True)
+    text = (EXAMPLES / f"{name}.yaml").read_text()
+    for old, new in edits:
+        assert old in text, old
+        text = text.replace(old, new)
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(text.replace(f"name: {name}\n", f"name: {name}\ncache_dir: {tmp_path / 'cache'}\n", 1))
+    return spec

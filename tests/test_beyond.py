@@ -4,25 +4,13 @@ with ranking accuracy on HH-RLHF, and the human review round-trip through Label 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from conftest import curate
+from conftest import curate, example_pipeline
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "pipelines" / "examples"
-
-
-def _example(tmp_path: Path, name: str, *edits: tuple[str, str]) -> Path:
-    shutil.copytree(EXAMPLES / "data", tmp_path / "data", dirs_exist_ok=True)
-    text = (EXAMPLES / f"{name}.yaml").read_text()
-    for old, new in edits:
-        assert old in text
-        text = text.replace(old, new)
-    spec = tmp_path / f"{name}.yaml"
-    spec.write_text(text.replace(f"name: {name}\n", f"name: {name}\ncache_dir: {tmp_path / 'cache'}\n", 1))
-    return spec
 
 
 def _manifest(run: Path) -> dict:
@@ -34,7 +22,7 @@ def _manifest(run: Path) -> dict:
 
 
 def test_verbalized_sampling_keeps_stated_probabilities_and_reports_diversity(tmp_path):
-    spec = _example(tmp_path, "verbalized", ("max_tokens: 60", "max_tokens: 40"))
+    spec = example_pipeline(tmp_path, "verbalized", ("max_tokens: 60", "max_tokens: 40"))
     res = curate("run", spec, "--limit", "3", "--run-dir", tmp_path / "run")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     m = _manifest(tmp_path / "run")
@@ -52,7 +40,7 @@ def test_verbalized_sampling_keeps_stated_probabilities_and_reports_diversity(tm
 
 
 def test_reference_margins_and_ranking_accuracy_on_hh_rlhf(tmp_path):
-    spec = _example(tmp_path, "reference_margin", ("keep: all", "keep: all, max_abs_margin: 1.5"))
+    spec = example_pipeline(tmp_path, "reference_margin", ("keep: all", "keep: all, max_abs_margin: 1.5"))
     res = curate("run", spec, "--limit", "6", "--run-dir", tmp_path / "run")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     m = _manifest(tmp_path / "run")
@@ -77,7 +65,7 @@ def test_reference_margins_and_ranking_accuracy_on_hh_rlhf(tmp_path):
 
 
 def test_review_round_trip_through_label_studio_tasks(tmp_path):
-    spec = _example(tmp_path, "retrieval_pairs")
+    spec = example_pipeline(tmp_path, "retrieval_pairs")
     run = tmp_path / "run"
     assert curate("run", spec, "--run-dir", run).returncode == 0
     res = curate("review", "export", run, "--sample", "9", "--seed", "3")

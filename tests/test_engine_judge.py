@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from engines.base import Request, Sampling
-from engines.cache import CachedEngine, ResponseCache, request_key
+from engines.cache import ResponseCache, request_key
 from engines.config import LlamaCppConfig, build_engine
 from judges.parse import rating_brackets
 from judges.pointwise import grade

@@ -4,28 +4,18 @@ personas, and safety dual labels on HH-RLHF. Real llama.cpp, real sentence-trans
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from conftest import curate
+from conftest import curate, example_pipeline
 from schemas.records import PAIR_ROW
 from stages import reward_augment
 from stages.base import StageContext
 from stages.load import Config as LoadConfig, read
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "pipelines" / "examples"
-
-
-def _example(tmp_path: Path, name: str) -> Path:
-    """The example pipeline with its data, in a temp folder with its own response cache."""
-    shutil.copytree(EXAMPLES / "data", tmp_path / "data", dirs_exist_ok=True)
-    text = (EXAMPLES / f"{name}.yaml").read_text()
-    spec = tmp_path / f"{name}.yaml"
-    spec.write_text(text.replace(f"name: {name}\n", f"name: {name}\ncache_dir: {tmp_path / 'cache'}\n", 1))
-    return spec
 
 
 def _accounted(run: Path) -> dict:
@@ -64,7 +54,7 @@ def test_reward_augment_keeps_the_order_at_the_chosen_goal_and_swaps_at_the_reje
 
 
 def test_rationales_and_reward_augmentation_pipeline(tmp_path):
-    spec = _example(tmp_path, "enrich")
+    spec = example_pipeline(tmp_path, "enrich")
     res = curate("run", spec, "--limit", "4", "--run-dir", tmp_path / "run")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     _accounted(tmp_path / "run")
@@ -79,7 +69,7 @@ def test_rationales_and_reward_augmentation_pipeline(tmp_path):
 
 
 def test_retrieval_pairs_take_the_answer_to_another_similar_prompt(tmp_path):
-    spec = _example(tmp_path, "retrieval_pairs")
+    spec = example_pipeline(tmp_path, "retrieval_pairs")
     res = curate("run", spec, "--run-dir", tmp_path / "run")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     _accounted(tmp_path / "run")
@@ -121,7 +111,7 @@ def test_hh_rlhf_transcripts_load_as_conversation_and_two_candidates(tmp_path, c
 
 
 def test_safety_dual_labels_on_hh_rlhf(tmp_path):
-    spec = _example(tmp_path, "safety_labels")
+    spec = example_pipeline(tmp_path, "safety_labels")
     res = curate("run", spec, "--limit", "6", "--run-dir", tmp_path / "run")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     manifest = _accounted(tmp_path / "run")
@@ -142,7 +132,7 @@ def test_safety_dual_labels_on_hh_rlhf(tmp_path):
 
 
 def test_personas_make_one_label_per_prompt_and_persona(tmp_path):
-    spec = _example(tmp_path, "personas")
+    spec = example_pipeline(tmp_path, "personas")
     res = curate("run", spec, "--limit", "2", "--run-dir", tmp_path / "run")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     _accounted(tmp_path / "run")
