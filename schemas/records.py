@@ -95,6 +95,8 @@ PAIR_ROW = pa.schema(
         pa.field("ref_logp_rejected", pa.float64()),
         pa.field("ref_margin", pa.float64()),  # logp(chosen) - logp(rejected)
         pa.field("ref_margin_norm", pa.float64()),  # the same, per token (length-normalized)
+        pa.field("critique", pa.string()),  # refine: the critique the revision (chosen) answers
+        pa.field("edit_distance", pa.float64()),  # refine: 0 = identical .. 1 = nothing in common (characters)
         pa.field("chosen_model", pa.string()),
         pa.field("rejected_model", pa.string()),
         pa.field("chosen_id", pa.string()),

@@ -92,3 +92,20 @@ def test_review_round_trip_through_label_studio_tasks(tmp_path):
     for r in out:
         if (r["rejected_id"], r["chosen_id"]) in flipped:  # the human's preferred response is now chosen
             assert r["label_source"] == "human" and r["chosen_model"].startswith("retrieved:")
+
+
+def test_refine_pairs_only_what_the_judge_confirms(tmp_path):
+    spec = example_pipeline(tmp_path, "refine", ("max_tokens: 128", "max_tokens: 64"))
+    res = curate("run", spec, "--limit", "4", "--run-dir", tmp_path / "run")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    m = _manifest(tmp_path / "run")
+    stage = m["stages"][2]
+    assert stage["in"] == 4 and stage["model_calls"] >= 4 * 2  # a critique and a revision per prompt
+    pairs = pq.read_table(tmp_path / "run" / "03_refine").to_pylist()
+    for p in pairs:
+        assert p["critique"] and p["edit_distance"] >= 0.05 and p["chosen_score"] > 0.5
+        assert p["chosen_model"].endswith(":refine") and p["chosen"] != p["rejected"]
+    if stage["dropped"]:
+        reasons = pq.read_table(tmp_path / "run" / "_dropped" / "03_refine")["reason"].to_pylist()
+        assert all(r.startswith(("the judge did not confirm the revision", "cosmetic revision")) for r in reasons)
+    assert len(pairs) + stage["dropped"] + stage["quarantined"] == 4
