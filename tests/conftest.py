@@ -101,9 +101,6 @@ def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
         proc.wait()
 
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "pipelines" / "examples"
-
-
 def example_pipeline(tmp_path: Path, name: str, *edits: tuple[str, str]) -> Path:
     """An example pipeline with its data in a temp folder, its own response cache, and optional text edits."""
     shutil.copytree(EXAMPLES / "data", tmp_path / "data", dirs_exist_ok=True)

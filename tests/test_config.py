@@ -45,7 +45,8 @@ def test_typo_in_a_key_names_its_path_and_suggests_the_fix(example):
     data["stages"][3]["pairs"] = {"min_margn": 2}
     (problem,) = problems_of(write())
     assert problem.startswith("stages[3].pairs.min_margn: unknown key 'min_margn' (did you mean 'min_margin'?); "
-                              "known keys: aspect, easy_margin, judge_kind, judges, k, min_agreement, min_margin,")
+                              "known keys: aspect, easy_margin, judge_kind, judges, k, label_key, min_agreement, "
+                              "min_margin, safety_aspect,")
 
 
 def test_wrong_type_and_unknown_stage_are_all_reported_at_once(example):
@@ -55,7 +56,7 @@ def test_wrong_type_and_unknown_stage_are_all_reported_at_once(example):
     found = problems_of(write())
     assert found[0].startswith("stages[1].generate.models[0].k: Input should be a valid integer")
     assert found[1].startswith("stages[3]: unknown stage 'judgee' (did you mean 'judge'?); "
-                               "stages: load, generate, judge, pairs, rank, filter, dedup, decontaminate")
+                               "stages: load, generate, judge, jury, debate, pairs, rank, rationale, ")
 
 
 def test_missing_input_file_and_template(example):
@@ -115,4 +116,10 @@ def test_every_shipped_example_validates():
         if path.name == "judge_eval.yaml":  # a judge config for `curate judge-eval`, not a pipeline
             continue
         res = curate("validate", path)
+        if path.name in ("vllm_offline.yaml", "transformers.yaml") and res.returncode:
+            # they name a model folder of the user's (and vLLM an extra): here only the engine may be missing
+            lines = [line for line in res.stderr.splitlines() if line.strip()]
+            assert len(lines) == 1 and "engines.default: " in lines[0], (path.name, res.stderr)
+            assert "not installed" in lines[0] or "not a local Hugging Face model folder" in lines[0]
+            continue
         assert res.returncode == 0, (path.name, res.stderr)

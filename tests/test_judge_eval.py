@@ -50,9 +50,10 @@ def test_cli_judge_eval_on_pandalm_with_the_embedded_model(copy_data, tmp_path):
     assert res.returncode == 0, res.stdout + res.stderr
     assert "judges vs human labels: 3 pairs" in res.stdout
     report = json.loads((tmp_path / "eval.json").read_text())
-    assert set(report["results"]) == {"smol-single", "smol-pair", "jury (majority)", "baseline: always longer",
-                                      "baseline: random"}
-    assert report["model_calls"] + report["cache_hits"] >= 3 * 2 + 3 * 2  # 2 pointwise + 2 ordered pair calls
+    assert set(report["results"]) == {"smol-single", "smol-pair", "smol-prometheus", "smol-strength", "smol-debate",
+                                      "jury (majority)", "baseline: always longer", "baseline: random"}
+    # per pair: 2 pointwise x 2 judges, 2 orders x 2 pairwise judges, 2 orders x 2 debaters x 2 rounds
+    assert report["model_calls"] + report["cache_hits"] >= 3 * (2 * 2 + 2 * 2 + 2 * 2 * 2)
     pair = report["results"]["smol-pair"]
     assert pair["position_consistency"] is not None and 0 <= pair["position_consistency"] <= 1
     for m in report["results"].values():
