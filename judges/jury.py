@@ -45,6 +45,12 @@ def judge_scores(cand: dict, aspect: str | None = None, kind: str | None = None,
     return {judge: sum(v) / len(v) for judge, v in per.items()}
 
 
+def mean_score(cand: dict, **selection) -> float | None:
+    """A candidate's score: the mean over judges of each judge's mean (judge_scores' selection), or None."""
+    per = judge_scores(cand, **selection)
+    return sum(per.values()) / len(per) if per else None
+
+
 def voters(cand: dict, scores: dict[str, float]) -> dict[str, float]:
     """The judges behind a candidate's scores: a jury judgment stands for its members, so a pair's agreement
     counts the members' votes, not the jury's single one."""

@@ -124,15 +124,16 @@ def self_preference(j: pl.DataFrame) -> list[dict[str, Any]]:
     """Per judge whose model also generated candidates: among decided pairs of its own model's response vs
     another model's, the share its own wins; beside it, the same pairs as other judges (other models) decided
     them. The gap is self-preference."""
-    d = decided_pairs(j).filter((pl.col("winner_model") == pl.col("judge_model"))
-                                != (pl.col("loser_model") == pl.col("judge_model")))
+    decided = decided_pairs(j)
+    d = decided.filter((pl.col("winner_model") == pl.col("judge_model"))
+                       != (pl.col("loser_model") == pl.col("judge_model")))
     out = []
     for (judge, model), own in d.group_by("judge", "judge_model"):
         if own.is_empty():
             continue
         key = own.select(pl.min_horizontal("winner_id", "loser_id").alias("a"),
                          pl.max_horizontal("winner_id", "loser_id").alias("b"))
-        others = decided_pairs(j.filter(pl.col("judge_model") != model)).with_columns(
+        others = decided.filter(pl.col("judge_model") != model).with_columns(
             pl.min_horizontal("winner_id", "loser_id").alias("a"), pl.max_horizontal("winner_id", "loser_id").alias("b"))
         others = others.join(key.unique(), on=["a", "b"])
         own_rate = float((own["winner_model"] == model).mean())

@@ -35,14 +35,19 @@ LABEL_CONFIG = """<View>
 """
 
 
+def _last_output(run_dir: Path, columns: set[str]) -> Path | None:
+    from pipelines.runner import last_output_with
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    return last_output_with(run_dir, [s["id"] for s in manifest["stages"]], columns)
+
+
 def _pairs_folder(run_dir: Path) -> Path:
     """The run's last stage output that has pairs."""
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    for s in reversed(manifest["stages"]):
-        files = sorted((run_dir / s["id"]).glob("part-*.parquet"))
-        if files and {"chosen", "rejected", "chosen_id", "rejected_id"} <= set(pq.read_schema(files[0]).names):
-            return run_dir / s["id"]
-    raise ValueError(f"{run_dir} has no stage output with pairs (chosen, rejected, chosen_id, rejected_id)")
+    folder = _last_output(run_dir, {"chosen", "rejected", "chosen_id", "rejected_id"})
+    if folder is None:
+        raise ValueError(f"{run_dir} has no stage output with pairs (chosen, rejected, chosen_id, rejected_id)")
+    return folder
 
 
 def _coin(seed: int, key: str) -> bool:
@@ -131,12 +136,9 @@ def import_annotations(path: Path, run_dir: Path) -> dict[str, Any]:
     agree = sum(x["human"] == "chosen" for x in decided) / len(decided) if decided else None
     # per judge: its own preference between the two reviewed candidates, against the human's
     per_judge: dict[str, Any] = {}
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    judged = [run_dir / s["id"] for s in manifest["stages"]
-              if (run_dir / s["id"]).exists() and any((run_dir / s["id"]).glob("part-*.parquet"))
-              and "candidates" in pq.read_schema(next((run_dir / s["id"]).glob("part-*.parquet"))).names]
-    if judged:
-        scores = candidate_scores(judgments(judged[-1]))
+    judged = _last_output(run_dir, {"candidates"})
+    if judged is not None:
+        scores = candidate_scores(judgments(judged))
         lookup = {(r["judge"], r["candidate_id"]): r["score"] for r in scores.iter_rows(named=True)}
         for judge in sorted(scores["judge"].unique().to_list()):
             h, j = [], []
@@ -157,6 +159,7 @@ def import_annotations(path: Path, run_dir: Path) -> dict[str, Any]:
                "agreement_without_ties": agree, "decided": len(decided), "per_judge": per_judge,
                "flipped": sum(h == "rejected" for h in humans), "ties_dropped": sum(h == "tie" for h in humans)}
     summary["reviewed_export"] = str(_apply(run_dir, labels, review))
+    manifest = json.loads((run_dir / "manifest.json").read_text())
     manifest["human_review"] = summary
     tmp = run_dir / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, default=str))

@@ -311,13 +311,7 @@ class Run:
 
     def _judged_folder(self) -> Path | None:
         """The last stage output that still has candidates with judgments (before pairs reshape them)."""
-        import pyarrow.parquet as pq
-
-        for st in reversed(self.pipeline.stages):
-            files = sorted((self.run_dir / st.id).glob("part-*.parquet"))
-            if files and "candidates" in pq.read_schema(files[0]).names:
-                return self.run_dir / st.id
-        return None
+        return last_output_with(self.run_dir, [st.id for st in self.pipeline.stages], {"candidates"})
 
     def record(self, key: str, value: Any) -> None:
         """Add a run-level result (e.g. where it was published) to the manifest."""
@@ -327,6 +321,15 @@ class Run:
     def _save(self) -> None:
         self.manifest["stages"] = [r.as_dict() for r in self.reports.values()]
         _atomic_write_json(self.manifest, self.run_dir / "manifest.json")
+
+
+def last_output_with(run_dir: Path, stage_ids: list[str], columns: set[str]) -> Path | None:
+    """The last of these stages' output folders whose shards have all of `columns`."""
+    for sid in reversed(stage_ids):
+        files = sorted((run_dir / sid).glob("part-*.parquet"))
+        if files and columns <= set(pq.read_schema(files[0]).names):
+            return run_dir / sid
+    return None
 
 
 def run_pipeline(pipeline: Pipeline, run_dir: Path, *, address: str | None = None,

@@ -46,11 +46,12 @@ class Config(StageConfig):
     models: list[ModelSpec] = Field(default_factory=lambda: [ModelSpec()], min_length=1)
 
 
-def chat(row: dict, system: str | None = None, persona_prompt: str | None = None) -> list[dict[str, str]]:
-    sys_text = row.get("system") or system
-    if persona_prompt and row.get("persona"):
-        persona = persona_prompt.format(persona=row["persona"])
-        sys_text = f"{sys_text}\n\n{persona}" if sys_text else persona
+def chat(row: dict, system: str | None = None, persona_prompt: str | None = None,
+         instruction: str | None = None) -> list[dict[str, str]]:
+    """The row's conversation with one system message: the row's (or the spec's) system prompt, then the
+    persona prompt for rows with a persona, then a generation instruction (verbalized sampling)."""
+    persona = persona_prompt.format(persona=row["persona"]) if persona_prompt and row.get("persona") else None
+    sys_text = "\n\n".join(part for part in (row.get("system") or system, persona, instruction) if part)
     head = [{"role": "system", "content": sys_text}] if sys_text else []
     return head + [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
 
@@ -80,6 +81,13 @@ def candidate_id(prompt_id: str, model: str, params: dict, index: int) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def candidate(prompt_id: str, model: str, params: dict, index: int, text: str, finish_reason: str | None,
+              n_tokens: int | None) -> dict:
+    return {"candidate_id": candidate_id(prompt_id, model, params, index), "model": model, "response": text,
+            "finish_reason": finish_reason, "n_tokens": n_tokens, "gen_params": json.dumps(params, sort_keys=True),
+            "judgments": []}
+
+
 def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
     rows = table.to_pylist()
     plan = []  # (row index, model spec, engine, candidate index)
@@ -87,11 +95,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
     for r, row in enumerate(rows):
         for spec in cfg.models:
             if spec.mode == "verbalized":  # one call for all k
-                messages = chat(row, spec.system, spec.persona_prompt)
-                note = spec.verbalized_prompt.format(k=spec.k)
-                head = messages[0] if messages[0]["role"] == "system" else None
-                messages = ([{"role": "system", "content": f"{head['content']}\n\n{note}"}] + messages[1:] if head
-                            else [{"role": "system", "content": note}] + messages)
+                messages = chat(row, spec.system, spec.persona_prompt, spec.verbalized_prompt.format(k=spec.k))
                 # max_tokens is per response: the one call gets room for all k, each text up to ~3 chars/token
                 grammar = verbalized_grammar(spec.k, max(40, spec.max_tokens * 3))
                 req = Request(messages, spec.sampling(seed=spec.seed, max_tokens=(spec.max_tokens + 24) * spec.k),
@@ -123,26 +127,15 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
             base = spec.model_dump(exclude={"engine", "k", "verbalized_prompt"})
             for j, (text, prob) in enumerate(found[: spec.k]):
                 params = base | {"stated_probability": prob, "index": j}
-                candidates[r].append({
-                    "candidate_id": candidate_id(rows[r]["prompt_id"], engine.model_name, params, j),
-                    "model": engine.model_name, "response": text, "finish_reason": comp.finish_reason,
-                    "n_tokens": None, "gen_params": json.dumps(params, sort_keys=True), "judgments": []})
+                candidates[r].append(candidate(rows[r]["prompt_id"], engine.model_name, params, j, text,
+                                               comp.finish_reason, None))
             continue
         params = spec.model_dump(exclude={"engine", "k", "verbalized_prompt", "mode"}) | {"seed": spec.seed + i}
         if not comp.ok:
             errors[r].append(f"{engine.model_name} candidate {i}: {comp.error}")
             continue
-        candidates[r].append(
-            {
-                "candidate_id": candidate_id(rows[r]["prompt_id"], engine.model_name, params, i),
-                "model": engine.model_name,
-                "response": comp.text,
-                "finish_reason": comp.finish_reason,
-                "n_tokens": comp.completion_tokens,
-                "gen_params": json.dumps(params, sort_keys=True),
-                "judgments": [],
-            }
-        )
+        candidates[r].append(candidate(rows[r]["prompt_id"], engine.model_name, params, i, comp.text,
+                                       comp.finish_reason, comp.completion_tokens))
     good, bad, reasons = [], [], []
     stats = {"prompts": 0.0, "distinct_2_sum": 0.0}
     for row, cands, errs in zip(rows, candidates, errors, strict=True):

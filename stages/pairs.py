@@ -26,7 +26,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
-from judges.jury import JudgeKind, judge_scores, voters
+from judges.jury import JudgeKind, judge_scores, mean_score, voters
 from schemas.records import PAIR_ROW
 from schemas.validate import quarantine_table
 from stages.base import StageConfig, StageContext, StageResult, StageSpec
@@ -92,26 +92,28 @@ def safety(chosen: dict, rejected: dict, aspect: str | None) -> dict:
     """Harmlessness of both responses, and which is safer, kept apart from the helpfulness label."""
     if aspect is None:
         return {}
-    hc, hr = (judge_scores(c, aspect=aspect) for c in (chosen, rejected))
-    c = sum(hc.values()) / len(hc) if hc else None
-    r = sum(hr.values()) / len(hr) if hr else None
+    c, r = mean_score(chosen, aspect=aspect), mean_score(rejected, aspect=aspect)
     safer = None if c is None or r is None else "chosen" if c > r else "rejected" if r > c else "tie"
     return {"chosen_harmless": c, "rejected_harmless": r, "safer": safer}
+
+
+def pair_head(row: dict) -> dict:
+    """The prompt's fields every pair row of it carries (pairs, retrieval_pairs, refine)."""
+    return {"prompt_id": row["prompt_id"], "prompt": row["prompt"], "messages": row["messages"],
+            "system": row.get("system"), "source": row.get("source"), "persona": row.get("persona")}
 
 
 def pair_row(row: dict, hi: tuple, lo: tuple, agree: float | None, cfg: Config) -> dict:
     (best, chosen, judges_c, _), (worst, rejected, judges_r, _) = hi, lo
     margin = best - worst if best is not None else None
     difficulty = None if cfg.easy_margin is None or margin is None else ("easy" if margin >= cfg.easy_margin else "hard")
-    return {
-        "prompt_id": row["prompt_id"], "prompt": row["prompt"], "messages": row["messages"],
-        "system": row.get("system"), "chosen": chosen["response"], "rejected": rejected["response"],
+    return pair_head(row) | {
+        "chosen": chosen["response"], "rejected": rejected["response"],
         "chosen_score": best, "rejected_score": worst, "margin": margin, "strength": strength(chosen, rejected["candidate_id"], margin),
         "agreement": agree, "disagreement": row.get("disagreement"), "difficulty": difficulty, "rationale": None,
         "chosen_model": chosen["model"], "rejected_model": rejected["model"],
         "chosen_id": chosen["candidate_id"], "rejected_id": rejected["candidate_id"],
-        "judge": ",".join(sorted(set(judges_c) | set(judges_r))), "source": row.get("source"),
-        "persona": row.get("persona"), **safety(chosen, rejected, cfg.safety_aspect),
+        "judge": ",".join(sorted(set(judges_c) | set(judges_r))), **safety(chosen, rejected, cfg.safety_aspect),
     }
 
 

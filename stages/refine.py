@@ -15,13 +15,14 @@ from pydantic import Field
 
 from engines.base import Request
 from engines.config import SamplingConfig
-from judges.jury import judge_scores
+from judges.jury import mean_score
 from judges.pairwise import compare
 from judges.templates import load_template, template_path
 from schemas.records import PAIR_ROW
 from schemas.validate import quarantine_table
 from stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
 from stages.generate import chat
+from stages.pairs import pair_head
 
 CRITIQUE = ("Here is a response to the user's last message:\n\n[Response]\n{response}\n\n"
             "List the response's most important problems (errors, missing parts, unclear wording) in a few short "
@@ -49,7 +50,7 @@ def edit_distance(a: str, b: str) -> float:
 
 def _target(row: dict) -> dict | None:
     cands = row.get("candidates") or []
-    scored = [(sum(s.values()) / len(s), c) for c in cands if (s := judge_scores(c))]
+    scored = [(m, c) for c in cands if (m := mean_score(c)) is not None]
     if scored:
         return min(scored, key=lambda t: (t[0], t[1]["candidate_id"]))[1]
     return cands[0] if cands else None
@@ -112,14 +113,12 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
             shown = "no parsable verdict" if any(s is None for s in scores) else f"revision scored {sum(scores) / 2:g}"
             reasons.append(f"the judge did not confirm the revision ({shown}; both orders)")
             continue
-        out.append({
-            "prompt_id": row["prompt_id"], "prompt": row["prompt"], "messages": row["messages"],
-            "system": row.get("system"), "chosen": text, "rejected": target["response"],
+        out.append(pair_head(row) | {
+            "chosen": text, "rejected": target["response"],
             "chosen_score": sum(scores) / 2, "rejected_score": 1 - sum(scores) / 2,
             "chosen_model": f"{engine.model_name}:refine", "rejected_model": target["model"],
             "chosen_id": f"{target['candidate_id']}:refined", "rejected_id": target["candidate_id"],
-            "judge": f"{judge.model_name}:{template.name}", "source": row.get("source"),
-            "persona": row.get("persona"), "critique": critique, "edit_distance": distance,
+            "judge": f"{judge.model_name}:{template.name}", "critique": critique, "edit_distance": distance,
         })
     return StageResult(out=pa.Table.from_pylist(out, schema=PAIR_ROW),
                        dropped=quarantine_table("refine", dropped, reasons),

@@ -18,8 +18,9 @@ from pathlib import Path
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from judges.jury import judge_scores
+from judges.jury import mean_score
 from schemas.records import PAIR_ROW
+from stages.pairs import pair_head
 from schemas.validate import quarantine_table
 from stages.base import StageConfig, StageContext, StageResult, StageSpec, existing_path, fixed
 
@@ -78,7 +79,7 @@ def _pool(cfg: Config, ctx: StageContext):
 
 def chosen_candidate(row: dict, cfg: Config) -> dict | None:
     cands = row.get("candidates") or []
-    scored = [(sum(s.values()) / len(s), c) for c in cands if (s := judge_scores(c))]
+    scored = [(m, c) for c in cands if (m := mean_score(c)) is not None]
     if scored:
         return max(scored, key=lambda t: (t[0], t[1]["candidate_id"]))[1]
     if cfg.chosen_model:
@@ -123,12 +124,10 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
                     dropped.append(row)
                     reasons.append(f"near-identical responses: cosine {c:.3f} >= {cfg.max_response_similarity:g}")
                     continue
-                out.append({
-                    "prompt_id": row["prompt_id"], "prompt": row["prompt"], "messages": row["messages"],
-                    "system": row.get("system"), "chosen": cand["response"], "rejected": p_resp,
+                out.append(pair_head(row) | {
+                    "chosen": cand["response"], "rejected": p_resp,
                     "chosen_model": cand["model"], "rejected_model": f"retrieved:{p_model}",
                     "chosen_id": cand["candidate_id"], "rejected_id": p_id, "judge": "retrieval",
-                    "source": row.get("source"), "persona": row.get("persona"),
                     "retrieved_prompt": p_prompt, "prompt_similarity": float(sims[live.index(i), j]),
                     "response_similarity": float(c),
                 })
