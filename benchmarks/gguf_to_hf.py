@@ -1,7 +1,7 @@
 """Convert the embedded SmolLM2-135M GGUF into a Hugging Face model folder (safetensors + tokenizer with its
 chat template), for engines that cannot read GGUF (vLLM, transformers). Needs `transformers` and `gguf`.
 
-    python benchmarks/gguf_to_hf.py OUT_DIR
+    python benchmarks/gguf_to_hf.py OUT_DIR [GGUF_FILE]     (default: the embedded model)
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def convert(out: Path) -> Path:
+def convert(out: Path, gguf: Path | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from engines.llama_cpp import embedded_model_path
 
     if (out / "config.json").exists():
         return out
-    gguf = embedded_model_path()
+    gguf = gguf or embedded_model_path()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model.hf_quantizer = None  # dequantized on load; save plain weights, with no quantization in the config
@@ -31,4 +31,4 @@ def convert(out: Path) -> Path:
 
 
 if __name__ == "__main__":
-    print(convert(Path(sys.argv[1])))
+    print(convert(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else None))
