@@ -3,7 +3,8 @@ only torch, transformers, pydantic and (when installed) vLLM are needed, so it r
 
 For each engine present (transformers always; vLLM when importable):
   1. generate k sampled candidates for N MT-Bench prompts through curate's engine (batched, a seed per request);
-  2. the same again in reverse order: the share of identical texts shows per-request seeds hold under batching;
+  2. the same again, in the same order (a rerun: identical texts expected) and in reverse order (other batch
+     companions: float noise of another batch shape may change a text after a near-tie);
   3. judge every candidate with the MT-Bench single-answer template (greedy) and count what parses;
 and, as the baseline measured in the same run, the engine's own library called directly (transformers'
 `generate` over the same batches with one seed per batch). Prints tokens/s, the ratio curate/direct, the
@@ -67,11 +68,14 @@ def run_engine(name: str, engine, args, direct=None) -> list[dict]:
     comps = engine.complete(requests)
     curate_s = time.perf_counter() - start
     tokens = sum(c.completion_tokens for c in comps if c.ok)
-    again = engine.complete(requests[::-1])[::-1]
-    same = sum(a.text == b.text for a, b in zip(comps, again, strict=True)) / len(comps)
+    rerun = engine.complete(requests)
+    same = sum(a.text == b.text for a, b in zip(comps, rerun, strict=True)) / len(comps)
+    reversed_ = engine.complete(requests[::-1])[::-1]
+    same_rev = sum(a.text == b.text for a, b in zip(comps, reversed_, strict=True)) / len(comps)
     rows = [{"engine": name, "what": "generate through curate's engine", "requests": len(requests),
              "tokens": tokens, "seconds": curate_s, "tokens_per_s": tokens / curate_s,
-             "failed": sum(not c.ok for c in comps), "same_text_reversed_order": same}]
+             "failed": sum(not c.ok for c in comps), "same_text_rerun": same,
+             "same_text_reversed_order": same_rev}]
     if direct is not None:
         direct_s, direct_tokens = direct(engine, requests, args.batch_size)
         rows.append({"engine": name, "what": "generate, library called directly (baseline)",
@@ -123,7 +127,7 @@ def main() -> None:
     from _common import print_table
 
     keys = ["engine", "what", "requests", "tokens", "seconds", "tokens_per_s", "ratio_vs_direct",
-            "same_text_reversed_order", "parse_rate", "failed"]
+            "same_text_rerun", "same_text_reversed_order", "parse_rate", "failed"]
     print_table(f"GPU smoke ({device}, {args.prompts} prompts x k={args.k}, max_tokens={args.max_tokens}, "
                 f"batch {args.batch_size})", keys, [[r.get(k, "") for k in keys] for r in rows])
     if args.out:

@@ -3,10 +3,11 @@ request keeps its own seed.
 
 Batching decides GPU throughput, and reproducibility decides the response cache. Both hold: requests are
 batched (left-padded, `batch_size` at a time) whether greedy or sampled, and each sampled row draws its tokens
-from its own `torch.Generator` seeded with the request's seed (Gumbel-max over the temperature- and
-top-p-shaped logits, in `RowSampler`), so a request's sample does not depend on the rest of its batch's random
-draws. Only float noise from batch shape remains (a padded row's logits can differ in the last bits), which on
-rare ties can flip a token; the cache then keeps the first answer. No constrained decoding here: judges fall
+from its own stream seeded with the request's seed (`RowSampler`), so a request's sample does not depend on
+the rest of its batch's random draws. The same requests in the same order (a rerun of the same shard) give the
+same text. Float noise from batch shape remains (a padded row's logits differ in the last bits, much more in
+bfloat16 on a GPU), so the same request in a different batch can drift after a near-tie; the response cache
+keeps the first answer, so a resumed run does not change what it already wrote. No constrained decoding here: judges fall
 back to free text and the parser (with its retry and format reminder).
 """
 
@@ -29,33 +30,71 @@ def check_available(model: str) -> None:
         raise EngineUnavailable(f"{path} is not a local Hugging Face model folder (no config.json)")
 
 
+M32 = 0xFFFFFFFF
+
+
+def _mulmod32(x, c: int):
+    """(x * c) mod 2**32 for int64 tensors holding 32-bit values, in 16-bit halves so nothing overflows."""
+    return ((x & 0xFFFF) * c + ((((x >> 16) * c) & 0xFFFF) << 16)) & M32
+
+
+def fmix32(x):
+    """MurmurHash3's finalizer on int64 tensors holding 32-bit values: a counter-based random number source."""
+    x = x ^ (x >> 16)
+    x = _mulmod32(x, 0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = _mulmod32(x, 0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
 class RowSampler:
-    """A logits processor for `generate(do_sample=False)`: sampled rows get a one-hot score on the token their
-    own generator drew, so the greedy step picks it; greedy rows pass through untouched."""
+    """A logits processor for `generate(do_sample=False)`: each sampled row gets a one-hot score on the token it
+    draws, so the greedy step picks it; greedy rows pass through untouched.
+
+    The draw is Gumbel-max over the temperature- and top-p-shaped logits, with uniforms hashed from (the row's
+    seed, the step, the token id): a counter-based generator, so every row has its own seeded stream and the
+    whole batch is drawn in a few vectorized kernels (a torch.Generator per row costs a launch per row per step).
+    """
 
     def __init__(self, samplings: list[Sampling], device: str):
         import torch
 
         self.torch = torch
-        self.rows = [i for i, s in enumerate(samplings) if s.temperature > 0]
-        self.gens = [torch.Generator(device=device).manual_seed(samplings[i].seed) for i in self.rows]
-        self.temp = torch.tensor([samplings[i].temperature for i in self.rows], device=device).unsqueeze(1)
-        self.top_p = torch.tensor([samplings[i].top_p for i in self.rows], device=device).unsqueeze(1)
+        rows = [i for i, s in enumerate(samplings) if s.temperature > 0]
+        self.rows = torch.tensor(rows, device=device, dtype=torch.long)
+        self.step = 0
+        if not rows:
+            return
+        seeds = torch.tensor([[samplings[i].seed & M32, (samplings[i].seed >> 32) & M32] for i in rows],
+                             dtype=torch.long, device=device)
+        self.key = fmix32(fmix32(seeds[:, 0]) ^ seeds[:, 1]).unsqueeze(1)
+        self.temp = torch.tensor([samplings[i].temperature for i in rows], device=device).unsqueeze(1)
+        top_p = [samplings[i].top_p for i in rows]
+        self.top_p = torch.tensor(top_p, device=device).unsqueeze(1) if min(top_p) < 1 else None
 
     def __call__(self, input_ids, scores):
-        if not self.rows:
+        self.step += 1
+        if not len(self.rows):
             return scores
         torch = self.torch
+        if self.step == 1:
+            vocab = torch.arange(scores.shape[1], device=scores.device, dtype=torch.long)
+            self.token_hash = fmix32(vocab + 0x68E31DA4).unsqueeze(0)
         logits = scores[self.rows].float() / self.temp
-        probs = torch.softmax(logits, dim=-1)
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        # keep the smallest set of tokens whose probability reaches top_p (the first token always stays)
-        drop_sorted = (sorted_p.cumsum(-1) - sorted_p) >= self.top_p
-        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
-        u = torch.stack([torch.rand(scores.shape[1], generator=g, device=scores.device) for g in self.gens])
-        gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)))
-        choice = (torch.log_softmax(logits, -1) + gumbel).masked_fill(drop, float("-inf")).argmax(-1)
-        onehot = torch.full_like(scores[self.rows], float("-inf"))
+        logp = torch.log_softmax(logits, dim=-1)
+        step_key = fmix32((self.key + self.step * 0x9E3779B9) & M32)
+        bits = fmix32(self.token_hash ^ step_key)
+        u = ((bits >> 9).to(torch.float32) + 0.5) / float(1 << 23)  # in (0, 1): 23 bits are exact in float32
+        perturbed = logp - torch.log(-torch.log(u))
+        if self.top_p is not None:
+            # keep the smallest set of tokens whose probability reaches top_p (the first token always stays)
+            sorted_p, order = logp.exp().sort(dim=-1, descending=True)
+            drop_sorted = (sorted_p.cumsum(-1) - sorted_p) >= self.top_p
+            perturbed = perturbed.masked_fill(torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted),
+                                              float("-inf"))
+        choice = perturbed.argmax(-1)
+        onehot = torch.full((len(self.rows), scores.shape[1]), float("-inf"), device=scores.device,
+                            dtype=scores.dtype)
         onehot.scatter_(1, choice.unsqueeze(1), 0.0)
         scores[self.rows] = onehot
         return scores
