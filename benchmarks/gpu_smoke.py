@@ -63,22 +63,30 @@ def run_engine(name: str, engine, args, direct=None) -> list[dict]:
     requests = [Request([{"role": "user", "content": q}],
                         Sampling(temperature=0.8, top_p=0.95, max_tokens=args.max_tokens, seed=1000 * i + j))
                 for i, q in enumerate(qs) for j in range(args.k)]
-    engine.complete(requests[: min(8, len(requests))])  # warm-up (kernels, allocator)
-    start = time.perf_counter()
-    comps = engine.complete(requests)
-    curate_s = time.perf_counter() - start
-    tokens = sum(c.completion_tokens for c in comps if c.ok)
-    rerun = engine.complete(requests)
+    def timed(reqs):
+        start = time.perf_counter()
+        comps = engine.complete(reqs)
+        return comps, time.perf_counter() - start
+
+    # a whole pass first, so no pass measured below pays for first calls (kernels, allocator, clocks); then
+    # curate and the baseline alternate, and each keeps its best time
+    comps, _ = timed(requests)
+    rerun, curate_s = timed(requests)
     same = sum(a.text == b.text for a, b in zip(comps, rerun, strict=True)) / len(comps)
-    reversed_ = engine.complete(requests[::-1])[::-1]
-    same_rev = sum(a.text == b.text for a, b in zip(comps, reversed_, strict=True)) / len(comps)
-    rows = [{"engine": name, "what": "generate through curate's engine", "requests": len(requests),
+    direct_runs = [direct(engine, requests, args.batch_size)] if direct is not None else []
+    reversed_, reversed_s = timed(requests[::-1])
+    same_rev = sum(a.text == b.text for a, b in zip(comps, reversed_[::-1], strict=True)) / len(comps)
+    curate_s = min(curate_s, reversed_s)
+    if direct is not None:
+        direct_runs.append(direct(engine, requests, args.batch_size))
+    tokens = sum(c.completion_tokens for c in rerun if c.ok)
+    rows = [{"engine": name, "what": "generate through curate's engine (best of 2)", "requests": len(requests),
              "tokens": tokens, "seconds": curate_s, "tokens_per_s": tokens / curate_s,
              "failed": sum(not c.ok for c in comps), "same_text_rerun": same,
              "same_text_reversed_order": same_rev}]
-    if direct is not None:
-        direct_s, direct_tokens = direct(engine, requests, args.batch_size)
-        rows.append({"engine": name, "what": "generate, library called directly (baseline)",
+    if direct_runs:
+        direct_s, direct_tokens = min(direct_runs)
+        rows.append({"engine": name, "what": "generate, library called directly (baseline, best of 2)",
                      "requests": len(requests), "tokens": direct_tokens, "seconds": direct_s,
                      "tokens_per_s": direct_tokens / direct_s})
         rows[0]["ratio_vs_direct"] = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]

@@ -87,11 +87,13 @@ class RowSampler:
         u = ((bits >> 9).to(torch.float32) + 0.5) / float(1 << 23)  # in (0, 1): 23 bits are exact in float32
         perturbed = logp - torch.log(-torch.log(u))
         if self.top_p is not None:
-            # keep the smallest set of tokens whose probability reaches top_p (the first token always stays)
-            sorted_p, order = logp.exp().sort(dim=-1, descending=True)
-            drop_sorted = (sorted_p.cumsum(-1) - sorted_p) >= self.top_p
-            perturbed = perturbed.masked_fill(torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted),
-                                              float("-inf"))
+            # keep the most probable tokens until their mass reaches top_p, and every token as probable as the
+            # last one kept: a cut by value, so tied probabilities (common in bfloat16) do not depend on the
+            # order an unstable GPU sort leaves them in
+            probs = logp.exp()
+            sorted_p = probs.sort(dim=-1, descending=True).values
+            kept = ((sorted_p.cumsum(-1) - sorted_p) < self.top_p).sum(-1, keepdim=True)
+            perturbed = perturbed.masked_fill(probs < sorted_p.gather(1, kept - 1), float("-inf"))
         choice = perturbed.argmax(-1)
         onehot = torch.full((len(self.rows), scores.shape[1]), float("-inf"), device=scores.device,
                             dtype=scores.dtype)
