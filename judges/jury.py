@@ -25,7 +25,7 @@ JudgeKind = Literal["pointwise", "listwise", "pairwise", "jury", "debate"]
 
 
 def judge_scores(cand: dict, aspect: str | None = None, kind: str | None = None,
-                 judges: Iterable[str] | None = None, exclude_aspect: str | None = None) -> dict[str, float]:
+                 judges: Iterable[str] | None = None, exclude_aspects: Iterable[str | None] = ()) -> dict[str, float]:
     """Each judge's mean parsed score for a candidate over the judgments selected by aspect, kind and judge
     name (None: any); a pairwise judge's score is its mean points against the candidate's opponents."""
     wanted = set(judges) if judges is not None else None
@@ -35,7 +35,7 @@ def judge_scores(cand: dict, aspect: str | None = None, kind: str | None = None,
             continue
         if aspect is not None and j["aspect"] != aspect:
             continue
-        if exclude_aspect is not None and j["aspect"] == exclude_aspect:
+        if j["aspect"] in exclude_aspects:
             continue
         if kind is not None and j["kind"] != kind:
             continue

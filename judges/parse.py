@@ -26,6 +26,9 @@ class Parsed:
     strength: float | None = None
     #: multi-score outputs: {aspect: score} (HelpSteer2 attributes) or {"1": s, "2": s, ...} per shown text
     scores: dict[str, float] | None = None
+    #: feedback judges: the words of the user's message that show the reaction (verified to be in it by the
+    #: caller, which has the message)
+    evidence: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -141,6 +144,22 @@ def text_ratings(text: str | None, low: float, high: float, n: int = 1) -> Parse
     return Parsed(None, None, scores=scores)
 
 
+_SIGNAL = re.compile(r"\[\[\s*(dissatisfied|satisfied|neutral)\s*\]\]", re.I)
+_EVIDENCE = re.compile(r'Evidence:\s*"([^"\n]*)"', re.I)
+
+
+def signal_brackets(text: str | None, *_: float) -> Parsed:
+    """A user's reaction: 'Evidence: "<quote>"' and 'Signal: [[dissatisfied|satisfied|neutral]]'; the last
+    label wins; the quote is optional."""
+    if not text:
+        return Parsed(None, "empty judge output")
+    found = _SIGNAL.findall(text)
+    if not found:
+        return Parsed(None, "no [[dissatisfied]]/[[satisfied]]/[[neutral]] signal in judge output")
+    quotes = _EVIDENCE.findall(text)
+    return Parsed(None, None, verdict=found[-1].lower(), evidence=quotes[-1].strip() if quotes else None)
+
+
 PARSERS = {"rating_brackets": rating_brackets, "verdict_brackets": verdict_brackets, "result_tag": result_tag,
            "result_ab": result_ab, "strength_brackets": strength_brackets, "aspect_lines": aspect_lines,
-           "text_ratings": text_ratings}
+           "text_ratings": text_ratings, "signal_brackets": signal_brackets}

@@ -18,8 +18,8 @@ TEMPLATE_DIR = Path(__file__).parent / "templates"
 
 
 ANSWERS = {"pointwise": {"answer"}, "pairwise": {"answer_a", "answer_b"}, "listwise": {"texts"},
-           "debate": {"answer_a", "answer_b"}}
-CONTEXT = {"question", "reference", "rubric", "context"}
+           "debate": {"answer_a", "answer_b"}, "feedback": {"answer", "reply"}}
+CONTEXT = {"question", "reference", "rubric", "context", "documents"}
 DEFAULT_REMINDERS = {
     "rating_brackets": 'End with your rating in exactly this format: "Rating: [[5]]".',
     "verdict_brackets": 'End with your verdict in exactly this format: "[[A]]", "[[B]]" or "[[C]]".',
@@ -28,17 +28,19 @@ DEFAULT_REMINDERS = {
     "strength_brackets": 'End with your preference in exactly this format: "[[-1]]" (a whole number from -3 to 3).',
     "aspect_lines": "Give one line per attribute, exactly as in the format above.",
     "text_ratings": 'Give one "#### Output for Text N" block with "Rating: n" for every text.',
+    "signal_brackets": 'End with exactly: Evidence: "<quote>" and Signal: [[dissatisfied]], [[satisfied]] or [[neutral]].',
 }
 
 
 class Template(BaseModel):
     """kind: pointwise (one answer -> a score, or one score per aspect), pairwise (two answers -> a verdict or a
     strength, judged in both orders), listwise (all of a prompt's answers in one call, shuffled -> a score each;
-    UltraFeedback), debate (pairwise, with a rebuttal round prompt and a moderator prompt)."""
+    UltraFeedback), debate (pairwise, with a rebuttal round prompt and a moderator prompt), feedback (an
+    assistant turn and the user's next message -> how the user reacted; feedback_mine)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str
-    kind: Literal["pointwise", "pairwise", "listwise", "debate"] = "pointwise"
+    kind: Literal["pointwise", "pairwise", "listwise", "debate", "feedback"] = "pointwise"
     aspect: str = "overall"
     #: aspect_lines templates: the aspects one output scores (one judgment per aspect)
     aspects: tuple[str, ...] = ()
@@ -46,7 +48,7 @@ class Template(BaseModel):
     system: str | None = None
     prompt: str
     parser: Literal["rating_brackets", "verdict_brackets", "result_tag", "result_ab", "strength_brackets",
-                    "aspect_lines", "text_ratings"] = "rating_brackets"
+                    "aspect_lines", "text_ratings", "signal_brackets"] = "rating_brackets"
     scale: tuple[float, float] = (1, 10)
     #: the rubric filled into {rubric} when the judge stage gives none (Prometheus-style templates)
     rubric: str | None = None
@@ -74,6 +76,8 @@ class Template(BaseModel):
             raise ValueError("an aspect_lines template must list its aspects")
         if self.kind == "listwise" and self.parser != "text_ratings":
             raise ValueError("a listwise template needs the text_ratings parser")
+        if (self.kind == "feedback") != (self.parser == "signal_brackets"):
+            raise ValueError("a feedback template needs the signal_brackets parser, and only it does")
         if self.kind == "debate" and not (self.rebuttal and self.moderator):
             raise ValueError("a debate template needs `rebuttal` and `moderator` prompts")
         if "rubric" in fields and not self.rubric:
@@ -85,9 +89,11 @@ class Template(BaseModel):
         return self.kind in ("pairwise", "debate")
 
     def fill(self, question: str, reference: str | None = None, rubric: str | None = None,
-             context: str | None = None, **answers: str) -> list[dict[str, str]]:
+             context: str | None = None, documents: list[str] | None = None, **answers: str) -> list[dict[str, str]]:
+        docs = "\n\n".join(f"[Document {i}]\n{d}" for i, d in enumerate(documents or [], 1))
         return self._chat(self.prompt.format(question=question, reference=reference or "",
-                                             rubric=rubric or self.rubric or "", context=context or "", **answers))
+                                             rubric=rubric or self.rubric or "", context=context or "",
+                                             documents=docs, **answers))
 
     def render(self, question: str, answer: str, **extra) -> list[dict[str, str]]:
         return self.fill(question, answer=answer, **extra)
@@ -150,14 +156,20 @@ def load_template(path: Path) -> Template:
     return Template.model_validate(data)
 
 
-def template_ref(value: str, base_dir: str | None, debate: bool) -> str:
+#: template kinds with a stage of their own; every other kind is the judge stage's
+OWN_STAGE = {"debate": "debate", "feedback": "feedback_mine"}
+
+
+def template_ref(value: str, base_dir: str | None, stage: str) -> str:
     """A stage config's `template` value, checked when the YAML loads: the template must exist and parse, and
-    be a debate template for the debate stage and any other kind for judge stages. Built-ins keep their name;
-    a user's file becomes an absolute path (the run's config then works from any folder)."""
+    be of a kind that stage runs (debate templates in `debate`, feedback templates in `feedback_mine`, the
+    rest in `judge`). Built-ins keep their name; a user's file becomes an absolute path (the run's config then
+    works from any folder)."""
     path = template_path(value, Path(base_dir) if base_dir else None)
     kind = load_template(path).kind
-    if debate and kind != "debate":
-        raise ValueError(f"{value!r} is not a debate template (kind: debate, with rebuttal and moderator)")
-    if not debate and kind == "debate":
-        raise ValueError(f"{value!r} is a debate template: use it in a `debate` stage")
+    wanted = {k for k, s in OWN_STAGE.items() if s == stage}
+    if wanted and kind not in wanted:
+        raise ValueError(f"{value!r} is a {kind} template; the {stage} stage takes kind: {' or '.join(sorted(wanted))}")
+    if not wanted and kind in OWN_STAGE:
+        raise ValueError(f"{value!r} is a {kind} template: use it in a `{OWN_STAGE[kind]}` stage")
     return value if path.parent == TEMPLATE_DIR.resolve() else str(path)

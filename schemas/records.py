@@ -52,6 +52,8 @@ PROMPT_FIELDS = [
     pa.field("meta", pa.string()),  # JSON
     # who is asking: a persona or context the answers and labels are conditioned on (pluralistic preferences)
     pa.field("persona", pa.string()),
+    # grounded (RAG) prompts: the retrieved documents the answers must rest on (also rendered into `system`)
+    pa.field("documents", pa.list_(pa.string())),
 ]
 PROMPT_ROW = pa.schema(PROMPT_FIELDS)
 PROMPT_ROW_WITH_CANDIDATES = pa.schema(
@@ -97,6 +99,14 @@ PAIR_ROW = pa.schema(
         pa.field("ref_margin_norm", pa.float64()),  # the same, per token (length-normalized)
         pa.field("critique", pa.string()),  # refine: the critique the revision (chosen) answers
         pa.field("edit_distance", pa.float64()),  # refine: 0 = identical .. 1 = nothing in common (characters)
+        pa.field("documents", pa.list_(pa.string())),  # grounded prompts: the documents, kept with the pair
+        pa.field("chosen_grounded", pa.float64()),  # grounded prompts: each response's faithfulness score
+        pa.field("rejected_grounded", pa.float64()),
+        # feedback_mine: the user's reaction to the assistant turn, where it is, and the words that show it
+        pa.field("feedback_signal", pa.string()),  # dissatisfied | satisfied
+        pa.field("feedback_evidence", pa.string()),
+        pa.field("feedback_turn", pa.int32()),  # index of the judged assistant turn in the conversation
+        pa.field("feedback_source", pa.string()),  # pattern | llm | pattern+llm
         pa.field("chosen_model", pa.string()),
         pa.field("rejected_model", pa.string()),
         pa.field("chosen_id", pa.string()),

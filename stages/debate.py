@@ -44,7 +44,7 @@ class Config(StageConfig):
     @field_validator("template")
     @classmethod
     def _template_exists(cls, value: str, info: ValidationInfo) -> str:
-        return template_ref(value, (info.context or {}).get("base_dir"), debate=True)
+        return template_ref(value, (info.context or {}).get("base_dir"), stage="debate")
 
     @model_validator(mode="after")
     def _moderated(self):

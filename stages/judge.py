@@ -64,7 +64,7 @@ class Config(StageConfig):
     @field_validator("template")
     @classmethod
     def _template_exists(cls, value: str, info: ValidationInfo) -> str:
-        return template_ref(value, (info.context or {}).get("base_dir"), debate=False)
+        return template_ref(value, (info.context or {}).get("base_dir"), stage="judge")
 
     def rubric_text(self) -> str | None:
         return self.rubric.text() if isinstance(self.rubric, Rubric) else self.rubric
@@ -92,7 +92,8 @@ def question(row: dict, cfg) -> str:
 def extras(row: dict, cfg: Config) -> dict:
     """The template fields besides the answers: reference answer, rubric, and the user's persona/context."""
     context = _meta_value(row, cfg.context_key) if cfg.context_key else row.get("persona")
-    return {"reference": _meta_value(row, cfg.reference_key), "rubric": cfg.rubric_text(), "context": context}
+    return {"reference": _meta_value(row, cfg.reference_key), "rubric": cfg.rubric_text(), "context": context,
+            "documents": row.get("documents")}
 
 
 def candidate_pairs(rows: list[dict], cfg) -> tuple[list[tuple], list[tuple[int, int, int]]]:

@@ -44,6 +44,10 @@ class TranscriptPair(BaseModel):
     rejected: str = "rejected"
 
 
+DOCUMENTS_PROMPT = ("Answer the user's question using only the documents below. Say so when they do not hold the "
+                    "answer.\n\n{documents}")
+
+
 class Config(StageConfig):
     path: Path
     format: Literal["auto", "jsonl", "json", "parquet", "hf"] = "auto"
@@ -70,6 +74,15 @@ class Config(StageConfig):
     #: conversation and differ in the last assistant turn; the conversation becomes the prompt, the two last
     #: turns its candidates, and the human preference is kept in `meta.human_chosen`
     transcripts: TranscriptPair | None = None
+    #: chat logs: a field holding a whole conversation (a list of {role, content}, or a Human/Assistant
+    #: transcript string); the row keeps every turn in `messages` (ending wherever the log ends), for
+    #: `feedback_mine`. The prompt is the first user turn.
+    conversation_field: str | None = None
+    #: grounded (RAG) prompts: a field holding the retrieved documents (a string, a list of strings, or a list of
+    #: objects with `text`/`content`); kept as `documents` and rendered into the system prompt with
+    #: `documents_prompt`, so generation, judges and the exported prompt all see the same documents
+    documents_field: str | None = None
+    documents_prompt: str = DOCUMENTS_PROMPT
     #: existing responses to attach as candidates (joined on `id_field`; each file's answers are held as a
     #: dict keyed by id while loading, so these are side files, not the main stream)
     candidates: list[CandidateSource] = Field(default_factory=list)
@@ -82,6 +95,11 @@ class Config(StageConfig):
             raise ValueError("`candidates` are joined on the prompts' id: set `id_field`")
         if self.candidates and self.transcripts:
             raise ValueError("`transcripts` bring their own two candidates; drop `candidates` or `transcripts`")
+        if self.conversation_field and (self.transcripts or self.candidates or self.messages_field):
+            raise ValueError("`conversation_field` reads whole chat logs; it does not combine with `transcripts`, "
+                             "`candidates` or `messages_field`")
+        if "{documents}" not in self.documents_prompt:
+            raise ValueError("`documents_prompt` must contain {documents}")
         return self
 
 
@@ -171,6 +189,43 @@ def transcript_pair(rec: dict, spec: TranscriptPair) -> tuple[list[dict], list[s
     return chats[0][:-1], [chats[0][-1]["content"], chats[1][-1]["content"]], None
 
 
+def conversation(value: Any) -> tuple[list[dict] | None, str | None]:
+    """A chat log (message list or Human/Assistant transcript) -> (messages, None) or (None, why not)."""
+    if isinstance(value, str):
+        chat = parse_transcript(value)
+        if chat is None:
+            return None, "not a Human/Assistant transcript"
+    elif isinstance(value, list) and all(isinstance(m, dict) for m in value):
+        chat = value
+    else:
+        return None, f"conversation is {type(value).__name__}, not a message list or a transcript"
+    for i, m in enumerate(chat):
+        if m.get("role") not in ("system", "user", "assistant") or not isinstance(m.get("content"), str):
+            return None, f"message {i} is not a {{role, content}} turn of system, user or assistant"
+    roles = [m["role"] for m in chat if m["role"] != "system"]
+    if "user" not in roles or "assistant" not in roles:
+        return None, "the conversation has no user turn or no assistant turn"
+    return [{"role": m["role"], "content": m["content"]} for m in chat], None
+
+
+def documents(value: Any) -> tuple[list[str] | None, str | None]:
+    """Retrieved documents -> (list of texts, None) or (None, why not)."""
+    items = [value] if isinstance(value, (str, dict)) else value
+    if not isinstance(items, list) or not items:
+        return None, "documents are missing or empty"
+    texts = []
+    for i, item in enumerate(items):
+        text = item if isinstance(item, str) else (item.get("text") or item.get("content")) if isinstance(item, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            return None, f"document {i} is not text (a string, or an object with text/content)"
+        texts.append(text.strip())
+    return texts, None
+
+
+def render_documents(texts: list[str], prompt: str) -> str:
+    return prompt.format(documents="\n\n".join(f"[Document {i}]\n{t}" for i, t in enumerate(texts, 1)))
+
+
 def to_prompt_row(rec: Any, cfg: Config, source: str) -> tuple[dict | None, str | None]:
     """One source record -> (prompt row, None) or (None, why it is unusable)."""
     if not isinstance(rec, dict):
@@ -181,6 +236,12 @@ def to_prompt_row(rec: Any, cfg: Config, source: str) -> tuple[dict | None, str 
         messages, answers, problem = transcript_pair(rec, cfg.transcripts)
         if problem:
             return None, problem
+    elif cfg.conversation_field:
+        messages, problem = conversation(rec.get(cfg.conversation_field))
+        if problem:
+            return None, f"field {cfg.conversation_field!r}: {problem}"
+        if messages[0]["role"] == "system" and system is None:
+            system, messages = messages[0]["content"], messages[1:]
     elif cfg.messages_field:
         if cfg.messages_field not in rec:
             return None, f"no prompt: field {cfg.messages_field!r} is missing"
@@ -200,15 +261,21 @@ def to_prompt_row(rec: Any, cfg: Config, source: str) -> tuple[dict | None, str 
         if not isinstance(text, str):
             return None, f"prompt field {cfg.prompt_field!r} is {type(text).__name__}, not a string"
         messages = [{"role": "user", "content": text}]
-    problem = prompt_problem(messages, system)
+    problem = None if cfg.conversation_field else prompt_problem(messages, system)
     if problem:
         return None, problem
     messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    docs = None
+    if cfg.documents_field:
+        docs, problem = documents(rec.get(cfg.documents_field))
+        if problem:
+            return None, f"field {cfg.documents_field!r}: {problem}"
+        system = "\n\n".join(part for part in (system, render_documents(docs, cfg.documents_prompt)) if part)
     persona = rec.get(cfg.persona_field) if cfg.persona_field else None
     if persona is not None and not isinstance(persona, str):
         persona = json.dumps(persona, ensure_ascii=False, sort_keys=True)
     mapped = {cfg.prompt_field, cfg.turns_field, cfg.messages_field, cfg.system_field, cfg.id_field,
-              cfg.persona_field} | ({cfg.transcripts.chosen, cfg.transcripts.rejected} if cfg.transcripts else set())
+              cfg.persona_field, cfg.conversation_field, cfg.documents_field} | ({cfg.transcripts.chosen, cfg.transcripts.rejected} if cfg.transcripts else set())
     keys = cfg.meta_fields if cfg.meta_fields is not None else [k for k in rec if k not in mapped]
     meta = {k: rec[k] for k in keys if k in rec}
     if cfg.turns_field and len(rec[cfg.turns_field]) > 1:
@@ -216,13 +283,15 @@ def to_prompt_row(rec: Any, cfg: Config, source: str) -> tuple[dict | None, str 
     source_id = rec.get(cfg.id_field) if cfg.id_field else None
     row = {
         "prompt_id": prompt_id(messages, system, persona),
-        "prompt": messages[-1]["content"],
+        "prompt": next(m["content"] for m in messages if m["role"] == "user") if cfg.conversation_field
+        else messages[-1]["content"],
         "messages": messages,
         "system": system,
         "source": source,
         "source_id": None if source_id is None else str(source_id),
         "meta": json.dumps(meta, ensure_ascii=False, default=str),
         "persona": persona,
+        "documents": docs,
     }
     if answers:
         row["candidates"] = [transcript_candidate(row["prompt_id"], label, text)
@@ -331,7 +400,8 @@ STAGE = StageSpec(
     name="load",
     config=Config,
     reads=fixed(),
-    writes=lambda cfg: {"prompt_id", "prompt", "messages", "system", "source", "source_id", "meta", "persona"}
+    writes=lambda cfg: {"prompt_id", "prompt", "messages", "system", "source", "source_id", "meta", "persona",
+                        "documents"}
     | ({"candidates", "candidates.response", "candidates.model", "candidates.candidate_id"}
        if cfg.candidates or cfg.transcripts else set()),
     doc="Read prompts (JSONL, JSON array, Parquet, saved `datasets`) into prompt rows; quarantine malformed rows.",

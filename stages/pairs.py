@@ -24,7 +24,7 @@ from itertools import combinations
 from typing import Literal
 
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from judges.jury import JudgeKind, judge_scores, mean_score, voters
 from schemas.records import PAIR_ROW
@@ -55,8 +55,20 @@ class Config(StageConfig):
     #: pairs from a label already in the data instead of judges: the `meta` key naming the chosen candidate
     #: (HH-RLHF transcripts: `human_chosen`); each other candidate becomes a rejected
     label_key: str | None = None
+    #: grounded (RAG) prompts: the aspect of faithfulness judgments (the `faithfulness` template). Like
+    #: `safety_aspect`, pairs are built on the other judgments; each pair gets both responses' faithfulness
+    #: (`chosen_grounded`, `rejected_grounded`), and `min_grounded` keeps only pairs whose chosen answer is
+    #: at least that faithful to the documents (PA-RAG: chosen must be both helpful and grounded)
+    grounding_aspect: str | None = None
+    min_grounded: float | None = None
     #: seed of best_vs_random's choice (combined with the prompt id, so it does not depend on sharding)
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _grounding(self):
+        if self.min_grounded is not None and not self.grounding_aspect:
+            raise ValueError("min_grounded needs grounding_aspect (the aspect of the faithfulness judgments)")
+        return self
 
 
 def agreement(a: dict[str, float], b: dict[str, float]) -> float | None:
@@ -97,10 +109,17 @@ def safety(chosen: dict, rejected: dict, aspect: str | None) -> dict:
     return {"chosen_harmless": c, "rejected_harmless": r, "safer": safer}
 
 
+def grounding(chosen: dict, rejected: dict, aspect: str | None) -> dict:
+    if aspect is None:
+        return {}
+    return {"chosen_grounded": mean_score(chosen, aspect=aspect), "rejected_grounded": mean_score(rejected, aspect=aspect)}
+
+
 def pair_head(row: dict) -> dict:
-    """The prompt's fields every pair row of it carries (pairs, retrieval_pairs, refine)."""
+    """The prompt's fields every pair row of it carries (pairs, retrieval_pairs, refine, feedback_mine)."""
     return {"prompt_id": row["prompt_id"], "prompt": row["prompt"], "messages": row["messages"],
-            "system": row.get("system"), "source": row.get("source"), "persona": row.get("persona")}
+            "system": row.get("system"), "source": row.get("source"), "persona": row.get("persona"),
+            "documents": row.get("documents")}
 
 
 def pair_row(row: dict, hi: tuple, lo: tuple, agree: float | None, cfg: Config) -> dict:
@@ -114,6 +133,7 @@ def pair_row(row: dict, hi: tuple, lo: tuple, agree: float | None, cfg: Config) 
         "chosen_model": chosen["model"], "rejected_model": rejected["model"],
         "chosen_id": chosen["candidate_id"], "rejected_id": rejected["candidate_id"],
         "judge": ",".join(sorted(set(judges_c) | set(judges_r))), **safety(chosen, rejected, cfg.safety_aspect),
+        **grounding(chosen, rejected, cfg.grounding_aspect),
     }
 
 
@@ -138,7 +158,8 @@ def pairs_of(row: dict, cfg: Config) -> tuple[list[dict], list[tuple[dict, str]]
         return labeled_pairs(row, cfg)
     scored, unscored = [], 0
     for cand in row["candidates"] or []:
-        per_judge = judge_scores(cand, cfg.aspect, cfg.judge_kind, cfg.judges, exclude_aspect=cfg.safety_aspect)
+        per_judge = judge_scores(cand, cfg.aspect, cfg.judge_kind, cfg.judges,
+                                 exclude_aspects=(cfg.safety_aspect, cfg.grounding_aspect))
         if per_judge:
             scored.append((sum(per_judge.values()) / len(per_judge), cand, per_judge, voters(cand, per_judge)))
         else:
@@ -160,6 +181,10 @@ def pairs_of(row: dict, cfg: Config) -> tuple[list[dict], list[tuple[dict, str]]
         elif cfg.min_agreement is not None and (agree is None or agree < cfg.min_agreement):
             rejected.append((ids, f"agreement {agree if agree is None else round(agree, 3)} < min_agreement "
                                   f"{cfg.min_agreement:g}"))
+        elif cfg.min_grounded is not None and not ((g := mean_score(hi[1], aspect=cfg.grounding_aspect)) is not None
+                                                  and g >= cfg.min_grounded):
+            rejected.append((ids, f"chosen is not grounded: faithfulness {'none' if g is None else f'{g:g}'} < "
+                                  f"min_grounded {cfg.min_grounded:g}"))
         else:
             kept.append(pair_row(row, hi, lo, agree, cfg))
     return kept, rejected

@@ -15,7 +15,7 @@ from engines.cache import ResponseCache
 from engines.config import LlamaCppConfig, build_engine
 from judges.jury import aggregate, row_agreement
 from judges.parse import aspect_lines, result_ab, result_tag, strength_brackets, text_ratings
-from judges.templates import builtin_names, load_template, template_path
+from judges.templates import OWN_STAGE, builtin_names, load_template, template_path
 from schemas.records import PROMPT_ROW_WITH_CANDIDATES
 from stages import judge, jury, pairs
 from stages.base import StageContext
@@ -58,7 +58,7 @@ def ctx(tmp_path_factory):
     return StageContext({"default": build_engine(LlamaCppConfig(), ResponseCache(tmp_path_factory.mktemp("c")))})
 
 
-@pytest.mark.parametrize("name", [n for n in builtin_names() if load_template(template_path(n)).kind != "debate"])
+@pytest.mark.parametrize("name", [n for n in builtin_names() if load_template(template_path(n)).kind not in OWN_STAGE])
 def test_every_builtin_template_gives_parsed_scores_from_the_judges_own_output(name, ctx):
     template = load_template(template_path(name))
     table = pa.Table.from_pylist([_row("The capital of France is Paris.", INJECTED, "Lyon.")],
