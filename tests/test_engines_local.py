@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from conftest import curate
 
@@ -46,8 +47,10 @@ def test_transformers_engine_pipeline_is_reproducible(hf_model, tmp_path):
     judged = pq.read_table(tmp_path / "a" / "03_judge").to_pylist()
     for j in (j for r in judged for c in r["candidates"] for j in c["judgments"]):
         assert (j["score"] is not None) == j["parse_ok"]
-    # a fresh cache: every call is made again, and the sampled candidates come out the same
-    spec.write_text(spec.read_text().replace("cache1", "cache2"))
+    # a fresh cache: every call is made again, and the sampled candidates come out the same (generation only)
+    data = yaml.safe_load(spec.read_text().replace("cache1", "cache2"))
+    data["stages"] = data["stages"][:2]
+    spec.write_text(yaml.safe_dump(data, sort_keys=False))
     res = curate("run", spec, "--limit", "2", "--run-dir", tmp_path / "b")
     assert res.returncode == 0, res.stderr[-3000:]
     again = pq.read_table(tmp_path / "b" / "02_generate").to_pylist()
@@ -84,3 +87,46 @@ def test_row_sampler_draws_each_row_from_its_own_seeded_top_p_distribution():
     first = sampler(None, logits.repeat(200, 1)).argmax(-1)
     second = sampler(None, logits.repeat(200, 1)).argmax(-1)
     assert (first != second).any()
+
+
+def test_ray_llm_gate_sends_each_round_of_all_running_shards_as_one_batch():
+    """The ray_llm engine's gate (runner side): shards run in threads; each round of their engine calls reaches
+    the engine as one batch once every shard waits or is done. The batches here go to the embedded llama.cpp."""
+    import threading
+
+    from engines.base import Request, Sampling
+    from engines.llama_cpp import LlamaCppEngine
+    from engines.ray_llm import Gate
+
+    class Recording:
+        def __init__(self):
+            self.llm, self.batches = LlamaCppEngine(), []
+
+        def run(self, requests):
+            self.batches.append(len(requests))
+            return self.llm.complete(requests)
+
+    gate, engine, answers = Gate(), Recording(), {}
+
+    def shard(n: int, rounds: int) -> None:
+        try:
+            for r in range(rounds):
+                reqs = [Request([{"role": "user", "content": f"Say the number {n}{r}{i}."}],
+                                Sampling(temperature=0, max_tokens=4)) for i in range(n)]
+                answers[(n, r)] = [c.text for c in gate.submit(engine, reqs)]
+        finally:
+            gate.leave()
+
+    threads = [threading.Thread(target=shard, args=(n, rounds)) for n, rounds in ((1, 2), (2, 2), (3, 1))]
+    gate.expect(len(threads))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    # round 1: all three shards (1 + 2 + 3 requests); round 2: the two shards with a second round (1 + 2)
+    assert engine.batches == [6, 3]
+    assert all(len(answers[(n, r)]) == n and all(a is not None for a in answers[(n, r)])
+               for n, r in ((1, 0), (1, 1), (2, 0), (2, 1), (3, 0)))
+    # outside any runner, a call is a batch of its own at once
+    assert len(gate.submit(engine, [Request([{"role": "user", "content": "Hi"}], Sampling(max_tokens=2))])) == 1
+    assert engine.batches[-1] == 1

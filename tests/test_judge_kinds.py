@@ -61,8 +61,8 @@ def ctx(tmp_path_factory):
 @pytest.mark.parametrize("name", [n for n in builtin_names() if load_template(template_path(n)).kind not in OWN_STAGE])
 def test_every_builtin_template_gives_parsed_scores_from_the_judges_own_output(name, ctx):
     template = load_template(template_path(name))
-    table = pa.Table.from_pylist([_row("The capital of France is Paris.", INJECTED, "Lyon.")],
-                                 schema=PROMPT_ROW_WITH_CANDIDATES)
+    answers = ("The capital of France is Paris.", INJECTED) + (() if template.pairwise_like else ("Lyon.",))
+    table = pa.Table.from_pylist([_row(*answers)], schema=PROMPT_ROW_WITH_CANDIDATES)
     cfg = judge.Config(template=name, sampling={"temperature": 0.7, "max_tokens": 300, "seed": 1},
                        reference_key="reference")
     res = judge.process(table, cfg, ctx)

@@ -23,7 +23,7 @@ def judged_twice(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     path = small_example(tmp)
     data = yaml.safe_load(path.read_text())
-    data["stages"][0]["load"]["limit"] = 3
+    data["stages"][0]["load"]["limit"] = 2
     data["stages"][1]["generate"]["models"][0].update(k=3, max_tokens=40)
     judge = data["stages"][2]["judge"]
     data["stages"][2]["judge"] = {**judge, "name": "smol-seed0"}
