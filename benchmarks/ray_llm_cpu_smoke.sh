@@ -18,11 +18,14 @@ sed -e "s|model: /models/Qwen2.5-7B-Instruct .*|model: $WORK/smollm2-135m|" \
     pipelines/examples/ray_llm.yaml > "$WORK/ray_llm.yaml"
 echo "cache_dir: $WORK/cache-ray-llm" >> "$WORK/ray_llm.yaml"
 rm -rf "$WORK/run-ray-llm" "$WORK/cache-ray-llm"
-export HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=2 PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 RAY_ENABLE_UV_RUN_RUNTIME_ENV=0
+# Ray 2.60 turns token auth on: the head, `ray status` and the driver all need RAY_AUTH_MODE=token
+export HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=2 PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 \
+  RAY_ENABLE_UV_RUN_RUNTIME_ENV=0 RAY_AUTH_MODE=token
 PORT=${PORT:-6390}
 "$VENV/bin/ray" stop --force >/dev/null 2>&1 || true
 "$VENV/bin/ray" start --head --port="$PORT" --num-cpus=2 --num-gpus=1 --include-dashboard=false --disable-usage-stats >/dev/null
 trap '"$VENV/bin/ray" stop --force >/dev/null 2>&1 || true' EXIT
+for _ in $(seq 60); do "$VENV/bin/ray" status --address="127.0.0.1:$PORT" >/dev/null 2>&1 && break; sleep 2; done
 start=$(date +%s)
 "$VENV/bin/curate" run "$WORK/ray_llm.yaml" --limit 4 --run-dir "$WORK/run-ray-llm" --address "127.0.0.1:$PORT"
 echo "wall: $(( $(date +%s) - start )) s"
