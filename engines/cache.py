@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import threading
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,19 @@ class CachedEngine:
         self.cache = cache
         self.calls = 0
         self.hits = 0
+        # the same counts for the calling thread alone: a stage whose shards share one engine in threads
+        # (the ray_llm engine) reports each shard's own calls
+        self._mine = threading.local()
+
+    def thread_counts(self) -> tuple[int, int]:
+        """(model calls, cache hits) made from the calling thread."""
+        return getattr(self._mine, "calls", 0), getattr(self._mine, "hits", 0)
+
+    def _count(self, calls: int, hits: int) -> None:
+        self.calls += calls
+        self.hits += hits
+        self._mine.calls = getattr(self._mine, "calls", 0) + calls
+        self._mine.hits = getattr(self._mine, "hits", 0) + hits
 
     @property
     def engine(self) -> Engine:
@@ -103,12 +117,12 @@ class CachedEngine:
             hit = self.cache.get(key) if self.cache is not None else None
             if hit is not None:
                 results[i] = hit
-                self.hits += 1
             else:
                 todo.append(i)
+        self._count(0, len(requests) - len(todo))
         if todo:
             fresh = self.engine.complete([requests[i] for i in todo])
-            self.calls += len(todo)
+            self._count(len(todo), 0)
             for i, comp in zip(todo, fresh, strict=True):
                 results[i] = comp
                 if self.cache is not None and comp.ok:

@@ -163,8 +163,8 @@ class ShardWorker:
 
     def run_shard(self, shard: int, input: str, fingerprint: str) -> dict[str, Any]:
         start = time.perf_counter()
-        calls0 = sum(e.calls for e in self.engines.values())
-        hits0 = sum(e.hits for e in self.engines.values())
+        calls0 = sum(e.thread_counts()[0] for e in self.engines.values())
+        hits0 = sum(e.thread_counts()[1] for e in self.engines.values())
         writer = ShardWriter(self.run_dir, self.stage_id, shard)
         src = pq.ParquetFile(input)
         if src.metadata.num_rows == 0:
@@ -173,8 +173,8 @@ class ShardWorker:
             table = pa.Table.from_batches([batch])
             writer.add(self.spec.process(table, self.config, self.ctx), table.num_rows)
         marker = writer.commit(fingerprint, {
-            "model_calls": sum(e.calls for e in self.engines.values()) - calls0,
-            "cache_hits": sum(e.hits for e in self.engines.values()) - hits0,
+            "model_calls": sum(e.thread_counts()[0] for e in self.engines.values()) - calls0,
+            "cache_hits": sum(e.thread_counts()[1] for e in self.engines.values()) - hits0,
             "seconds": round(time.perf_counter() - start, 3),
         })
         return {"shard": shard, "marker": json.dumps(marker)}
