@@ -9,13 +9,14 @@ Run directory layout:
     _done/NN_stage/part-SSSSS.json   shard markers: fingerprint, counts, output sha256
 
 Shards keep their number through the pipeline (shard 3 of judge is made from shard 3 of generate). A shard is
-done when its marker holds the fingerprint of (code version, stage config, engines, input shard hash); a rerun
+done when its marker holds the fingerprint of (the stage's code version, stage config, engines, input shard hash); a rerun
 into the same run directory skips done shards. Writes are temp file + rename, and the marker comes last, so a
 killed run never leaves a half-written shard that counts as done.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -35,7 +36,7 @@ CODE_DIRS = ("stages", "judges", "engines", "schemas")
 
 
 def code_version() -> str:
-    """Hash of the code and templates that shape a stage's output: a change in them redoes shards."""
+    """Hash of all the code and templates that can shape stage outputs (the manifest records it)."""
     root = Path(__file__).resolve().parent.parent
     h = hashlib.sha256()
     for d in CODE_DIRS:
@@ -43,6 +44,38 @@ def code_version() -> str:
             if p.suffix in (".py", ".yaml") and "__pycache__" not in p.parts:
                 h.update(str(p.relative_to(root)).encode())
                 h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def stage_code_version(stage_name: str, root: Path | None = None) -> str:
+    """Hash of the code one stage's output depends on: its module and every module of ours it imports,
+    transitively (read from the source, imports inside functions too, so lazily imported engines count), plus
+    the judge templates when it uses them. An edit elsewhere leaves the stage's done shards done."""
+    import ast
+
+    root = root or Path(__file__).resolve().parent.parent
+    seen: set[Path] = set()
+    todo = [root / "stages" / f"{stage_name}.py"]
+    while todo:
+        path = todo.pop()
+        if path in seen or not path.exists():
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+            for name in names:
+                parts = name.split(".")
+                if parts[0] in CODE_DIRS:
+                    todo += [root.joinpath(*parts).with_suffix(".py"), root.joinpath(*parts, "__init__.py")]
+    if root / "judges" / "templates.py" in seen:
+        seen |= set((root / "judges" / "templates").glob("*.yaml"))
+    h = hashlib.sha256()
+    for p in sorted(seen):
+        h.update(str(p.relative_to(root)).encode())
+        h.update(p.read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -375,7 +408,7 @@ def _run_source(st: StageEntry, run_dir: Path, version: str, progress: Progress)
     """The load stage runs in the driver: reading a file is sequential, and line numbers must be exact."""
     path = Path(st.config.path)
     stat = path.stat() if path.is_file() else None
-    fp = fingerprint(version, st.id, st.config.model_dump(mode="json"),
+    fp = fingerprint(stage_code_version(st.name), st.id, st.config.model_dump(mode="json"),
                      [stat.st_size, stat.st_mtime_ns] if stat else str(path))
     stage_marker = run_dir / "_done" / st.id / "stage.json"
     report = StageReport(st.id, st.name, summarize=st.spec.summarize)
@@ -407,7 +440,8 @@ def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
     report = StageReport(st.id, st.name, summarize=st.spec.summarize)
     # a stateful stage's shard depends on every shard before it, so its fingerprint covers them all
     shas = [up["sha256"] for up in upstream]
-    fps = [fingerprint(version, st.id, st.name, cfg_json, engines, shas[: i + 1] if st.spec.stateful else shas[i])
+    code = stage_code_version(st.name)
+    fps = [fingerprint(code, st.id, st.name, cfg_json, engines, shas[: i + 1] if st.spec.stateful else shas[i])
            for i in range(len(upstream))]
     todo, done = [], []
     for up, fp in zip(upstream, fps, strict=True):

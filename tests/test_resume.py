@@ -80,3 +80,27 @@ def test_sigkill_mid_generation_then_resume(tmp_path):
         assert sorted_rows(run_dir, stage) == sorted_rows(tmp_path / "clean", stage), stage
     # no temp file was left behind counting as a shard
     assert not list(run_dir.rglob("part-*.parquet.tmp"))
+
+
+def test_an_edit_redoes_only_the_stages_whose_code_it_touches(tmp_path):
+    """The stage code version covers the stage's module and what it imports of ours (lazily imported engines
+    too): an edit to the llama.cpp engine changes generate's and judge's versions, not dedup's or export's."""
+    import shutil
+
+    from pipelines.runner import CODE_DIRS, stage_code_version
+
+    root = Path(__file__).resolve().parent.parent
+    for d in CODE_DIRS:
+        shutil.copytree(root / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__"))
+    names = ["generate", "judge", "dedup", "export", "feedback_mine"]
+    before = {n: stage_code_version(n, tmp_path) for n in names}
+    with open(tmp_path / "engines" / "llama_cpp.py", "a") as fh:
+        fh.write("\n# an edit\n")
+    stage_code_version.cache_clear()
+    after = {n: stage_code_version(n, tmp_path) for n in names}
+    assert {n for n in names if before[n] != after[n]} == {"generate", "judge", "feedback_mine"}
+    with open(tmp_path / "judges" / "templates" / "harmlessness.yaml", "a") as fh:
+        fh.write("\n# a template edit\n")
+    stage_code_version.cache_clear()
+    assert stage_code_version("judge", tmp_path) != after["judge"]
+    assert stage_code_version("dedup", tmp_path) == after["dedup"]
