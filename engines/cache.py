@@ -44,6 +44,8 @@ class ResponseCache:
         # Several Ray actors share the file: WAL lets readers run beside one writer, the timeout waits out locks.
         self._db = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # no fsync per answer: in WAL mode a crash loses at most the last answers, which are asked again
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
     def get(self, key: str) -> Completion | None:

@@ -253,10 +253,6 @@ def init_ray(address: str | None) -> None:
     kwargs: dict[str, Any] = dict(ignore_reinit_error=True, log_to_driver=False, logging_level=logging.ERROR)
     if address is None:
         kwargs |= dict(include_dashboard=False, num_cpus=os.cpu_count())
-        # Ray runs its workers at nice 15, below the driver, the Prefect server and Ray's own daemons; on a
-        # laptop that idles the model engines (which do all the work) whenever anything else wakes up. A local
-        # cluster started here runs them at normal priority; a cluster given by --address keeps its own setting.
-        os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(address=address, **kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
