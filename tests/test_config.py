@@ -45,8 +45,8 @@ def test_typo_in_a_key_names_its_path_and_suggests_the_fix(example):
     data["stages"][3]["pairs"] = {"min_margn": 2}
     (problem,) = problems_of(write())
     assert problem.startswith("stages[3].pairs.min_margn: unknown key 'min_margn' (did you mean 'min_margin'?); "
-                              "known keys: aspect, easy_margin, judge_kind, judges, k, label_key, min_agreement, "
-                              "min_margin, safety_aspect,")
+                              "known keys: aspect, easy_margin, grounding_aspect, judge_kind, judges, k, label_key, "
+                              "min_agreement, min_grounded, min_margin, safety_aspect,")
 
 
 def test_wrong_type_and_unknown_stage_are_all_reported_at_once(example):
