@@ -37,6 +37,7 @@ class Config(StageConfig):
     grammar: bool = True
     inconsistent: Literal["tie", "drop"] = "tie"
     # the template fields a judge stage offers (see stages/judge.py)
+    question: Literal["last_turn", "conversation"] = "last_turn"
     rubric: str | None = None
     reference_key: str | None = None
     context_key: str | None = None

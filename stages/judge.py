@@ -83,7 +83,7 @@ def _meta_value(row: dict, key: str | None) -> str | None:
 
 
 def question(row: dict, cfg) -> str:
-    if getattr(cfg, "question", "last_turn") == "last_turn" or len(row.get("messages") or []) < 2:
+    if cfg.question == "last_turn" or len(row.get("messages") or []) < 2:
         return row["prompt"]
     names = {"user": "User", "assistant": "Assistant", "system": "System"}
     return "\n\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in row["messages"])
