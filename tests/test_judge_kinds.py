@@ -248,3 +248,16 @@ judges:
     assert report["results"]["debate"]["position_consistency"] is not None
     assert report["results"]["uf"]["position_consistency"] is None
     assert "longer wins" in res.stdout and 0 <= report["human_longer_wins"] <= 1
+
+
+def test_debate_shows_the_whole_conversation_when_asked():
+    from stages import debate
+    from stages.judge import question
+
+    row = {"prompt": "And in winter?", "messages": [
+        {"role": "user", "content": "Where do swallows live?"}, {"role": "assistant", "content": "In Europe."},
+        {"role": "user", "content": "And in winter?"}]}
+    two = [{"engine": "default"}, {"engine": "default", "name": "b"}]
+    assert question(row, debate.Config(debaters=two)) == "And in winter?"
+    shown = question(row, debate.Config(debaters=two, question="conversation"))
+    assert shown == "User: Where do swallows live?\n\nAssistant: In Europe.\n\nUser: And in winter?"
