@@ -29,20 +29,4 @@ for _ in $(seq 60); do "$VENV/bin/ray" status --address="127.0.0.1:$PORT" >/dev/
 start=$(date +%s)
 "$VENV/bin/curate" run "$WORK/ray_llm.yaml" --limit 4 --run-dir "$WORK/run-ray-llm" --address "127.0.0.1:$PORT"
 echo "wall: $(( $(date +%s) - start )) s"
-"$VENV/bin/python" - "$WORK/run-ray-llm" <<'PY'
-import json, sys
-from pathlib import Path
-import pyarrow.parquet as pq
-run = Path(sys.argv[1])
-m = json.loads((run / "manifest.json").read_text())
-assert m["status"] == "ok", m.get("error")
-for s in m["stages"]:
-    assert s["in"] == s["out"] + s["dropped"] + s["quarantined"], s
-    print(f"{s['stage']}: in {s['in']} out {s['out']} calls {s['model_calls']} {s['seconds']:.1f} s")
-judged = pq.read_table(run / "03_judge").to_pylist()
-js = [j for r in judged for c in r["candidates"] for j in c["judgments"]]
-ok = sum(j["parse_ok"] for j in js)
-print(f"judgments: {len(js)}, parsed {ok} (vLLM structured output through ray.data.llm)")
-assert js and ok == len(js), "a grammar-constrained judgment did not parse"
-print("ray_llm cpu smoke: ok")
-PY
+"$VENV/bin/python" benchmarks/check_smoke_run.py "$WORK/run-ray-llm" "ray_llm cpu smoke"

@@ -31,21 +31,4 @@ start=$(date +%s)
 HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=2 PREFECT_SERVER_ANALYTICS_ENABLED=false DO_NOT_TRACK=1 \
   "$VENV/bin/curate" run "$WORK/vllm_offline.yaml" --limit 4 --run-dir "$WORK/run"
 echo "wall: $(( $(date +%s) - start )) s"
-"$VENV/bin/python" - "$WORK/run" <<'PY'
-import json, sys
-from pathlib import Path
-import pyarrow.parquet as pq
-run = Path(sys.argv[1])
-m = json.loads((run / "manifest.json").read_text())
-assert m["status"] == "ok", m.get("error")
-for s in m["stages"]:
-    assert s["in"] == s["out"] + s["dropped"] + s["quarantined"], s
-gen = next(s for s in m["stages"] if s["stage"] == "generate")
-print(f"generate: {gen['model_calls']} calls in {gen['seconds']:.1f} s")
-judged = pq.read_table(run / "03_judge").to_pylist()
-js = [j for r in judged for c in r["candidates"] for j in c["judgments"]]
-ok = sum(j["parse_ok"] for j in js)
-print(f"judgments: {len(js)}, parsed {ok} (vLLM structured output with the template's grammar)")
-assert js and ok == len(js), "a grammar-constrained judgment did not parse"
-print("vllm cpu smoke: ok")
-PY
+"$VENV/bin/python" benchmarks/check_smoke_run.py "$WORK/run" "vllm cpu smoke"

@@ -111,3 +111,14 @@ def example_pipeline(tmp_path: Path, name: str, *edits: tuple[str, str]) -> Path
     spec = tmp_path / f"{name}.yaml"
     spec.write_text(text.replace(f"name: {name}\n", f"name: {name}\ncache_dir: {tmp_path / 'cache'}\n", 1))
     return spec
+
+
+def accounted(run: Path) -> dict:
+    """A finished run's manifest, checked: status ok, and every stage's rows add up."""
+    import json
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "ok", manifest.get("error")
+    for s in manifest["stages"]:
+        assert s["in"] == s["out"] + s["dropped"] + s["quarantined"], s
+    return manifest

@@ -8,24 +8,16 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from conftest import curate, example_pipeline
+from conftest import accounted, curate, example_pipeline
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "pipelines" / "examples"
-
-
-def _manifest(run: Path) -> dict:
-    m = json.loads((run / "manifest.json").read_text())
-    assert m["status"] == "ok"
-    for s in m["stages"]:
-        assert s["in"] == s["out"] + s["dropped"] + s["quarantined"], s
-    return m
 
 
 def test_verbalized_sampling_keeps_stated_probabilities_and_reports_diversity(tmp_path):
     spec = example_pipeline(tmp_path, "verbalized", ("max_tokens: 60", "max_tokens: 40"))
     res = curate("run", spec, "--limit", "3", "--run-dir", tmp_path / "run")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    m = _manifest(tmp_path / "run")
+    m = accounted(tmp_path / "run")
     gen = m["stages"][1]
     assert gen["model_calls"] == gen["in"], "one call per prompt for all k responses"
     rows = pq.read_table(tmp_path / "run" / "02_generate").to_pylist()
@@ -43,7 +35,7 @@ def test_reference_margins_and_ranking_accuracy_on_hh_rlhf(tmp_path):
     spec = example_pipeline(tmp_path, "reference_margin", ("keep: all", "keep: all, max_abs_margin: 1.5"))
     res = curate("run", spec, "--limit", "6", "--run-dir", tmp_path / "run")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    m = _manifest(tmp_path / "run")
+    m = accounted(tmp_path / "run")
     stage = m["stages"][2]
     summary = stage["summary"]
     assert stage["in"] == 6 and summary["pairs_scored"] == 6 - stage["quarantined"] >= 4
@@ -98,7 +90,7 @@ def test_refine_pairs_only_what_the_judge_confirms(tmp_path):
     spec = example_pipeline(tmp_path, "refine", ("max_tokens: 128", "max_tokens: 64"))
     res = curate("run", spec, "--limit", "4", "--run-dir", tmp_path / "run")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    m = _manifest(tmp_path / "run")
+    m = accounted(tmp_path / "run")
     stage = m["stages"][2]
     assert stage["in"] == 4 and stage["model_calls"] >= 4 * 2  # a critique and a revision per prompt
     pairs = pq.read_table(tmp_path / "run" / "03_refine").to_pylist()

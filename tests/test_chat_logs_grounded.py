@@ -11,17 +11,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import curate, example_pipeline
+from conftest import accounted, curate, example_pipeline
 
 DATA = Path(__file__).resolve().parent.parent / "pipelines" / "examples" / "data"
-
-
-def _manifest(run: Path) -> dict:
-    m = json.loads((run / "manifest.json").read_text())
-    assert m["status"] == "ok"
-    for s in m["stages"]:
-        assert s["in"] == s["out"] + s["dropped"] + s["quarantined"], s
-    return m
 
 
 def test_chat_logs_become_pairs_where_the_user_complained(tmp_path):
@@ -36,7 +28,7 @@ def test_chat_logs_become_pairs_where_the_user_complained(tmp_path):
                             ("chosen_from: regenerate", "chosen_from: later"))
     res = curate("run", spec, "--run-dir", tmp_path / "run")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    m = _manifest(tmp_path / "run")
+    m = accounted(tmp_path / "run")
     load, mine = m["stages"][0], m["stages"][1]
     assert (load["in"], load["quarantined"]) == (19, 3)
     reasons = pq.read_table(tmp_path / "run" / "_quarantined" / "01_load")["reason"].to_pylist()

@@ -9,21 +9,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from conftest import curate, example_pipeline
+from conftest import accounted, curate, example_pipeline
 from schemas.records import PAIR_ROW
 from stages import reward_augment
 from stages.base import StageContext
 from stages.load import Config as LoadConfig, read
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "pipelines" / "examples"
-
-
-def _accounted(run: Path) -> dict:
-    manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["status"] == "ok"
-    for s in manifest["stages"]:
-        assert s["in"] == s["out"] + s["dropped"] + s["quarantined"], s
-    return manifest
 
 
 def _pair(**kw) -> dict:
@@ -57,7 +49,7 @@ def test_rationales_and_reward_augmentation_pipeline(tmp_path):
     spec = example_pipeline(tmp_path, "enrich")
     res = curate("run", spec, "--limit", "4", "--run-dir", tmp_path / "run")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    _accounted(tmp_path / "run")
+    accounted(tmp_path / "run")
     rationales = pq.read_table(tmp_path / "run" / "05_rationale").to_pylist()
     assert rationales and all(r["rationale"] and r["rejected_rationale"] for r in rationales)
     out = pq.read_table(tmp_path / "run" / "07_export").to_pylist()
@@ -72,7 +64,7 @@ def test_retrieval_pairs_take_the_answer_to_another_similar_prompt(tmp_path):
     spec = example_pipeline(tmp_path, "retrieval_pairs")
     res = curate("run", spec, "--run-dir", tmp_path / "run")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    _accounted(tmp_path / "run")
+    accounted(tmp_path / "run")
     out = pq.read_table(tmp_path / "run" / "03_export").to_pylist()
     assert len(out) == 40
     questions = {json.loads(line)["uid"]: json.loads(line)["prompt"]
@@ -86,7 +78,7 @@ def test_retrieval_pairs_take_the_answer_to_another_similar_prompt(tmp_path):
     spec.write_text(strict)
     res = curate("run", spec, "--run-dir", tmp_path / "strict")
     assert res.returncode == 0
-    manifest = _accounted(tmp_path / "strict")
+    manifest = accounted(tmp_path / "strict")
     stage = manifest["stages"][1]
     assert stage["dropped"] == sum(r["response_similarity"] >= 0.3 for r in out) > 0
     reasons = pq.read_table(tmp_path / "strict" / "_dropped" / "02_retrieval_pairs")["reason"].to_pylist()
@@ -114,7 +106,7 @@ def test_safety_dual_labels_on_hh_rlhf(tmp_path):
     spec = example_pipeline(tmp_path, "safety_labels")
     res = curate("run", spec, "--limit", "6", "--run-dir", tmp_path / "run")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    manifest = _accounted(tmp_path / "run")
+    manifest = accounted(tmp_path / "run")
     assert {"helpfulness", "harmlessness"} <= set(manifest["judges"]["per_judge"])
     judged = pq.read_table(tmp_path / "run" / "03_judge").to_pylist()
     for row in judged:  # the judge saw the whole conversation, and each candidate got both labels
@@ -135,7 +127,7 @@ def test_personas_make_one_label_per_prompt_and_persona(tmp_path):
     spec = example_pipeline(tmp_path, "personas")
     res = curate("run", spec, "--limit", "2", "--run-dir", tmp_path / "run")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    _accounted(tmp_path / "run")
+    accounted(tmp_path / "run")
     loaded = pq.read_table(tmp_path / "run" / "01_load").to_pylist()
     assert len(loaded) == 4 and len({r["prompt_id"] for r in loaded}) == 4  # 2 prompts x 2 personas
     assert len({(r["prompt"], r["persona"]) for r in loaded}) == 4

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 from conftest import EXAMPLES, curate
 from pipelines.judge_eval import jury, metrics, read_pairs
