@@ -279,8 +279,8 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
 
 
 def summarize(stats: dict[str, float]) -> dict[str, float]:
-    out = {k: stats.get(k, 0) for k in ("turns", "dissatisfied", "satisfied", "pattern_hits", "llm_signals",
-                                        "conflicts", "llm_unparsed")}
+    out: dict[str, float] = {k: int(stats.get(k, 0)) for k in (
+        "turns", "dissatisfied", "satisfied", "pattern_hits", "llm_signals", "conflicts", "llm_unparsed")}
     if stats.get("turns"):
         out["signal_rate"] = (stats.get("dissatisfied", 0) + stats.get("satisfied", 0)) / stats["turns"]
     return out
