@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -184,18 +185,16 @@ def build_engine(cfg: EngineConfig, cache: ResponseCache | None) -> CachedEngine
 
         identity = {"kind": "openai_http", "base_url": cfg.base_url.rstrip("/"), "model": cfg.model}
         return CachedEngine(lambda: OpenAIHTTPEngine(cfg), identity=identity, model_name=cfg.model, cache=cache)
-    if isinstance(cfg, VLLMConfig):
-        from engines.vllm_offline import VLLMEngine
+    if isinstance(cfg, (VLLMConfig, RayLLMConfig)):
+        from engines import vllm_offline
 
-        identity = {"kind": "vllm", "model": model_identity(cfg.model), "dtype": cfg.dtype, "grammar": cfg.grammar}
-        return CachedEngine(lambda: VLLMEngine(cfg), identity=identity, model_name=Path(cfg.model).name,
-                            cache=cache)
-    if isinstance(cfg, RayLLMConfig):
-        from engines.ray_llm import RayLLMEngine
+        if isinstance(cfg, VLLMConfig):
+            make = partial(vllm_offline.VLLMEngine, cfg)
+        else:
+            from engines.ray_llm import RayLLMEngine
 
-        identity = {"kind": "vllm", "model": model_identity(cfg.model), "dtype": cfg.dtype, "grammar": cfg.grammar}
-        return CachedEngine(lambda: RayLLMEngine(cfg), identity=identity, model_name=Path(cfg.model).name,
-                            cache=cache)
+            make = partial(RayLLMEngine, cfg)
+        return CachedEngine(make, identity=vllm_offline.identity(cfg), model_name=Path(cfg.model).name, cache=cache)
     if isinstance(cfg, TransformersConfig):
         from engines.transformers_engine import TransformersEngine
 

@@ -37,7 +37,6 @@ class Gate:
         self._cond = threading.Condition()
         self._members = 0
         self._waiting: list[tuple[Any, list[Request], dict]] = []
-        self._round = 0
 
     def expect(self, n: int) -> None:
         """`n` shard threads are about to start: a batch waits for each to call the engine or `leave`. Counted
@@ -89,7 +88,6 @@ class Gate:
                     k += len(reqs)
         finally:
             self._cond.acquire()
-            self._round += 1
             self._cond.notify_all()
 
 
@@ -124,29 +122,26 @@ class RayLLMEngine:
     def run(self, requests: list[Request]) -> list[Completion]:
         import ray
 
-        rows = []
-        for i, r in enumerate(requests):
-            s = r.sampling
-            rows.append({"i": i, "messages": r.messages, "max_tokens": s.max_tokens, "sampling_params": {
-                "n": 1, "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": s.seed,
-                "structured_outputs": {"grammar": r.grammar} if (r.grammar and self.cfg.grammar) else None}})
+        from engines.vllm_offline import request_params
+
+        rows = [{"i": i, "messages": r.messages, "sampling_params": request_params(r, self.cfg.grammar)}
+                for i, r in enumerate(requests)]
         out: list[Completion | None] = [None] * len(requests)
         blocks = max(1, min(len(rows) // max(1, self.cfg.batch_size), 64))
         for row in self.processor()(ray.data.from_items(rows, override_num_blocks=blocks)).iter_rows():
+            max_tokens = requests[row["i"]].sampling.max_tokens
             out[row["i"]] = Completion(text=None, error=row["error"]) if row["error"] else Completion(
-                text=row["text"], finish_reason="length" if row["n"] >= row["max_tokens"] else "stop",
+                text=row["text"], finish_reason="length" if row["n"] >= max_tokens else "stop",
                 prompt_tokens=row["n_in"], completion_tokens=row["n"])
         return [c or Completion(text=None, error="no answer came back from the processor") for c in out]
 
 
 def _preprocess(row: dict) -> dict:
     params = {k: v for k, v in row["sampling_params"].items() if v is not None}
-    return {"messages": [dict(m) for m in row["messages"]], "sampling_params": params, "i": row["i"],
-            "max_tokens": row["max_tokens"]}
+    return {"messages": [dict(m) for m in row["messages"]], "sampling_params": params, "i": row["i"]}
 
 
 def _postprocess(row: dict) -> dict:
     error = row.get("__inference_error__")
     return {"i": row["i"], "text": row.get("generated_text"), "n": int(row.get("num_generated_tokens") or 0),
-            "n_in": int(row.get("num_input_tokens") or 0), "max_tokens": row["max_tokens"],
-            "error": str(error) if error else None}
+            "n_in": int(row.get("num_input_tokens") or 0), "error": str(error) if error else None}

@@ -22,17 +22,29 @@ def check_available() -> None:
         raise EngineUnavailable(f"vLLM is not installed; run: {INSTALL}")
 
 
+def request_params(request: Request, use_grammar: bool) -> dict[str, Any]:
+    """vLLM's sampling parameters for one request, as plain values (the grammar as a structured-outputs dict);
+    the offline engine and the ray_llm engine both send these."""
+    s = request.sampling
+    grammar = {"grammar": request.grammar} if use_grammar and request.grammar else None
+    return {"n": 1, "temperature": s.temperature, "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": s.seed,
+            "structured_outputs": grammar}
+
+
 def sampling_params(request: Request, use_grammar: bool):
     from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
 
-    s = request.sampling
-    extra: dict[str, Any] = {}
-    if use_grammar and request.grammar:
-        from vllm.sampling_params import StructuredOutputsParams
+    params = request_params(request, use_grammar)
+    grammar = params.pop("structured_outputs")
+    return SamplingParams(**params, **({"structured_outputs": StructuredOutputsParams(**grammar)} if grammar else {}))
 
-        extra["structured_outputs"] = StructuredOutputsParams(grammar=request.grammar)
-    return SamplingParams(n=1, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=s.seed,
-                          **extra)
+
+def identity(cfg) -> dict[str, Any]:
+    """The cache identity of vLLM's answers, the same whether vLLM runs here or as ray_llm replicas."""
+    from engines.config import model_identity
+
+    return {"kind": "vllm", "model": model_identity(cfg.model), "dtype": cfg.dtype, "grammar": cfg.grammar}
 
 
 class VLLMEngine:

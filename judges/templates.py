@@ -90,10 +90,11 @@ class Template(BaseModel):
 
     def fill(self, question: str, reference: str | None = None, rubric: str | None = None,
              context: str | None = None, documents: list[str] | None = None, **answers: str) -> list[dict[str, str]]:
-        docs = "\n\n".join(f"[Document {i}]\n{d}" for i, d in enumerate(documents or [], 1))
+        from schemas.records import numbered_documents
+
         return self._chat(self.prompt.format(question=question, reference=reference or "",
                                              rubric=rubric or self.rubric or "", context=context or "",
-                                             documents=docs, **answers))
+                                             documents=numbered_documents(documents), **answers))
 
     def render(self, question: str, answer: str, **extra) -> list[dict[str, str]]:
         return self.fill(question, answer=answer, **extra)

@@ -9,8 +9,8 @@ Run directory layout:
     _done/NN_stage/part-SSSSS.json   shard markers: fingerprint, counts, output sha256
 
 Shards keep their number through the pipeline (shard 3 of judge is made from shard 3 of generate). A shard is
-done when its marker holds the fingerprint of (the stage's code version, stage config, engines, input shard hash); a rerun
-into the same run directory skips done shards. Writes are temp file + rename, and the marker comes last, so a
+done when its marker holds the fingerprint of (the stage's code version, stage config, engines, input shard
+hash); a rerun into the same run directory skips done shards. Writes are temp file + rename, and the marker comes last, so a
 killed run never leaves a half-written shard that counts as done.
 """
 
@@ -194,10 +194,14 @@ class ShardWorker:
         results = [self.run_shard(**row) for row in batch.to_pylist()]
         return pa.Table.from_pylist(results)
 
+    def _counts(self) -> tuple[int, int]:
+        """(model calls, cache hits) this thread has made through all engines."""
+        counts = [e.thread_counts() for e in self.engines.values()]
+        return sum(c for c, _ in counts), sum(h for _, h in counts)
+
     def run_shard(self, shard: int, input: str, fingerprint: str) -> dict[str, Any]:
         start = time.perf_counter()
-        calls0 = sum(e.thread_counts()[0] for e in self.engines.values())
-        hits0 = sum(e.thread_counts()[1] for e in self.engines.values())
+        calls0, hits0 = self._counts()
         writer = ShardWriter(self.run_dir, self.stage_id, shard)
         src = pq.ParquetFile(input)
         if src.metadata.num_rows == 0:
@@ -205,9 +209,10 @@ class ShardWorker:
         for batch in src.iter_batches(batch_size=self.batch_size):
             table = pa.Table.from_batches([batch])
             writer.add(self.spec.process(table, self.config, self.ctx), table.num_rows)
+        calls, hits = self._counts()
         marker = writer.commit(fingerprint, {
-            "model_calls": sum(e.thread_counts()[0] for e in self.engines.values()) - calls0,
-            "cache_hits": sum(e.thread_counts()[1] for e in self.engines.values()) - hits0,
+            "model_calls": calls - calls0,
+            "cache_hits": hits - hits0,
             "seconds": round(time.perf_counter() - start, 3),
         })
         return {"shard": shard, "marker": json.dumps(marker)}
@@ -322,7 +327,6 @@ class Run:
         self.run_dir = Path(run_dir).resolve()
         self.address = address
         self.progress = progress or Progress()
-        self.version = code_version()
         self.reports: dict[str, StageReport] = {}
         self.markers: dict[str, list[dict[str, Any]]] = {}
         self.manifest: dict[str, Any] = {}
@@ -333,7 +337,7 @@ class Run:
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         self.manifest = {
             "name": self.pipeline.name, "run_dir": str(self.run_dir), "status": "running",
-            "code_version": self.version, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": resolved,
+            "code_version": code_version(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": resolved,
             "stages": [],
         }
         self._save()
@@ -341,11 +345,11 @@ class Run:
     def stage(self, st: StageEntry) -> StageReport:
         start = time.perf_counter()
         if st.spec.source is not None:
-            report, markers = _run_source(st, self.run_dir, self.version, self.progress)
+            report, markers = _run_source(st, self.run_dir, self.progress)
         else:
             init_ray(self.address)
             upstream = self.markers[self.pipeline.stages[st.index - 1].id]
-            report, markers = _run_stage(st, self.pipeline, upstream, self.run_dir, self.version, self.progress)
+            report, markers = _run_stage(st, self.pipeline, upstream, self.run_dir, self.progress)
         report.seconds = time.perf_counter() - start
         self.reports[st.id], self.markers[st.id] = report, markers
         self._save()
@@ -404,7 +408,7 @@ def run_pipeline(pipeline: Pipeline, run_dir: Path, *, address: str | None = Non
     return run.finish()
 
 
-def _run_source(st: StageEntry, run_dir: Path, version: str, progress: Progress):
+def _run_source(st: StageEntry, run_dir: Path, progress: Progress):
     """The load stage runs in the driver: reading a file is sequential, and line numbers must be exact."""
     path = Path(st.config.path)
     stat = path.stat() if path.is_file() else None
@@ -430,7 +434,7 @@ def _run_source(st: StageEntry, run_dir: Path, version: str, progress: Progress)
     return report, markers
 
 
-def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]], run_dir: Path, version: str,
+def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]], run_dir: Path,
                progress: Progress):
     import ray
 
@@ -463,7 +467,6 @@ def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
         cpus = max(1, int(ray.available_resources().get("CPU", os.cpu_count() or 1)))
         size = st.run.concurrency or (1 if model_stage else max(1, min(len(todo), cpus)))
         size = 1 if st.spec.stateful else min(size, len(todo))
-        ds = ray.data.from_items(todo, override_num_blocks=len(todo))
         worker_kwargs = dict(
             stage_name=st.name, stage_id=st.id, config=cfg_json, engines=engines,
             cache_dir=str(pipeline.cache_dir) if pipeline.cache_dir else None, run_dir=str(run_dir),
@@ -474,6 +477,7 @@ def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
         if any(c.get("kind") == "ray_llm" for c in engines.values()):
             markers_out = _gathered_shards(todo, worker_kwargs, 1 if st.spec.stateful else st.run.concurrency)
         else:
+            ds = ray.data.from_items(todo, override_num_blocks=len(todo))
             if model_stage or st.spec.stateful:  # an actor pool: engines (or state) live as long as the actor
                 ds = ds.map_batches(ShardWorker, fn_constructor_kwargs=worker_kwargs, batch_size=1,
                                     batch_format="pyarrow",

@@ -56,6 +56,11 @@ PROMPT_FIELDS = [
     pa.field("documents", pa.list_(pa.string())),
 ]
 PROMPT_ROW = pa.schema(PROMPT_FIELDS)
+
+
+def numbered_documents(texts: list[str] | None) -> str:
+    """How a prompt's documents are shown, to the answering model (load's system prompt) and to judges alike."""
+    return "\n\n".join(f"[Document {i}]\n{t}" for i, t in enumerate(texts or [], 1))
 PROMPT_ROW_WITH_CANDIDATES = pa.schema(
     PROMPT_FIELDS
     + [

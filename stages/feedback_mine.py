@@ -25,6 +25,7 @@ import hashlib
 import json
 import re
 import string
+from collections import Counter
 from typing import Literal
 
 import pyarrow as pa
@@ -249,14 +250,15 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
             "prompt_id": pid, "prompt": context[-1]["content"], "messages": context,
             "chosen": chosen, "rejected": rejected, "chosen_model": chosen_model, "rejected_model": rejected_model,
             "chosen_id": _id(pid, chosen_model, chosen), "rejected_id": _id(pid, rejected_model, rejected),
-            "judge": "+".join(x for x in ("patterns" if "pattern" in source else None,
-                                          judge if "llm" in source else None) if x),
+            "judge": "+".join({"pattern": "patterns", "llm": judge}[d] for d in source.split("+")),
             "feedback_signal": signal, "feedback_evidence": evidence, "feedback_turn": j, "feedback_source": source,
         })
         made[r] += 1
     records, reasons = [], []
+    turns_of = Counter(r for r, _ in items)
+    signalled = {items[k][0] for k, *_ in signals}
     for r, row in enumerate(rows):
-        n_turns = sum(1 for rr, _ in items if rr == r)
+        n_turns = turns_of[r]
         if made[r]:
             for why in problems[r]:  # the conversation goes on; the turns that gave no pair are noted
                 records.append({"prompt_id": row["prompt_id"]})
@@ -266,7 +268,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
             why = "; ".join(problems[r])
         elif not n_turns:
             why = "no assistant turn followed by a user message"
-        elif any(items[k][0] == r for k, *_ in signals):
+        elif r in signalled:
             why = "only satisfied turns (satisfied: skip)"
         else:
             why = f"no feedback signal in {n_turns} follow-up turn{'s' * (n_turns != 1)}"

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from schemas.records import PROMPT_ROW, PROMPT_ROW_WITH_CANDIDATES
+from schemas.records import PROMPT_ROW, PROMPT_ROW_WITH_CANDIDATES, numbered_documents
 from schemas.validate import prompt_problem, quarantine_table
 from stages.base import StageConfig, StageResult, StageSpec, existing_path, fixed
 
@@ -222,10 +222,6 @@ def documents(value: Any) -> tuple[list[str] | None, str | None]:
     return texts, None
 
 
-def render_documents(texts: list[str], prompt: str) -> str:
-    return prompt.format(documents="\n\n".join(f"[Document {i}]\n{t}" for i, t in enumerate(texts, 1)))
-
-
 def to_prompt_row(rec: Any, cfg: Config, source: str) -> tuple[dict | None, str | None]:
     """One source record -> (prompt row, None) or (None, why it is unusable)."""
     if not isinstance(rec, dict):
@@ -270,7 +266,7 @@ def to_prompt_row(rec: Any, cfg: Config, source: str) -> tuple[dict | None, str 
         docs, problem = documents(rec.get(cfg.documents_field))
         if problem:
             return None, f"field {cfg.documents_field!r}: {problem}"
-        system = "\n\n".join(part for part in (system, render_documents(docs, cfg.documents_prompt)) if part)
+        system = "\n\n".join(part for part in (system, cfg.documents_prompt.format(documents=numbered_documents(docs))) if part)
     persona = rec.get(cfg.persona_field) if cfg.persona_field else None
     if persona is not None and not isinstance(persona, str):
         persona = json.dumps(persona, ensure_ascii=False, sort_keys=True)
