@@ -47,9 +47,12 @@ class ResponseCache:
         # no fsync per answer: in WAL mode a crash loses at most the last answers, which are asked again
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        # one connection, many threads (a worker runs shards and batches in threads against streaming engines)
+        self._lock = threading.Lock()
 
     def get(self, key: str) -> Completion | None:
-        row = self._db.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
+        with self._lock:
+            row = self._db.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
         comp = Completion(**json.loads(row[0]))
@@ -59,9 +62,9 @@ class ResponseCache:
     def put(self, key: str, completion: Completion) -> None:
         value = asdict(completion)
         value["cached"] = False
-        self._db.execute(
-            "INSERT OR REPLACE INTO responses (key, value) VALUES (?, ?)", (key, json.dumps(value, ensure_ascii=False))
-        )
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO responses (key, value) VALUES (?, ?)",
+                             (key, json.dumps(value, ensure_ascii=False)))
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
@@ -78,6 +81,11 @@ class CachedEngine:
 
     def __init__(self, make_engine, identity: dict[str, Any], model_name: str, cache: ResponseCache | None):
         self._make_engine = make_engine
+        #: what the engine can do and how many requests it wants outstanding (set by engines.config.build_engine
+        #: from the engine's config, so asking loads no model)
+        self.capabilities: frozenset[str] = frozenset()
+        self.window = 1
+        self._count_lock = threading.Lock()
         self._engine: Engine | None = None
         self.identity = identity
         self.model_name = model_name
@@ -93,8 +101,9 @@ class CachedEngine:
         return getattr(self._mine, "calls", 0), getattr(self._mine, "hits", 0)
 
     def _count(self, calls: int, hits: int) -> None:
-        self.calls += calls
-        self.hits += hits
+        with self._count_lock:
+            self.calls += calls
+            self.hits += hits
         self._mine.calls = getattr(self._mine, "calls", 0) + calls
         self._mine.hits = getattr(self._mine, "hits", 0) + hits
 
@@ -112,6 +121,9 @@ class CachedEngine:
         return engine.logprobs(items)
 
     def complete(self, requests: list[Request]) -> list[Completion]:
+        """One completion per request, in order. Each fresh answer is stored in the cache as soon as the engine
+        returns it (engines that stream hand them over one by one), so a killed run loses only the calls that
+        were in flight: a resume asks for none of the answers already received."""
         results: list[Completion | None] = [None] * len(requests)
         keys = [request_key(self.identity, r) for r in requests]
         todo = []
@@ -123,10 +135,13 @@ class CachedEngine:
                 todo.append(i)
         self._count(0, len(requests) - len(todo))
         if todo:
-            fresh = self.engine.complete([requests[i] for i in todo])
-            self._count(len(todo), 0)
-            for i, comp in zip(todo, fresh, strict=True):
+            engine = self.engine
+            asked = [requests[i] for i in todo]
+            fresh = engine.stream(asked) if hasattr(engine, "stream") else enumerate(engine.complete(asked))
+            for j, comp in fresh:
+                i = todo[j]
                 results[i] = comp
+                self._count(1, 0)
                 if self.cache is not None and comp.ok:
                     self.cache.put(keys[i], comp)
         return [r for r in results if r is not None]

@@ -21,6 +21,9 @@ class LlamaCppConfig(BaseModel):
     n_ctx: int = Field(4096, ge=256)
     n_threads: int | None = Field(None, ge=1)
 
+    def capabilities(self) -> frozenset[str]:
+        return frozenset({"grammar", "logprobs"})
+
 
 class OpenAIHTTPConfig(BaseModel):
     """Any OpenAI-compatible chat completions server (vLLM serve, llama.cpp server, hosted APIs)."""
@@ -42,6 +45,15 @@ class OpenAIHTTPConfig(BaseModel):
     grammar_param: str | None = None
     #: extra fields merged into every request body (e.g. vLLM's structured-output options)
     extra_body: dict[str, Any] = Field(default_factory=dict)
+    #: optional budgets that pace the whole request stream (a hosted API's rate limits)
+    requests_per_minute: float | None = Field(None, gt=0)
+    tokens_per_minute: float | None = Field(None, gt=0)
+
+    def capabilities(self) -> frozenset[str]:
+        return frozenset({"streams"} | ({"grammar"} if self.grammar_param else set()))
+
+    def window(self) -> int:
+        return 2 * self.concurrency
 
     @model_validator(mode="before")
     @classmethod
@@ -70,6 +82,9 @@ class VLLMConfig(BaseModel):
     #: any other `vllm.LLM` keyword arguments
     engine_args: dict[str, Any] = Field(default_factory=dict)
 
+    def capabilities(self) -> frozenset[str]:
+        return frozenset({"grammar"} if self.grammar else set())
+
 
 class TransformersConfig(BaseModel):
     """transformers on CPU or GPU: a local Hugging Face model folder; free-text judging (no grammars)."""
@@ -81,6 +96,9 @@ class TransformersConfig(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     #: greedy requests per generate() call
     batch_size: int = Field(8, ge=1)
+
+    def capabilities(self) -> frozenset[str]:
+        return frozenset()
 
 
 class RayLLMConfig(BaseModel):
@@ -105,6 +123,36 @@ class RayLLMConfig(BaseModel):
     grammar: bool = True
     #: any other vLLM engine arguments
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    def capabilities(self) -> frozenset[str]:
+        # gathered: the runner runs the stage's shards as driver threads whose calls go out together
+        return frozenset({"gathered"} | ({"grammar"} if self.grammar else set()))
+
+
+#: what an engine can do, asked by the runner and `curate validate` (never by engine kind):
+#:   streams   many threads share one window of requests in flight: a worker runs shards and batches at once
+#:   gathered  calls of many shards are sent together (Ray Data LLM processors): the runner runs shards in threads
+#:   grammar   constrained decoding of a judge's output grammar
+#:   logprobs  scores a response's log-probability (reference_margin)
+CAPABILITIES = ("streams", "gathered", "grammar", "logprobs")
+
+
+def capabilities(cfg) -> frozenset[str]:
+    return cfg.capabilities()
+
+
+def window(cfg) -> int:
+    """Requests the engine wants outstanding to stay full."""
+    return cfg.window() if hasattr(cfg, "window") else 1
+
+
+def shard_driver(cfg):
+    """For engines that run a stage's shards themselves ("gathered"), the function that does; else None."""
+    if "gathered" in capabilities(cfg):
+        from engines.ray_llm import run_shards
+
+        return run_shards
+    return None
 
 
 def _kind(value: Any) -> str:
@@ -180,6 +228,12 @@ def model_identity(model: str) -> str:
 
 
 def build_engine(cfg: EngineConfig, cache: ResponseCache | None) -> CachedEngine:
+    engine = _build_engine(cfg, cache)
+    engine.capabilities, engine.window = capabilities(cfg), window(cfg)
+    return engine
+
+
+def _build_engine(cfg: EngineConfig, cache: ResponseCache | None) -> CachedEngine:
     if isinstance(cfg, OpenAIHTTPConfig):
         from engines.openai_http import OpenAIHTTPEngine
 

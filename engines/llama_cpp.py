@@ -87,6 +87,11 @@ class LlamaCppEngine:
     def complete(self, requests: list[Request]) -> list[Completion]:
         return [self._one(r) for r in requests]
 
+    def stream(self, requests: list[Request]):
+        """One at a time, each handed over as it finishes, so the cache keeps it even if the run is killed next."""
+        for i, r in enumerate(requests):
+            yield i, self._one(r)
+
     def _one(self, request: Request) -> Completion:
         s = request.sampling
         try:

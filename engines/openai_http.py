@@ -1,19 +1,29 @@
 """OpenAI-compatible HTTP engine: vLLM serve, llama.cpp's server, hosted APIs.
 
-Requests go out concurrently (an asyncio semaphore of `concurrency`), with connect/read timeouts, and are retried
-on 429, 5xx and connection errors with exponential backoff and jitter, honoring `Retry-After`. A request that
-still fails comes back as a failed Completion carrying the error, so the stage quarantines its row: nothing is
-lost and nothing is invented. The API key is read from the environment variable the YAML names
-(`api_key_env`); it is sent in the Authorization header and never logged, stored or put in an error message.
+One request stream per engine: a single event loop in a background thread and one long-lived `httpx.AsyncClient`
+whose pool keeps `concurrency` connections alive. Every caller (the shards and batches a worker runs in threads)
+submits into the same window of `concurrency` requests in flight, so no batch waits for the slowest request of
+another and no request pays a new TCP (or TLS) handshake. Completions come back as each one finishes (`stream`),
+so the response cache stores an answer the moment it arrives.
+
+Requests are retried on 429, 5xx and connection errors with exponential backoff and jitter, honoring
+`Retry-After`; a 429 pauses the whole stream, not just the request that got it. Optional budgets
+(`requests_per_minute`, `tokens_per_minute`) pace the stream. A request that still fails comes back as a failed
+Completion carrying the error, so the stage quarantines its row: nothing is lost and nothing is invented. The API
+key is read from the environment variable the YAML names (`api_key_env`); it is sent in the Authorization header
+and never logged, stored or put in an error message.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import email.utils
 import os
 import random
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from engines.base import Completion, EngineUnavailable, Request
@@ -32,7 +42,39 @@ def retry_after(value: str | None) -> float | None:
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
 
 
+class _Budget:
+    """A per-minute budget (requests or tokens) refilled continuously; `take` waits until the amount fits."""
+
+    def __init__(self, per_minute: float):
+        self.rate = per_minute / 60.0
+        self.capacity = per_minute
+        self.level = per_minute
+        self.stamp = time.monotonic()
+        self.lock = asyncio.Lock()
+
+    async def take(self, amount: float) -> None:
+        amount = min(amount, self.capacity)
+        async with self.lock:  # first come, first served: one waiter refills at a time
+            while True:
+                now = time.monotonic()
+                self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+                self.stamp = now
+                if self.level >= amount:
+                    self.level -= amount
+                    return
+                await asyncio.sleep((amount - self.level) / self.rate)
+
+
+def _estimated_tokens(r: Request) -> int:
+    """Tokens a request may use, for the tokens_per_minute budget: prompt characters / 4 plus max_tokens."""
+    chars = sum(len(str(m.get("content", ""))) for m in r.messages)
+    return chars // 4 + r.sampling.max_tokens
+
+
 class OpenAIHTTPEngine:
+    #: what the runner and `curate validate` may ask of this engine (see engines/config.py)
+    streams = True
+
     def __init__(self, cfg):
         self.cfg = cfg
         self.identity = {"kind": "openai_http", "base_url": cfg.base_url.rstrip("/"), "model": cfg.model}
@@ -41,20 +83,73 @@ class OpenAIHTTPEngine:
         if cfg.api_key_env and not self._key:
             raise EngineUnavailable(f"environment variable {cfg.api_key_env} (api_key_env) is not set")
         self.retries_done = 0
+        #: requests sent, and the most that were in flight at once (for benchmarks and the run summary)
+        self.sent = 0
+        self.peak_in_flight = 0
+        self._in_flight = 0
+        self._paused_until = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._start_lock = threading.Lock()
 
-    def complete(self, requests: list[Request]) -> list[Completion]:
-        return asyncio.run(self._all(requests))
+    # -- the stream ------------------------------------------------------------------------------------------
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._start_lock:
+            if self._loop is None:
+                ready = threading.Event()
+                loop = asyncio.new_event_loop()
 
-    async def _all(self, requests: list[Request]) -> list[Completion]:
+                def main() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.run_until_complete(self._open())
+                    ready.set()
+                    loop.run_forever()
+
+                threading.Thread(target=main, name="curate-http", daemon=True).start()
+                ready.wait()
+                self._loop = loop
+        return self._loop
+
+    async def _open(self) -> None:
         import httpx
 
         cfg = self.cfg
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
-        timeout = httpx.Timeout(cfg.read_timeout, connect=cfg.connect_timeout)
-        sem = asyncio.Semaphore(cfg.concurrency)
-        async with httpx.AsyncClient(base_url=cfg.base_url.rstrip("/"), headers=headers, timeout=timeout) as client:
-            return list(await asyncio.gather(*(self._one(client, sem, r) for r in requests)))
+        timeout = httpx.Timeout(cfg.read_timeout, connect=cfg.connect_timeout, pool=None)
+        limits = httpx.Limits(max_connections=cfg.concurrency, max_keepalive_connections=cfg.concurrency,
+                              keepalive_expiry=60)
+        self._client = httpx.AsyncClient(base_url=cfg.base_url.rstrip("/"), headers=headers, timeout=timeout,
+                                         limits=limits)
+        self._sem = asyncio.Semaphore(cfg.concurrency)
+        self._rpm = _Budget(cfg.requests_per_minute) if cfg.requests_per_minute else None
+        self._tpm = _Budget(cfg.tokens_per_minute) if cfg.tokens_per_minute else None
 
+    def stream(self, requests: list[Request]) -> Iterator[tuple[int, Completion]]:
+        """(index, completion) for every request, as each finishes. Safe to call from many threads at once: all
+        callers share the engine's window of `concurrency` requests in flight."""
+        if not requests:
+            return
+        loop = self._ensure_loop()
+        futures = {asyncio.run_coroutine_threadsafe(self._one(r), loop): i for i, r in enumerate(requests)}
+        try:
+            for fut in concurrent.futures.as_completed(futures):
+                yield futures[fut], fut.result()
+        finally:
+            for fut in futures:  # a caller that stops early (an error, a kill) frees the window
+                fut.cancel()
+
+    def complete(self, requests: list[Request]) -> list[Completion]:
+        out: list[Completion | None] = [None] * len(requests)
+        for i, comp in self.stream(requests):
+            out[i] = comp
+        return out  # type: ignore[return-value]
+
+    def close(self) -> None:
+        if self._loop is not None:
+            asyncio.run_coroutine_threadsafe(self._client.aclose(), self._loop).result(timeout=10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop = None
+
+    # -- one request -----------------------------------------------------------------------------------------
     def _body(self, r: Request) -> dict[str, Any]:
         s = r.sampling
         body: dict[str, Any] = {"model": self.cfg.model, "messages": r.messages, "temperature": s.temperature,
@@ -63,16 +158,30 @@ class OpenAIHTTPEngine:
             body[self.cfg.grammar_param] = r.grammar
         return body
 
-    async def _one(self, client, sem: asyncio.Semaphore, r: Request) -> Completion:
+    async def _pace(self, r: Request) -> None:
+        """Wait out a 429 pause of the whole stream, then the per-minute budgets."""
+        while (delay := self._paused_until - time.monotonic()) > 0:
+            await asyncio.sleep(delay)
+        if self._rpm is not None:
+            await self._rpm.take(1)
+        if self._tpm is not None:
+            await self._tpm.take(_estimated_tokens(r))
+
+    async def _one(self, r: Request) -> Completion:
         import httpx
 
         cfg = self.cfg
+        body = self._body(r)
         last = ""
         for attempt in range(cfg.max_retries + 1):
             wait = None
-            async with sem:
+            async with self._sem:
+                await self._pace(r)
+                self._in_flight += 1
+                self.sent += 1
+                self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
                 try:
-                    resp = await client.post("/chat/completions", json=self._body(r))
+                    resp = await self._client.post("/chat/completions", json=body)
                 except httpx.TransportError as exc:  # connect errors, timeouts, dropped connections
                     last = f"{type(exc).__name__}: {exc}"
                 else:
@@ -82,6 +191,11 @@ class OpenAIHTTPEngine:
                     if resp.status_code not in RETRY_STATUS:
                         return Completion(text=None, error=last)
                     wait = retry_after(resp.headers.get("retry-after"))
+                    if resp.status_code == 429:  # the server is saturated: slow the whole stream, not one request
+                        pause = wait if wait is not None else min(cfg.backoff_max, cfg.backoff_base * 2 ** attempt)
+                        self._paused_until = max(self._paused_until, time.monotonic() + pause)
+                finally:
+                    self._in_flight -= 1
             if attempt == cfg.max_retries:
                 break
             self.retries_done += 1

@@ -94,6 +94,28 @@ class Gate:
 GATE = Gate()
 
 
+def run_shards(todo: list[dict], worker, wave: int | None):
+    """The runner's shard driver for stages on this engine: one worker in the driver, the shards in threads,
+    `wave` at a time (default 64), so each round of engine calls of the whole wave goes to the cluster's vLLM
+    replicas as one processor run. Yields each shard's marker."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(item: dict) -> dict:
+        try:
+            return worker.run_shard(**item)
+        finally:
+            GATE.leave()
+
+    size = max(1, wave or 64)
+    with ThreadPoolExecutor(max_workers=size) as pool:
+        for start in range(0, len(todo), size):  # a wave's threads all run at once, so none waits for a slot
+            chunk = todo[start:start + size]
+            GATE.expect(len(chunk))
+            for result in pool.map(one, chunk):
+                yield json.loads(result["marker"])
+
+
 class RayLLMEngine:
     def __init__(self, cfg):
         check_available()

@@ -17,14 +17,10 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
 from pipelines.config import load_pipeline
-from pipelines.runner import Progress, Run
+from pipelines.runner import Progress, Run, default_run_dir
 
 #: set by the CLI for live progress bars; a deployment's runs go without
 progress: Progress | None = None
-
-
-def default_run_dir(name: str, root: str | Path = "runs") -> Path:
-    return Path(root) / name / time.strftime("%Y%m%d-%H%M%S")
 
 
 def _run_name() -> str:

@@ -24,6 +24,38 @@ console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
+class _libraries_log_to:
+    """Send what the libraries print (Prefect's flow and task logs, its temporary server, Ray's C++ warnings, Ray
+    and Prefect subprocesses) to the run's log file instead of the console, at the file-descriptor level so that
+    child processes follow. curate's own messages keep the real stderr (`err_console` is pointed at it)."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def __enter__(self):
+        global err_console
+        if not self.enabled:
+            return self
+        sys.stderr.flush()
+        self._saved_fd = os.dup(2)
+        self._saved_console = err_console
+        self._log = open(self.path, "a", buffering=1)
+        os.dup2(self._log.fileno(), 2)
+        real = os.fdopen(os.dup(self._saved_fd), "w", buffering=1)
+        err_console = Console(file=real, width=None if real.isatty() else 160)
+        return self
+
+    def __exit__(self, *exc):
+        global err_console
+        if not self.enabled:
+            return
+        sys.stderr.flush()
+        os.dup2(self._saved_fd, 2)
+        os.close(self._saved_fd)
+        self._log.close()
+        # keep printing to the real stderr through the console made above (its file is still open)
+
+
 def _load(path: Path):
     from pipelines.config import ConfigError, load_pipeline
 
@@ -52,6 +84,8 @@ def run(
         Optional[Path], typer.Option(help="resume a run directory with the config stored in it")
     ] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: local Ray, or RAY_ADDRESS)")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's and Ray's own logs here too "
+                                          "(by default they go to RUN_DIR/curate.log)")] = False,
 ) -> None:
     """Run a pipeline into a run directory and print the row accounting."""
     if resume is not None:
@@ -66,18 +100,28 @@ def run(
         err_console.print("[bold red]error:[/] give a pipeline YAML, or --resume RUN_DIR")
         raise typer.Exit(2)
     p = _load(pipeline).with_limit(limit)  # fail fast, before Prefect or Ray start
-    import flows.pipeline_flow as pf
+    # Prefect's telemetry heartbeat fails noisily against its temporary SQLite server; off unless the user turns it on
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    from pipelines.runner import default_run_dir
 
-    run_dir = run_dir or pf.default_run_dir(p.name)
+    run_dir = run_dir or default_run_dir(p.name)
+    if run_dir.exists() and not run_dir.is_dir():
+        err_console.print(f"[bold red]error:[/] --run-dir {run_dir} is a file, not a directory")
+        raise typer.Exit(2)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / "curate.log"
     console.print(f"[bold]{p.name}[/] -> {run_dir}")
-    with _Bars(p) as bars:
+    with _libraries_log_to(log_path, enabled=not verbose), _Bars(p) as bars:
+        import flows.pipeline_flow as pf
+
         pf.progress = bars
         try:
             manifest = pf.pipeline_flow(str(pipeline), run_dir=str(run_dir), limit=limit, address=address)
         except Exception as exc:
             bars.stop()
             err_console.print(f"[bold red]run failed:[/] {type(exc).__name__}: {escape(str(exc))}", soft_wrap=True)
-            err_console.print(f"partial results and manifest: {run_dir}")
+            err_console.print(f"partial results and manifest: {run_dir}; log: {log_path}")
             raise typer.Exit(1) from None
     print_accounting(manifest)
     print_judges(manifest.get("judges") or {})
@@ -336,18 +380,20 @@ def print_judges(judges: dict) -> None:
 
 
 class _Bars:
-    """A rich progress bar per stage, advanced as shards finish."""
+    """One line per stage: a bar over its input rows, rows/s and the time left (rich); off a terminal, one line
+    per stage when it ends."""
 
     def __init__(self, pipeline):
-        from pipelines.runner import Progress as _Base
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
 
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._base = _Base
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeElapsedColumn(), console=console, transient=False,
+        self.progress = Progress(TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
+                                 TaskProgressColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
+                                 TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False,
                                  disable=not sys.stdout.isatty() and not os.environ.get("CURATE_PROGRESS"))
         self.tasks: dict[str, int] = {}
+        self.started: dict[str, float] = {}
+        self.finished: dict[str, int] = {}  # input rows of a stage's finished shards
 
     def __enter__(self):
         self.progress.start()
@@ -359,19 +405,34 @@ class _Bars:
     def stop(self):
         self.progress.stop()
 
-    def stage_start(self, stage_id, total):
-        self.tasks[stage_id] = self.progress.add_task(stage_id, total=total)
+    def stage_start(self, stage_id, total_rows):
+        import time
 
-    def shard_done(self, stage_id):
-        self.progress.advance(self.tasks[stage_id])
+        self.started[stage_id] = time.perf_counter()
+        self.tasks[stage_id] = self.progress.add_task(stage_id, total=total_rows or None, rate="")
+
+    def shard_done(self, stage_id, rows):
+        self.finished[stage_id] = self.finished.get(stage_id, 0) + rows
+        self.rows_running(stage_id, 0)
+
+    def rows_running(self, stage_id, rows):
+        import time
+
+        done = self.finished.get(stage_id, 0) + rows
+        rate = done / max(time.perf_counter() - self.started[stage_id], 1e-9)
+        self.progress.update(self.tasks[stage_id], completed=done, rate=f"{rate:,.1f} rows/s")
 
     def stage_end(self, stage_id):
+        import time
+
         task = self.tasks[stage_id]
         t = self.progress.tasks[task]
-        if t.total is None:
+        if t.total is None or t.total != t.completed:
             self.progress.update(task, total=t.completed)
-        if not sys.stdout.isatty():
-            console.print(f"{stage_id}: {int(t.completed)} shards done")
+        if self.progress.disable:
+            secs = time.perf_counter() - self.started[stage_id]
+            console.print(f"{stage_id}: {int(t.completed):,} rows in {secs:.1f} s "
+                          f"({t.completed / max(secs, 1e-9):,.1f} rows/s)")
 
 
 def main() -> None:  # pragma: no cover

@@ -101,6 +101,10 @@ def _atomic_write_json(data: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def default_run_dir(name: str, root: str | Path = "runs") -> Path:
+    return Path(root) / name / time.strftime("%Y%m%d-%H%M%S")
+
+
 def part_name(shard: int) -> str:
     return f"part-{shard:05d}"
 
@@ -172,7 +176,12 @@ def fingerprint(*parts: Any) -> str:
 
 
 class ShardWorker:
-    """Ray Data callable class: one per actor, so engines load once per worker and serve many shards."""
+    """One per actor (or task), so engines load once per worker and serve many shards.
+
+    On engines that stream (HTTP), a shard's batches run in threads, `batches_in_flight` at a time, all feeding
+    the engine's one window of requests, so the engine never waits for the slowest request of a batch; a worker
+    may also run several shards at once (the runner makes it a threaded actor). Outputs are written in batch
+    order either way. Other engines (llama.cpp, vLLM offline, transformers) take one batch at a time."""
 
     def __init__(self, stage_name: str, stage_id: str, config: dict, engines: dict[str, dict], cache_dir: str | None,
                  run_dir: str, batch_size: int):
@@ -189,6 +198,12 @@ class ShardWorker:
         cache = ResponseCache(cache_dir) if engines else None
         self.engines = {n: build_engine(parse_engine(c), cache) for n, c in engines.items()}
         self.ctx = StageContext(self.engines)
+        self.batches_in_flight = batches_in_flight(self.engines.values(), batch_size, self.spec.stateful)
+        #: input rows done so far of each shard this worker is running (the driver polls it for progress)
+        self.rows_done: dict[int, int] = {}
+
+    def progress(self) -> dict[int, int]:
+        return dict(self.rows_done)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         results = [self.run_shard(**row) for row in batch.to_pylist()]
@@ -199,52 +214,106 @@ class ShardWorker:
         counts = [e.thread_counts() for e in self.engines.values()]
         return sum(c for c, _ in counts), sum(h for _, h in counts)
 
-    def run_shard(self, shard: int, input: str, fingerprint: str) -> dict[str, Any]:
-        start = time.perf_counter()
+    def _process(self, table: pa.Table):
+        """One batch through the stage, with the model calls and cache hits it made (counted in its thread)."""
         calls0, hits0 = self._counts()
-        writer = ShardWriter(self.run_dir, self.stage_id, shard)
-        src = pq.ParquetFile(input)
-        if src.metadata.num_rows == 0:
-            writer.add(self.spec.process(src.schema_arrow.empty_table(), self.config, self.ctx), 0)
-        for batch in src.iter_batches(batch_size=self.batch_size):
-            table = pa.Table.from_batches([batch])
-            writer.add(self.spec.process(table, self.config, self.ctx), table.num_rows)
+        result = self.spec.process(table, self.config, self.ctx)
         calls, hits = self._counts()
+        return result, calls - calls0, hits - hits0
+
+    def run_shard(self, shard: int, input: str, fingerprint: str) -> dict[str, Any]:
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        start = time.perf_counter()
+        writer = ShardWriter(self.run_dir, self.stage_id, shard)
+        calls = hits = 0
+        src = pq.ParquetFile(input)
+        tables = (pa.Table.from_batches([b]) for b in src.iter_batches(batch_size=self.batch_size))
+        if src.metadata.num_rows == 0:
+            tables = iter([src.schema_arrow.empty_table()])
+        with ThreadPoolExecutor(self.batches_in_flight, thread_name_prefix=f"shard{shard}") as pool:
+            pending: deque = deque()
+
+            def settle() -> None:
+                nonlocal calls, hits
+                future, rows = pending.popleft()
+                result, c, h = future.result()
+                writer.add(result, rows)
+                calls, hits = calls + c, hits + h
+                self.rows_done[shard] = self.rows_done.get(shard, 0) + rows
+
+            for table in tables:
+                pending.append((pool.submit(self._process, table), table.num_rows))
+                while len(pending) >= self.batches_in_flight:
+                    settle()
+            while pending:
+                settle()
+        self.rows_done.pop(shard, None)
         marker = writer.commit(fingerprint, {
-            "model_calls": calls - calls0,
-            "cache_hits": hits - hits0,
+            "model_calls": calls,
+            "cache_hits": hits,
             "seconds": round(time.perf_counter() - start, 3),
         })
         return {"shard": shard, "marker": json.dumps(marker)}
+
+
+def streams(engines) -> bool:
+    """Every engine of the stage takes calls from many threads into one window (engines/config.py)."""
+    engines = list(engines)
+    return bool(engines) and all("streams" in e.capabilities for e in engines)
+
+
+def batches_in_flight(engines, batch_size: int, stateful: bool) -> int:
+    """Batches of a shard to run at once: enough rows to fill the engines' windows (each row makes at least one
+    request) plus one, so a batch's slow tail overlaps the next; 1 for engines that take one call at a time."""
+    engines = list(engines)
+    if stateful or not streams(engines):
+        return 1
+    want = max(e.window for e in engines)
+    return min(64, 1 + -(-want // batch_size))
 
 
 def _pure_shards(batch: pa.Table, **worker_kwargs) -> pa.Table:
     return ShardWorker(**worker_kwargs)(batch)
 
 
-def _gathered_shards(todo: list[dict], worker_kwargs: dict, wave: int | None):
-    """Shards of a stage whose engine is a Ray Data LLM processor (engines/ray_llm.py): one worker in the driver,
-    the shards in threads, `wave` at a time (default 64), so each round of engine calls of the whole wave goes to
-    the cluster's vLLM replicas as one processor run."""
-    from concurrent.futures import ThreadPoolExecutor
+def _actor_shards(todo: list[dict], worker_kwargs: dict, actors: int, shards_per_actor: int, num_cpus: float,
+                  running_rows=lambda rows: None):
+    """Run shards on a pool of long-lived Ray actors (engines and stage state load once per actor), handing each
+    actor its next shard as soon as one of its own finishes; yields each shard's marker as it completes. With
+    `shards_per_actor` > 1 the actors run shards in threads (streaming engines keep one window across shards).
+    About once a second the actors are asked how many rows of their running shards are done (`running_rows`),
+    so progress moves within large shards; the actors have one thread more than shards for that question."""
+    from collections import deque
 
-    from engines.ray_llm import GATE
+    import ray
 
-    worker = ShardWorker(**worker_kwargs)
+    worker = ray.remote(ShardWorker).options(num_cpus=num_cpus, max_concurrency=shards_per_actor + 1)
+    pool = [worker.remote(**worker_kwargs) for _ in range(actors)]
+    queue = deque(todo)
+    pending: dict[Any, Any] = {}
 
-    def one(item: dict) -> dict:
-        try:
-            return worker.run_shard(**item)
-        finally:
-            GATE.leave()
+    def submit(actor) -> None:
+        pending[actor.run_shard.remote(**queue.popleft())] = actor
 
-    size = max(1, wave or 64)
-    with ThreadPoolExecutor(max_workers=size) as pool:
-        for start in range(0, len(todo), size):  # a wave's threads all run at once, so none waits for a slot
-            chunk = todo[start:start + size]
-            GATE.expect(len(chunk))
-            for result in pool.map(one, chunk):
-                yield json.loads(result["marker"])
+    try:
+        for actor in pool:
+            for _ in range(shards_per_actor):
+                if queue:
+                    submit(actor)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in ready:
+                actor = pending.pop(ref)
+                yield json.loads(ray.get(ref)["marker"])
+                if queue:
+                    submit(actor)
+            if not ready and pending:
+                running_rows(sum(sum(d.values()) for d in ray.get([a.progress.remote() for a in pool])))
+    finally:
+        for actor in pool:
+            ray.kill(actor)
 
 
 def init_ray(address: str | None) -> None:
@@ -309,8 +378,10 @@ class StageReport:
 class Progress:
     """What the runner tells the caller as it goes (the CLI draws bars; tests pass nothing)."""
 
-    def stage_start(self, stage_id: str, total: int | None) -> None: ...
-    def shard_done(self, stage_id: str) -> None: ...
+    def stage_start(self, stage_id: str, total_rows: int | None) -> None: ...
+    def shard_done(self, stage_id: str, rows: int) -> None: ...
+    def rows_running(self, stage_id: str, rows: int) -> None:
+        """Rows done so far in the stage's shards that are still running."""
     def stage_end(self, stage_id: str) -> None: ...
 
 
@@ -428,7 +499,7 @@ def _run_source(st: StageEntry, run_dir: Path, progress: Progress):
             writer.add(result, result.rows_in or 0)
             markers.append(writer.commit(fp, {"model_calls": 0, "cache_hits": 0}))
             report.add(markers[-1], skipped=False)
-            progress.shard_done(st.id)
+            progress.shard_done(st.id, markers[-1]["in"])
         _atomic_write_json({"fingerprint": fp, "markers": markers}, stage_marker)
     progress.stage_end(st.id)
     return report, markers
@@ -457,12 +528,15 @@ def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
     if st.spec.stateful and todo:  # its state is rebuilt from the first shard on
         todo = [{"shard": up["shard"], "input": up["output"], "fingerprint": fp} for up, fp in zip(upstream, fps)]
         done = []
-    progress.stage_start(st.id, len(upstream))
+    progress.stage_start(st.id, sum(up.get("rows_out", 0) for up in upstream))
     for m in done:
         report.add(m, skipped=True)
-        progress.shard_done(st.id)
+        progress.shard_done(st.id, m["in"])
     fresh: list[dict[str, Any]] = []
     if todo:
+        from engines.config import capabilities, parse_engine, shard_driver
+
+        engine_cfgs = [parse_engine(c) for c in engines.values()]
         model_stage = bool(engine_names) or st.spec.keeps_model
         cpus = max(1, int(ray.available_resources().get("CPU", os.cpu_count() or 1)))
         size = st.run.concurrency or (1 if model_stage else max(1, min(len(todo), cpus)))
@@ -472,25 +546,25 @@ def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
             cache_dir=str(pipeline.cache_dir) if pipeline.cache_dir else None, run_dir=str(run_dir),
             batch_size=st.run.batch_size,
         )
-        data_ctx = ray.data.DataContext.get_current()
-        data_ctx.execution_options.preserve_order = st.spec.stateful  # stateful: shards in order
-        if any(c.get("kind") == "ray_llm" for c in engines.values()):
-            markers_out = _gathered_shards(todo, worker_kwargs, 1 if st.spec.stateful else st.run.concurrency)
-        else:
+        drivers = {shard_driver(c) for c in engine_cfgs} - {None}
+        streaming = bool(engine_cfgs) and all("streams" in capabilities(c) for c in engine_cfgs)
+        if drivers:  # an engine that runs the stage's shards itself (ray_llm: shards in driver threads)
+            (driver,) = drivers
+            markers_out = driver(todo, ShardWorker(**worker_kwargs), 1 if st.spec.stateful else st.run.concurrency)
+        elif model_stage or st.spec.stateful:  # an actor pool: engines (or state) live as long as the actor
+            per_actor = 2 if streaming and not st.spec.stateful else 1  # the next shard starts under the tail
+            markers_out = _actor_shards(todo, worker_kwargs, size, per_actor, st.run.num_cpus,
+                                        functools.partial(progress.rows_running, st.id))
+        else:  # pure stages run as plain tasks on Ray's already-started workers
+            ray.data.DataContext.get_current().execution_options.preserve_order = False
             ds = ray.data.from_items(todo, override_num_blocks=len(todo))
-            if model_stage or st.spec.stateful:  # an actor pool: engines (or state) live as long as the actor
-                ds = ds.map_batches(ShardWorker, fn_constructor_kwargs=worker_kwargs, batch_size=1,
-                                    batch_format="pyarrow",
-                                    compute=ray.data.ActorPoolStrategy(size=size, max_tasks_in_flight_per_actor=1),
-                                    num_cpus=st.run.num_cpus)
-            else:  # pure stages run as plain tasks on Ray's already-started workers
-                ds = ds.map_batches(_pure_shards, fn_kwargs=worker_kwargs, batch_size=1, batch_format="pyarrow",
-                                    compute=ray.data.TaskPoolStrategy(size=size), num_cpus=st.run.num_cpus)
+            ds = ds.map_batches(_pure_shards, fn_kwargs=worker_kwargs, batch_size=1, batch_format="pyarrow",
+                                compute=ray.data.TaskPoolStrategy(size=size), num_cpus=st.run.num_cpus)
             markers_out = (json.loads(row["marker"]) for row in ds.iter_rows())
         for marker in markers_out:
             fresh.append(marker)
             report.add(marker, skipped=False)
-            progress.shard_done(st.id)
+            progress.shard_done(st.id, marker["in"])
     progress.stage_end(st.id)
     markers = sorted(done + fresh, key=lambda m: m["shard"])
     return report, markers

@@ -94,6 +94,9 @@ class StageSpec:
     engines: Callable[[Any], list[str]] = lambda cfg: []
     #: summed `stats` -> the figures the run reports (e.g. {"ranking_accuracy": correct / pairs})
     summarize: Callable[[dict[str, float]], dict[str, float]] | None = None
+    #: engine capabilities every engine the stage uses must have (engines/config.py: CAPABILITIES); checked by
+    #: `curate validate`, so a stage on an engine that cannot serve it fails before anything runs
+    needs: frozenset[str] = frozenset()
     #: extra checks on a config before anything runs (files exist, ...); raise ValueError with a message
     check: Callable[[Any], None] = lambda cfg: None
 

@@ -64,8 +64,10 @@ class Config(StageConfig):
     #: fields copied into `meta` (JSON); default: every field not mapped above
     meta_fields: list[str] | None = None
     limit: int | None = Field(None, ge=0)
-    #: rows per shard: the unit of parallelism and of resume for every later stage
-    shard_size: int = Field(8, ge=1)
+    #: rows per shard: the unit of parallelism and of a stage's output files for every later stage. Large by
+    #: default, so pure stages run at columnar speed and a run writes few files; model stages lose nothing to it
+    #: (each answer is cached as it arrives, a resume asks for none twice, progress is shown within shards)
+    shard_size: int = Field(4096, ge=1)
     #: a field holding the asker's persona or context (kept as `persona`; judges and generation can use it)
     persona_field: str | None = None
     #: personas to cross with every prompt: one prompt row per (prompt, persona), so each user's label is kept

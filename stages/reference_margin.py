@@ -82,5 +82,6 @@ STAGE = StageSpec(
     "optionally keep only the pairs it ranks wrong or drop extreme margins.",
     process=process,
     engines=lambda cfg: [cfg.engine],
+    needs=frozenset({"logprobs"}),
     summarize=summarize,
 )

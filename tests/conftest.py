@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
+TEST_DATA = ROOT / "tests" / "data"
 EXAMPLES = ROOT / "pipelines" / "examples"
 
 
@@ -31,19 +31,20 @@ def _isolated_env(tmp_path_factory):
 
 
 @pytest.fixture
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.fail(f"the shared fixture data is missing: {SHARED_DATA}")
-    return SHARED_DATA
+def repo_data() -> Path:
+    """The real upstream files under tests/data (see its README for sources and licences)."""
+    return TEST_DATA
 
 
 @pytest.fixture
-def copy_data(tmp_path, shared_data):
-    """Copy a file from ../shared/data into the test's folder (tests never write to shared/)."""
+def copy_data(tmp_path, repo_data):
+    """Copy a file from tests/data (or, for `examples/...`, pipelines/examples/data) into the test's folder, so a
+    test never writes next to the repository's data."""
 
     def copy(rel: str) -> Path:
+        src = EXAMPLES / "data" / rel.removeprefix("examples/") if rel.startswith("examples/") else repo_data / rel
         dst = tmp_path / Path(rel).name
-        shutil.copy(shared_data / rel, dst)
+        shutil.copy(src, dst)
         return dst
 
     return copy

@@ -16,9 +16,9 @@ from stages import filter as filter_stage
 from stages.base import StageContext
 
 
-def planted_corpus(tmp_path: Path, shared_data: Path) -> tuple[Path, dict]:
-    arena = [json.loads(line) for line in open(shared_data / "arena_hard_v0.1" / "question.jsonl")]
-    mt = [json.loads(line) for line in open(shared_data / "fastchat_mt_bench" / "question.jsonl")]
+def planted_corpus(tmp_path: Path, repo_data: Path) -> tuple[Path, dict]:
+    arena = [json.loads(line) for line in open(repo_data / "arena_hard_v0.1" / "question.jsonl")]
+    mt = [json.loads(line) for line in open(repo_data / "fastchat_mt_bench" / "question.jsonl")]
     rows = [{"uid": q["uid"], "prompt": q["prompt"]} for q in arena]
     long_ones = [q for q in arena if len(q["prompt"].split()) >= 25]
     exact = [{"uid": f"exact-{i}", "prompt": "  " + q["prompt"].upper() + " "} for i, q in enumerate(long_ones[:10])]
@@ -33,15 +33,15 @@ def planted_corpus(tmp_path: Path, shared_data: Path) -> tuple[Path, dict]:
     return path, {"exact": exact, "near": near, "leaks": leaks, "total": len(rows) + len(exact) + len(near) + len(leaks)}
 
 
-def test_dedup_and_decontaminate_prompts_from_yaml(tmp_path, shared_data):
-    prompts, planted = planted_corpus(tmp_path, shared_data)
+def test_dedup_and_decontaminate_prompts_from_yaml(tmp_path, repo_data):
+    prompts, planted = planted_corpus(tmp_path, repo_data)
     pipeline = {
         "name": "curate_prompts",
         "stages": [
             {"load": {"path": str(prompts), "id_field": "uid", "shard_size": 64}},
             {"dedup": {"method": "exact"}},
             {"dedup": {"method": "minhash", "threshold": 0.8}},
-            {"decontaminate": {"benchmarks": [{"name": "mt-bench", "path": str(shared_data / "fastchat_mt_bench" /
+            {"decontaminate": {"benchmarks": [{"name": "mt-bench", "path": str(repo_data / "fastchat_mt_bench" /
                                                                              "question.jsonl"), "field": "turns"}]}},
         ],
     }
@@ -76,24 +76,24 @@ def pair(prompt, chosen, rejected, cs=8.0, rs=3.0, agreement=1.0):
             "agreement": agreement}
 
 
-def answers(shared_data: Path, model: str) -> dict[str, str]:
+def answers(repo_data: Path, model: str) -> dict[str, str]:
     out = {}
-    for line in open(shared_data / "arena_hard_v0.1" / f"model_answer_{model}.jsonl"):
+    for line in open(repo_data / "arena_hard_v0.1" / f"model_answer_{model}.jsonl"):
         rec = json.loads(line)
         out[rec["uid"]] = rec["messages"][-1]["content"]["answer"]
     return out
 
 
-def real_pairs(shared_data: Path, n: int) -> pa.Table:
+def real_pairs(repo_data: Path, n: int) -> pa.Table:
     """gpt-4-0314 answers as chosen, gpt-3.5-turbo-0125 as rejected, on real Arena-Hard prompts."""
-    questions = [json.loads(line) for line in open(shared_data / "arena_hard_v0.1" / "question.jsonl")][:n]
-    good, weak = answers(shared_data, "gpt-4-0314"), answers(shared_data, "gpt-3.5-turbo-0125")
+    questions = [json.loads(line) for line in open(repo_data / "arena_hard_v0.1" / "question.jsonl")][:n]
+    good, weak = answers(repo_data, "gpt-4-0314"), answers(repo_data, "gpt-3.5-turbo-0125")
     rows = [pair(q["prompt"], good[q["uid"]], weak[q["uid"]]) for q in questions]
     return pa.Table.from_pylist(rows, schema=PAIR_ROW)
 
 
-def test_length_bias_control_keeps_the_most_rows_under_the_target(shared_data):
-    table = real_pairs(shared_data, 200)
+def test_length_bias_control_keeps_the_most_rows_under_the_target(repo_data):
+    table = real_pairs(repo_data, 200)
     longer = sum(len(c) > len(r) for c, r in zip(table["chosen"].to_pylist(), table["rejected"].to_pylist()))
     assert longer / table.num_rows > 0.6  # GPT-4 answers are longer most of the time: a real length bias
     res = filter_stage.process(table, filter_stage.Config(max_longer_share=0.55), StageContext())
@@ -106,8 +106,8 @@ def test_length_bias_control_keeps_the_most_rows_under_the_target(shared_data):
     assert all(r.startswith("length-bias control") for r in res.dropped["reason"].to_pylist())
 
 
-def test_thresholds_lengths_language_and_refusals(shared_data):
-    rows = real_pairs(shared_data, 3).to_pylist()
+def test_thresholds_lengths_language_and_refusals(repo_data):
+    rows = real_pairs(repo_data, 3).to_pylist()
     rows += [
         pair("Quelle est la capitale de la France ? Réponds en une phrase.", "La capitale de la France est Paris.",
              "Je ne sais pas."),
@@ -129,14 +129,14 @@ def test_thresholds_lengths_language_and_refusals(shared_data):
     assert res.out.num_rows == 2
 
 
-def test_filters_and_dedup_pass_an_empty_shard_through(shared_data):
+def test_filters_and_dedup_pass_an_empty_shard_through(repo_data):
     """A shard can be empty (every row dropped upstream); the stages still write an empty, typed output."""
     from stages import decontaminate, dedup
 
     empty = pa.Table.from_pylist([], schema=PAIR_ROW)
     for stage, cfg in [(dedup, dedup.Config(field="chosen")), (filter_stage, filter_stage.Config(max_longer_share=0.5)),
                        (decontaminate, decontaminate.Config.model_validate(
-                           {"benchmarks": [{"name": "mt-bench", "path": shared_data / "fastchat_mt_bench" /
+                           {"benchmarks": [{"name": "mt-bench", "path": repo_data / "fastchat_mt_bench" /
                                             "question.jsonl", "field": "turns"}]}))]:
         res = stage.process(empty, cfg, StageContext())
         assert res.out.num_rows == 0 and res.out.schema == PAIR_ROW

@@ -86,7 +86,7 @@ def test_retrieval_pairs_take_the_answer_to_another_similar_prompt(tmp_path):
 
 
 def test_hh_rlhf_transcripts_load_as_conversation_and_two_candidates(tmp_path, copy_data):
-    data = copy_data("hh_rlhf/harmless-base_test_first2000.jsonl")
+    data = copy_data("examples/hh_rlhf_harmless_40.jsonl")
     bad = tmp_path / "hh_bad.jsonl"
     bad.write_text(data.read_text().splitlines()[0] + "\n"
                    + json.dumps({"chosen": "no transcript here", "rejected": "x"}) + "\n"

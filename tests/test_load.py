@@ -1,4 +1,4 @@
-"""Loading prompts: the shared real datasets with a few lines of config, and malformed rows quarantined."""
+"""Loading prompts: real upstream datasets with a few lines of config, and malformed rows quarantined."""
 
 from __future__ import annotations
 

@@ -123,8 +123,12 @@ def test_retries_429_503_dropped_connections_and_hangs_then_answers_like_the_ser
     engine = engine_for(proxy.url, max_retries=5, read_timeout=1.5)
     start = time.perf_counter()
     (comp,) = engine.complete([HAIKU])
+    # The property: every fault was retried and counted, and the call ends in a real, parsed answer of the same
+    # shape as a direct one. Not its bytes: llama-cpp-python's server does not promise the same text for the same
+    # seeded request twice (0.3.36 gave a different one on a second call, 2 of 2 tries).
     assert comp.ok, comp.error
-    assert comp.text == direct.text  # same seed, same server: the retried call gives the same answer
+    assert comp.text.strip() and comp.completion_tokens > 0 and comp.prompt_tokens == direct.prompt_tokens
+    assert comp.finish_reason in {"stop", "length"} and comp.completion_tokens <= HAIKU.sampling.max_tokens
     assert [a for a, _ in proxy.seen] == ["429", "503", "drop", "hang", "pass"]
     assert engine.retries_done == 4
     assert time.perf_counter() - start >= 1.0  # Retry-After: 1 was honored

@@ -32,8 +32,8 @@ def test_rankdpo_phi_counts_wins_over_judges_and_halves_ties():
     assert r["judges"] == ["j1", "j2"] and r["scores"][0] == [9.0, 7.0]
 
 
-def arena_pipeline(tmp_path: Path, shared_data: Path, tail: list[dict]) -> Path:
-    data = shared_data / "arena_hard_v0.1"
+def arena_pipeline(tmp_path: Path, repo_data: Path, tail: list[dict]) -> Path:
+    data = repo_data / "arena_hard_v0.1"
     pipeline = {
         "name": "arena_rank",
         "engines": {"default": {"kind": "llama_cpp", "n_ctx": 4096}},
@@ -52,13 +52,13 @@ def arena_pipeline(tmp_path: Path, shared_data: Path, tail: list[dict]) -> Path:
 
 @pytest.fixture(scope="module")
 def arena_runs(tmp_path_factory, request):
-    from conftest import SHARED_DATA
+    from conftest import TEST_DATA
 
     tmp = tmp_path_factory.mktemp("arena")
-    ranked = arena_pipeline(tmp, SHARED_DATA, [{"rank": {}}, {"export": {"format": "ranked"}}])
+    ranked = arena_pipeline(tmp, TEST_DATA, [{"rank": {}}, {"export": {"format": "ranked"}}])
     res = curate("run", ranked, "--run-dir", tmp / "ranked")
     assert res.returncode == 0, res.stdout + res.stderr
-    kto = arena_pipeline(tmp, SHARED_DATA, [{"pairs": {"strategy": "all_pairs", "min_margin": 0, "ties": "keep"}},
+    kto = arena_pipeline(tmp, TEST_DATA, [{"pairs": {"strategy": "all_pairs", "min_margin": 0, "ties": "keep"}},
                                             {"export": {"format": "kto"}}])
     res = curate("run", kto, "--run-dir", tmp / "kto")
     assert res.returncode == 0, res.stdout + res.stderr
@@ -109,9 +109,9 @@ def test_kto_export_from_the_same_judgments_costs_no_model_calls(arena_runs):
      {"export": {"format": "trl", "conversational": True}}],
 ], ids=["random-filter-dedup-reward", "topk-trl-conversational"])
 def test_strategies_and_filters_from_yaml_on_arena_answers(arena_runs, tail, tmp_path):
-    from conftest import SHARED_DATA
+    from conftest import TEST_DATA
 
-    path = arena_pipeline(tmp_path, SHARED_DATA, tail)
+    path = arena_pipeline(tmp_path, TEST_DATA, tail)
     res = curate("run", path, "--run-dir", tmp_path / "run")
     assert res.returncode == 0, res.stdout + res.stderr
     m = manifest(tmp_path / "run")

@@ -41,7 +41,7 @@ def judged_twice(tmp_path_factory):
 
 def test_report_renders_in_headless_chromium(judged_twice, tmp_path):
     if not Path(CHROMIUM).exists():
-        pytest.fail("Chromium is missing: apt-get install chromium (.ci/run installs it)")
+        pytest.fail("Chromium is missing: apt-get install chromium (scripts/test installs it)")
     res = curate("report", judged_twice)
     assert res.returncode == 0, res.stderr
     page_path = judged_twice / "report.html"

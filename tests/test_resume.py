@@ -82,6 +82,36 @@ def test_sigkill_mid_generation_then_resume(tmp_path):
     assert not list(run_dir.rglob("part-*.parquet.tmp"))
 
 
+def test_sigkill_mid_shard_then_resume_repeats_no_finished_call(tmp_path):
+    """One shard of 6 prompts x 2 candidates: killed after some answers came back, before the shard is done. Each
+    answer was stored when it arrived, so the resumed run asks only for the ones the killed run never got."""
+    pipeline = pipeline_for_resume(tmp_path)
+    data = yaml.safe_load(pipeline.read_text())
+    data["stages"][0]["load"]["shard_size"] = 6
+    pipeline.write_text(yaml.safe_dump(data, sort_keys=False))
+    cache, run_dir = tmp_path / "cache", tmp_path / "run"
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "curate"), "run", str(pipeline), "--run-dir",
+                             str(run_dir)], env={**os.environ, "CURATE_CACHE_DIR": str(cache)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and (not (cache / "responses.sqlite").exists() or cached_calls(cache) < 3):
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    answered = cached_calls(cache)
+    assert 3 <= answered < 12
+    assert not (run_dir / "_done" / "02_generate" / "part-00000.json").exists()  # killed mid-shard
+
+    resumed = curate("run", "--resume", run_dir, env={"CURATE_CACHE_DIR": str(cache)})
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    gen = json.loads((run_dir / "manifest.json").read_text())["stages"][1]
+    assert (gen["in"], gen["out"] + gen["quarantined"]) == (6, 6)
+    assert gen["cache_hits"] == answered and gen["model_calls"] == 12 - answered
+
+
 def test_an_edit_redoes_only_the_stages_whose_code_it_touches(tmp_path):
     """The stage code version covers the stage's module and what it imports of ours (lazily imported engines
     too): an edit to the llama.cpp engine changes generate's and judge's versions, not dedup's or export's."""
