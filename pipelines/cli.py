@@ -37,23 +37,16 @@ class _libraries_log_to:
         if not self.enabled:
             return self
         sys.stderr.flush()
-        self._saved_fd = os.dup(2)
-        self._saved_console = err_console
+        real = os.fdopen(os.dup(2), "w", buffering=1)
         self._log = open(self.path, "a", buffering=1)
         os.dup2(self._log.fileno(), 2)
-        real = os.fdopen(os.dup(self._saved_fd), "w", buffering=1)
         err_console = Console(file=real, width=None if real.isatty() else 160)
         return self
 
     def __exit__(self, *exc):
-        global err_console
-        if not self.enabled:
-            return
+        # fd 2 stays on the log file until the process ends: Prefect stops its temporary server (and logs that)
+        # at exit, and Ray's processes may still write as they go; curate's own messages use `err_console`
         sys.stderr.flush()
-        os.dup2(self._saved_fd, 2)
-        os.close(self._saved_fd)
-        self._log.close()
-        # keep printing to the real stderr through the console made above (its file is still open)
 
 
 def _load(path: Path):

@@ -271,7 +271,7 @@ def batches_in_flight(engines, batch_size: int, stateful: bool) -> int:
     if stateful or not streams(engines):
         return 1
     want = max(e.window for e in engines)
-    return min(64, 1 + -(-want // batch_size))
+    return min(128, 1 + -(-want // batch_size))
 
 
 def _pure_shards(batch: pa.Table, **worker_kwargs) -> pa.Table:
