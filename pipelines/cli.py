@@ -49,6 +49,55 @@ class _libraries_log_to:
         sys.stderr.flush()
 
 
+class _services:
+    """Start what a run needs at once rather than one after the other: Prefect's temporary server (when no
+    PREFECT_API_URL is configured; the same server Prefect would start itself, stopped at exit) in a thread, while
+    Ray starts here (local, or connects to --address / RAY_ADDRESS). A configured Prefect server or Ray cluster
+    is used as it is."""
+
+    def __init__(self, address: str | None):
+        self.address = address
+        self._settings = None
+
+    def __enter__(self):
+        import threading
+
+        from pipelines.runner import init_ray
+
+        server: dict = {}
+
+        def start_prefect() -> None:  # importing prefect alone takes ~4 s here: it overlaps Ray's start too
+            try:
+                from prefect.settings import PREFECT_API_URL
+
+                if PREFECT_API_URL.value():
+                    return
+                from prefect.server.api.server import SubprocessASGIServer
+
+                srv = SubprocessASGIServer()
+                srv.start()
+                server["url"] = srv.api_url
+            except Exception as exc:  # noqa: BLE001 - Prefect starts it itself later and reports what fails
+                server["error"] = exc
+
+        thread = threading.Thread(target=start_prefect, name="prefect-server", daemon=True)
+        thread.start()
+        try:
+            init_ray(self.address)
+        finally:
+            thread.join()
+        if server.get("url"):
+            from prefect.settings import PREFECT_API_URL, temporary_settings
+
+            self._settings = temporary_settings(updates={PREFECT_API_URL: server["url"]})
+            self._settings.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._settings is not None:
+            self._settings.__exit__(*exc)
+
+
 def _load(path: Path):
     from pipelines.config import ConfigError, load_pipeline
 
@@ -106,11 +155,12 @@ def run(
     log_path = run_dir / "curate.log"
     console.print(f"[bold]{p.name}[/] -> {run_dir}")
     with _libraries_log_to(log_path, enabled=not verbose), _Bars(p) as bars:
-        import flows.pipeline_flow as pf
-
-        pf.progress = bars
         try:
-            manifest = pf.pipeline_flow(str(pipeline), run_dir=str(run_dir), limit=limit, address=address)
+            with _services(address):
+                import flows.pipeline_flow as pf
+
+                pf.progress = bars
+                manifest = pf.pipeline_flow(str(pipeline), run_dir=str(run_dir), limit=limit, address=address)
         except Exception as exc:
             bars.stop()
             err_console.print(f"[bold red]run failed:[/] {type(exc).__name__}: {escape(str(exc))}", soft_wrap=True)

@@ -222,8 +222,7 @@ class ShardWorker:
         return result, calls - calls0, hits - hits0
 
     def run_shard(self, shard: int, input: str, fingerprint: str) -> dict[str, Any]:
-        from collections import deque
-        from concurrent.futures import ThreadPoolExecutor
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
         start = time.perf_counter()
         writer = ShardWriter(self.run_dir, self.stage_id, shard)
@@ -232,23 +231,32 @@ class ShardWorker:
         tables = (pa.Table.from_batches([b]) for b in src.iter_batches(batch_size=self.batch_size))
         if src.metadata.num_rows == 0:
             tables = iter([src.schema_arrow.empty_table()])
-        with ThreadPoolExecutor(self.batches_in_flight, thread_name_prefix=f"shard{shard}") as pool:
-            pending: deque = deque()
+        # Batches run `batches_in_flight` at a time and a new one starts as soon as any finishes (a straggler in
+        # one batch does not hold the others back); outputs are written in batch order, and finished batches
+        # wait for an earlier straggler at most 4 windows deep, so memory stays bounded.
+        running: dict[Any, int] = {}  # future -> batch number
+        finished: dict[int, tuple] = {}  # batch number -> (result, calls, hits)
+        rows_of: dict[int, int] = {}
+        next_out = 0
 
-            def settle() -> None:
-                nonlocal calls, hits
-                future, rows = pending.popleft()
-                result, c, h = future.result()
+        def collect(futures) -> None:
+            nonlocal next_out, calls, hits
+            for future in futures:
+                finished[running.pop(future)] = future.result()
+            while next_out in finished:
+                (result, c, h), rows = finished.pop(next_out), rows_of.pop(next_out)
                 writer.add(result, rows)
                 calls, hits = calls + c, hits + h
                 self.rows_done[shard] = self.rows_done.get(shard, 0) + rows
+                next_out += 1
 
-            for table in tables:
-                pending.append((pool.submit(self._process, table), table.num_rows))
-                while len(pending) >= self.batches_in_flight:
-                    settle()
-            while pending:
-                settle()
+        with ThreadPoolExecutor(self.batches_in_flight, thread_name_prefix=f"shard{shard}") as pool:
+            for n, table in enumerate(tables):
+                rows_of[n] = table.num_rows
+                running[pool.submit(self._process, table)] = n
+                while len(running) >= self.batches_in_flight or (running and len(finished) >= 4 * self.batches_in_flight):
+                    collect(wait(running, return_when=FIRST_COMPLETED)[0])
+            collect(wait(running)[0])
         self.rows_done.pop(shard, None)
         marker = writer.commit(fingerprint, {
             "model_calls": calls,
