@@ -54,5 +54,10 @@ class Engine(Protocol):
         ...
 
 
+class EngineError(RuntimeError):
+    """The engine cannot answer any request (unreachable, unauthorized, a model it does not know): the stage stops
+    and the run fails, instead of quarantining every row into an empty dataset. The message says what to fix."""
+
+
 class EngineUnavailable(RuntimeError):
     """The engine cannot start here (missing package or model file); the message says what to install."""

@@ -26,9 +26,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from engines.base import Completion, EngineUnavailable, Request
+from engines.base import Completion, EngineError, EngineUnavailable, Request
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+#: answers that no request can get past: the engine is misconfigured, not the row
+FATAL_STATUS = {401: "unauthorized", 403: "forbidden", 404: "not found (a wrong base_url or model name?)"}
 
 
 def retry_after(value: str | None) -> float | None:
@@ -184,11 +186,16 @@ class OpenAIHTTPEngine:
                 try:
                     resp = await self._client.post("/chat/completions", json=body)
                 except httpx.TransportError as exc:  # connect errors, timeouts, dropped connections
-                    last = f"{type(exc).__name__}: {exc}"
+                    last = self._redact(f"{type(exc).__name__}: {exc}")
+                    connect_failed = isinstance(exc, httpx.ConnectError)
                 else:
+                    connect_failed = False
                     if resp.status_code == 200:
                         return self._completion(resp)
-                    last = f"HTTP {resp.status_code}: {resp.text[:200]}"
+                    last = self._redact(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                    if resp.status_code in FATAL_STATUS:
+                        raise EngineError(f"{self.cfg.base_url} answered {resp.status_code} "
+                                          f"{FATAL_STATUS[resp.status_code]}: {last}")
                     if resp.status_code not in RETRY_STATUS:
                         return Completion(text=None, error=last)
                     wait = retry_after(resp.headers.get("retry-after"))
@@ -202,7 +209,13 @@ class OpenAIHTTPEngine:
             self.retries_done += 1
             backoff = min(cfg.backoff_max, cfg.backoff_base * 2 ** attempt) * (0.5 + random.random())
             await asyncio.sleep(max(backoff, wait or 0.0))
+        if connect_failed:  # nothing listens there: no row can be answered
+            raise EngineError(f"cannot reach {self.cfg.base_url} ({last}, after {cfg.max_retries + 1} attempts)")
         return Completion(text=None, error=f"{last} (after {cfg.max_retries + 1} attempts)")
+
+    def _redact(self, text: str) -> str:
+        """Error texts are stored (quarantine, manifest, card): a server that echoes the key must not leak it."""
+        return text.replace(self._key, "[redacted]") if self._key else text
 
     @staticmethod
     def _completion(resp) -> Completion:

@@ -314,7 +314,12 @@ def _actor_shards(todo: list[dict], worker_kwargs: dict, actors: int, shards_per
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in ready:
                 actor = pending.pop(ref)
-                yield json.loads(ray.get(ref)["marker"])
+                try:
+                    result = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:  # the shard's own error, not Ray's wrapping of it
+                    cause = getattr(exc, "cause", None)
+                    raise (cause if isinstance(cause, BaseException) else exc) from None
+                yield json.loads(result["marker"])
                 if queue:
                     submit(actor)
             if not ready and pending:

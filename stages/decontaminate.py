@@ -76,20 +76,21 @@ def matching_span(text: str, bench_text: str, n: int) -> str:
 
 
 def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
-    index = ctx.state.get("benchmarks")
-    if index is None:
+    if "benchmarks" not in ctx.state:
         index = ctx.state["benchmarks"] = build_index(cfg)
+        ctx.state["benchmark_grams"] = np.fromiter(index.keys(), dtype=np.uint64, count=len(index))
+    index, bench_grams = ctx.state["benchmarks"], ctx.state["benchmark_grams"]
     hit: list[str | None] = [None] * table.num_rows
     for field in cfg.fields:
         texts = table[field].to_pylist()
         grams, offsets = ngram_hashes(texts, cfg.ngram)
-        in_bench = np.fromiter((g in index for g in grams.tolist()), dtype=bool, count=len(grams))
-        for i in range(len(texts)):
-            if hit[i] is not None:
-                continue
-            found = np.flatnonzero(in_bench[offsets[i]:offsets[i + 1]])
-            if len(found):
-                name, bench_text = index[int(grams[offsets[i] + found[0]])]
+        in_bench = np.isin(grams, bench_grams)  # vectorized; only the rows with a hit go through Python
+        first = {}
+        for g in np.flatnonzero(in_bench).tolist():
+            first.setdefault(int(np.searchsorted(offsets, g, side="right")) - 1, g)
+        for i, g in first.items():
+            if hit[i] is None:
+                name, bench_text = index[int(grams[g])]
                 span = matching_span(texts[i], bench_text, cfg.ngram)
                 hit[i] = f"contaminated: {field} shares a {cfg.ngram}-gram with {name}: {span!r}"
     keep = pa.array([h is None for h in hit], type=pa.bool_())

@@ -38,21 +38,31 @@ class ExactIndex:
         self.seen: dict[int, str] = {}
 
     def check(self, texts: list[str], keys: list[str]) -> list[str | None]:
-        flat, offsets = word_hashes(texts)
         out = []
-        with np.errstate(over="ignore"):
-            for i, key in enumerate(keys):
-                words = flat[offsets[i]:offsets[i + 1]]
-                # order-sensitive fold of the word hashes: the hash of the normalized text
-                h = int(np.bitwise_xor.reduce(words * (np.arange(len(words), dtype=np.uint64) * np.uint64(2)
-                                                       + np.uint64(0x9E3779B97F4A7C15)))) if len(words) else 0
-                h = hash((h, len(words)))
-                if h in self.seen:
-                    out.append(self.seen[h])
-                else:
-                    self.seen[h] = key
-                    out.append(None)
+        for h, key in zip(exact_hashes(texts).tolist(), keys):
+            if h in self.seen:
+                out.append(self.seen[h])
+            else:
+                self.seen[h] = key
+                out.append(None)
         return out
+
+
+def exact_hashes(texts: list[str]) -> np.ndarray:
+    """One uint64 per text: an order-sensitive fold of its normalized words' hashes and its word count, for the
+    whole batch at once (numpy segment reductions, no per-row Python)."""
+    flat, offsets = word_hashes(texts)
+    counts = np.diff(offsets)
+    out = np.zeros(len(texts), dtype=np.uint64)
+    if len(flat):
+        row = np.repeat(np.arange(len(texts)), counts)
+        pos = (np.arange(len(flat)) - offsets[row]).astype(np.uint64)
+        with np.errstate(over="ignore"):
+            vals = flat * (pos * np.uint64(2) + np.uint64(0x9E3779B97F4A7C15))
+            nonempty = counts > 0
+            out[nonempty] = np.bitwise_xor.reduceat(vals, offsets[:-1][nonempty])
+    with np.errstate(over="ignore"):
+        return out ^ (counts.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F))
 
 
 class MinHashIndex:

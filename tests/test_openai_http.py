@@ -74,12 +74,16 @@ class FaultProxy:
                     self.close_connection = True
                     self.connection.close()
                     return
-                if action in ("429", "503", "500"):
+                if action in ("429", "503", "500", "401"):
                     self.send_response(int(action))
                     if action == "429":
                         self.send_header("Retry-After", "1")
                     self.send_header("Content-Type", "application/json")
                     self.end_headers()
+                    if action == "401":  # a careless server echoes what it was sent
+                        msg = f"bad key: {self.headers.get('Authorization')}"
+                        self.wfile.write(json.dumps({"error": {"message": msg}}).encode())
+                        return
                     self.wfile.write(b'{"error": {"message": "injected"}}')
                     return
                 req = urllib.request.Request(proxy.upstream + self.path.removeprefix("/v1"), data=body,
@@ -181,6 +185,39 @@ def test_pipeline_on_a_served_model_quarantines_what_fails_and_never_leaks_the_k
     (q,) = pq.read_table(tmp_path / "run" / "_quarantined" / "02_generate").to_pylist()
     assert "HTTP 500" in q["reason"] and "FAIL-ME" in q["record"]
     # ...and appears nowhere: not in the output, the logs or any file of the run
+    assert SECRET not in res.stdout + res.stderr
+    for f in (tmp_path / "run").rglob("*"):
+        if f.is_file():
+            assert SECRET.encode() not in f.read_bytes(), f
+
+
+def served_pipeline(tmp_path, base_url: str, **engine):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in ["Name a fruit.", "Name a planet."]) + "\n")
+    pipeline = {"name": "served", "engines": {"default": {"kind": "openai_http", "base_url": base_url,
+                                                          "model": "smollm2", "backoff_base": 0.01, **engine}},
+                "stages": [{"load": {"path": str(prompts)}}, {"generate": {"models": [{"k": 1, "max_tokens": 8}]}}]}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(pipeline))
+    return path
+
+
+def test_a_dead_endpoint_fails_the_run_instead_of_an_empty_dataset(tmp_path):
+    path = served_pipeline(tmp_path, f"http://127.0.0.1:{free_port()}/v1", max_retries=1)
+    res = curate("run", path, "--run-dir", tmp_path / "run")
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "cannot reach http://127.0.0.1:" in res.stderr and "Traceback" not in res.stdout + res.stderr
+    m = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert m["status"] == "failed" and "cannot reach" in m["error"]
+    assert not (tmp_path / "run" / "_done" / "02_generate").exists()  # nothing counts as done: a resume retries
+
+
+def test_a_401_that_echoes_the_key_fails_the_run_and_leaks_nothing(proxy, tmp_path):
+    proxy.schedule = ["401"] * 4
+    path = served_pipeline(tmp_path, proxy.url, api_key_env="CURATE_TEST_KEY")
+    res = curate("run", path, "--run-dir", tmp_path / "run", env={"CURATE_TEST_KEY": SECRET})
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "answered 401 unauthorized" in res.stderr
     assert SECRET not in res.stdout + res.stderr
     for f in (tmp_path / "run").rglob("*"):
         if f.is_file():
