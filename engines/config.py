@@ -84,9 +84,14 @@ class VLLMConfig(BaseModel):
     grammar: bool = True
     #: any other `vllm.LLM` keyword arguments
     engine_args: dict[str, Any] = Field(default_factory=dict)
+    #: requests per vLLM call, merged from the batches and shards a worker runs at once
+    max_batch: int = Field(1024, ge=1)
 
     def capabilities(self) -> frozenset[str]:
-        return frozenset({"grammar"} if self.grammar else set())
+        return frozenset({"streams"} | ({"grammar"} if self.grammar else set()))
+
+    def window(self) -> int:
+        return self.max_batch
 
 
 class TransformersConfig(BaseModel):

