@@ -5,7 +5,8 @@ seeded lognormal delay per prompt, or at once with --instant), sent by
   (b) `curate run` of the README's served-model example (pipelines/examples/served_model.yaml): its engines block
       and generate stage, pointed at this server, concurrency C, k=1, load's default shard size — a user's
       settings, nothing tuned,
-  (c) peers, where they are importable here (bespokelabs-curator, distilabel), on the same server.
+  (c) peers, with --peer-python PY (a Python where bespokelabs-curator and distilabel are installed), on the
+      same server (benchmarks/served_peers.py).
 Runs alternate (raw, curate, raw, curate, ...); medians are compared. Prints wall time, requests/s, the ratio to
 the raw client (target >= 0.90), the server's mean requests in flight and the TCP connections it accepted.
 curate's wall is the whole command (imports, Ray, Prefect, files); its stage time is shown beside it.
@@ -125,19 +126,15 @@ def run_curate(folder: Path, pipeline: Path, n: int) -> tuple[float, float]:
     return wall, gen["seconds"]
 
 
-def run_curator(base: str, texts: list[str], concurrency: int, max_tokens: int) -> float | None:
-    try:
-        from bespokelabs import curator  # noqa: F401
-    except ImportError:
+def run_peer(peer: str, python: str, base: str, prompts_file: Path, concurrency: int, max_tokens: int) -> dict | None:
+    """A peer in its own Python (benchmarks/served_peers.py); None where it does not run here."""
+    res = subprocess.run([python, str(HERE / "served_peers.py"), peer, "--base-url", base + "/v1", "--prompts",
+                          str(prompts_file), "--concurrency", str(concurrency), "--max-tokens", str(max_tokens)],
+                         capture_output=True, text=True, timeout=1800)
+    if res.returncode:
+        print(f"{peer} did not run: {res.stderr.strip().splitlines()[-1:] or res.returncode}", file=sys.stderr)
         return None
-    os.environ.setdefault("TELEMETRY_ENABLED", "false")
-    llm = curator.LLM(model_name=f"openai/{MODEL}", backend="litellm",
-                      backend_params={"base_url": base + "/v1", "max_concurrent_requests": concurrency,
-                                      "api_key": "none"},
-                      generation_params={"max_tokens": max_tokens})
-    start = time.perf_counter()
-    llm(texts)
-    return time.perf_counter() - start
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -147,6 +144,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--modes", default="lognormal,instant")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--peer-python", help="a Python with bespokelabs-curator and/or distilabel installed "
+                    "(e.g. a venv of its own); peers run there on the same server")
     args = ap.parse_args()
     texts = prompts(args.n)
     rows = []
@@ -178,12 +177,14 @@ def main() -> None:
                 rows.append([mode, "curate run (whole command)", cur, args.n / cur, raw / cur,
                              cur_stats["mean_in_flight"], cur_stats["connections"]])
                 rows.append([mode, "curate: generate stage alone", stage, args.n / stage, raw / stage, "", ""])
-                server(base, "/reset")
-                peer = run_curator(base, texts, args.concurrency, args.max_tokens)
-                if peer is not None:
-                    st = server(base, "/stats")
-                    rows.append([mode, "bespokelabs-curator", peer, args.n / peer, raw / peer, st["mean_in_flight"],
-                                 st["connections"]])
+                for peer in ("curator", "distilabel") if args.peer_python else ():
+                    server(base, "/reset")
+                    got = run_peer(peer, args.peer_python, base, folder / "prompts.jsonl", args.concurrency,
+                                   args.max_tokens)
+                    if got is not None:
+                        st = server(base, "/stats")
+                        rows.append([mode, peer, got["seconds"], args.n / got["seconds"], raw / got["seconds"],
+                                     st["mean_in_flight"], st["connections"]])
         finally:
             proc.terminate()
             proc.wait()
