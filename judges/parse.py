@@ -59,7 +59,9 @@ def verdict_brackets(text: str | None, *_: float) -> Parsed:
 
 _RESULT = re.compile(r"\[RESULT\]\s*\(?\s*(\d+(?:\.\d+)?)")
 _RESULT_AB = re.compile(r"\[RESULT\]\s*\(?\s*\"?([AB])\b")
-_STRENGTH = re.compile(r"\[\[\s*([+-−]?\s*\d)\s*\]\]")
+# a set of signs (hyphen first, so it is not a range): ASCII +/-, the minus sign, the en and em dashes
+_STRENGTH = re.compile(r"\[\[\s*([-+\u2212\u2013\u2014]?\s*\d)\s*\]\]")
+_DASHES = str.maketrans({"\u2212": "-", "\u2013": "-", "\u2014": "-", " ": None})
 _TEXT_BLOCK = re.compile(r"Output for Text\s*(\d+)\s*\**\s*\n+\s*\**Rating\**:?\**\s*(N/A|\d+(?:\.\d+)?)", re.I)
 _RATING_LINE = re.compile(r"^\s*\**Rating\**:?\**\s*(\d+(?:\.\d+)?)", re.I | re.M)
 
@@ -95,7 +97,7 @@ def strength_brackets(text: str | None, low: float, high: float) -> Parsed:
     found = _STRENGTH.findall(text)
     if not found:
         return Parsed(None, "no [[preference]] in judge output")
-    value = float(found[-1].replace("−", "-").replace(" ", ""))
+    value = float(found[-1].translate(_DASHES))
     if not low <= value <= high:
         return Parsed(None, f"preference {value:g} outside the scale {low:g}-{high:g}")
     strength = -value or 0.0  # no -0.0
@@ -108,6 +110,8 @@ def aspect_lines(text: str | None, low: float, high: float, aspects: tuple[str, 
     aspect must be there (a partial answer is a parse failure: no aspect gets a made-up score)."""
     if not text:
         return Parsed(None, "empty judge output")
+    if not aspects:
+        return Parsed(None, "no aspects to read: the template names none")
     scores: dict[str, float] = {}
     for aspect in aspects:
         label = re.escape(aspect).replace("_", "[ _]")
