@@ -118,7 +118,7 @@ def validate(pipeline: Annotated[Path, typer.Argument(help="pipeline YAML")]) ->
 @app.command()
 def run(
     pipeline: Annotated[Optional[Path], typer.Argument(help="pipeline YAML (omit with --resume)")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="load at most N prompts")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=0, help="load at most N prompts")] = None,
     run_dir: Annotated[
         Optional[Path], typer.Option(help="run directory; an existing one is resumed (done shards are skipped)")
     ] = None,
@@ -181,7 +181,7 @@ def deploy(
     interval: Annotated[Optional[float], typer.Option(help="or: run every N seconds")] = None,
     name: Annotated[Optional[str], typer.Option(help="deployment name (default: the pipeline's name)")] = None,
     run_root: Annotated[Path, typer.Option(help="scheduled runs write runs under RUN_ROOT/<name>/<time>")] = Path("runs"),
-    limit: Annotated[Optional[int], typer.Option(help="load at most N prompts per run")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=0, help="load at most N prompts per run")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address for the scheduled runs")] = None,
 ) -> None:
     """Create a scheduled Prefect deployment of a pipeline and serve it (this process runs the scheduled runs).

@@ -57,3 +57,19 @@ def test_vllm_engine_without_vllm_is_a_clear_config_error(tmp_path):
     bad.write_text(example.read_text().replace("tensor_parallel_size: 1", "tensor_parallel_size: 0"))
     res = curate("validate", bad)
     assert res.returncode == 2 and "tensor_parallel_size" in res.stderr
+
+
+def test_a_negative_limit_is_refused_before_anything_starts(tmp_path):
+    from conftest import EXAMPLES, curate
+
+    res = curate("run", EXAMPLES / "mt_bench_pairs.yaml", "--limit", "-1", "--run-dir", tmp_path / "run")
+    assert res.returncode == 2 and "--limit" in res.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_dir_that_is_a_file_is_one_clear_line(tmp_path):
+    from conftest import EXAMPLES, curate
+
+    (tmp_path / "taken").write_text("x")
+    res = curate("run", EXAMPLES / "mt_bench_pairs.yaml", "--run-dir", tmp_path / "taken")
+    assert res.returncode == 2 and "is a file, not a directory" in res.stderr and "Traceback" not in res.stderr
