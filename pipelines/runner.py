@@ -518,14 +518,20 @@ def _run_source(st: StageEntry, run_dir: Path, progress: Progress):
     return report, markers
 
 
-def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]], run_dir: Path,
-               progress: Progress):
-    import ray
+@dataclass
+class StagePlan:
+    """What a stage must do: its shards still to run (with their fingerprints) and the ones already done."""
 
-    engine_names = st.spec.engines(st.config)
-    engines = {n: pipeline.engines[n].model_dump(mode="json") for n in engine_names}
+    todo: list[dict[str, Any]]
+    done: list[dict[str, Any]]
+    engines: dict[str, dict]
+    config: dict[str, Any]
+
+
+def plan_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]], run_dir: Path) -> StagePlan:
+    """Fingerprint every shard (stage code, config, engines, input hash) and sort them into done and to do."""
+    engines = {n: pipeline.engines[n].model_dump(mode="json") for n in st.spec.engines(st.config)}
     cfg_json = st.config.model_dump(mode="json")
-    report = StageReport(st.id, st.name, summarize=st.spec.summarize)
     # a stateful stage's shard depends on every shard before it, so its fingerprint covers them all
     shas = [up["sha256"] for up in upstream]
     code = stage_code_version(st.name)
@@ -541,43 +547,55 @@ def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
     if st.spec.stateful and todo:  # its state is rebuilt from the first shard on
         todo = [{"shard": up["shard"], "input": up["output"], "fingerprint": fp} for up, fp in zip(upstream, fps)]
         done = []
+    return StagePlan(todo, done, engines, cfg_json)
+
+
+def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]], run_dir: Path,
+               progress: Progress):
+    plan = plan_stage(st, pipeline, upstream, run_dir)
+    report = StageReport(st.id, st.name, summarize=st.spec.summarize)
     progress.stage_start(st.id, sum(up.get("rows_out", 0) for up in upstream))
-    for m in done:
+    for m in plan.done:
         report.add(m, skipped=True)
         progress.shard_done(st.id, m["in"])
     fresh: list[dict[str, Any]] = []
-    if todo:
-        from engines.config import capabilities, parse_engine, shard_driver
-
-        engine_cfgs = [parse_engine(c) for c in engines.values()]
-        model_stage = bool(engine_names) or st.spec.keeps_model
-        cpus = max(1, int(ray.available_resources().get("CPU", os.cpu_count() or 1)))
-        size = st.run.concurrency or (1 if model_stage else max(1, min(len(todo), cpus)))
-        size = 1 if st.spec.stateful else min(size, len(todo))
-        worker_kwargs = dict(
-            stage_name=st.name, stage_id=st.id, config=cfg_json, engines=engines,
-            cache_dir=str(pipeline.cache_dir) if pipeline.cache_dir else None, run_dir=str(run_dir),
-            batch_size=st.run.batch_size,
-        )
-        drivers = {shard_driver(c) for c in engine_cfgs} - {None}
-        streaming = bool(engine_cfgs) and all("streams" in capabilities(c) for c in engine_cfgs)
-        if drivers:  # an engine that runs the stage's shards itself (ray_llm: shards in driver threads)
-            (driver,) = drivers
-            markers_out = driver(todo, ShardWorker(**worker_kwargs), 1 if st.spec.stateful else st.run.concurrency)
-        elif model_stage or st.spec.stateful:  # an actor pool: engines (or state) live as long as the actor
-            per_actor = 2 if streaming and not st.spec.stateful else 1  # the next shard starts under the tail
-            markers_out = _actor_shards(todo, worker_kwargs, size, per_actor, st.run.num_cpus,
-                                        functools.partial(progress.rows_running, st.id))
-        else:  # pure stages run as plain tasks on Ray's already-started workers
-            ray.data.DataContext.get_current().execution_options.preserve_order = False
-            ds = ray.data.from_items(todo, override_num_blocks=len(todo))
-            ds = ds.map_batches(_pure_shards, fn_kwargs=worker_kwargs, batch_size=1, batch_format="pyarrow",
-                                compute=ray.data.TaskPoolStrategy(size=size), num_cpus=st.run.num_cpus)
-            markers_out = (json.loads(row["marker"]) for row in ds.iter_rows())
-        for marker in markers_out:
-            fresh.append(marker)
-            report.add(marker, skipped=False)
-            progress.shard_done(st.id, marker["in"])
+    for marker in _execute(st, pipeline, plan, run_dir, progress) if plan.todo else ():
+        fresh.append(marker)
+        report.add(marker, skipped=False)
+        progress.shard_done(st.id, marker["in"])
     progress.stage_end(st.id)
-    markers = sorted(done + fresh, key=lambda m: m["shard"])
-    return report, markers
+    return report, sorted(plan.done + fresh, key=lambda m: m["shard"])
+
+
+def _execute(st: StageEntry, pipeline: Pipeline, plan: StagePlan, run_dir: Path, progress: Progress):
+    """Run the plan's shards where the stage's engines want them; yields each shard's marker as it completes."""
+    import ray
+
+    from engines.config import capabilities, parse_engine, shard_driver
+
+    todo = plan.todo
+    engine_cfgs = [parse_engine(c) for c in plan.engines.values()]
+    model_stage = bool(engine_cfgs) or st.spec.keeps_model
+    cpus = max(1, int(ray.available_resources().get("CPU", os.cpu_count() or 1)))
+    size = st.run.concurrency or (1 if model_stage else max(1, min(len(todo), cpus)))
+    size = 1 if st.spec.stateful else min(size, len(todo))
+    worker_kwargs = dict(
+        stage_name=st.name, stage_id=st.id, config=plan.config, engines=plan.engines,
+        cache_dir=str(pipeline.cache_dir) if pipeline.cache_dir else None, run_dir=str(run_dir),
+        batch_size=st.run.batch_size,
+    )
+    drivers = {shard_driver(c) for c in engine_cfgs} - {None}
+    streaming = bool(engine_cfgs) and all("streams" in capabilities(c) for c in engine_cfgs)
+    if drivers:  # an engine that runs the stage's shards itself (ray_llm: shards in driver threads)
+        (driver,) = drivers
+        return driver(todo, ShardWorker(**worker_kwargs), 1 if st.spec.stateful else st.run.concurrency)
+    if model_stage or st.spec.stateful:  # an actor pool: engines (or state) live as long as the actor
+        per_actor = 2 if streaming and not st.spec.stateful else 1  # the next shard starts under the tail
+        return _actor_shards(todo, worker_kwargs, size, per_actor, st.run.num_cpus,
+                             functools.partial(progress.rows_running, st.id))
+    # pure stages run as plain tasks on Ray's already-started workers
+    ray.data.DataContext.get_current().execution_options.preserve_order = False
+    ds = ray.data.from_items(todo, override_num_blocks=len(todo))
+    ds = ds.map_batches(_pure_shards, fn_kwargs=worker_kwargs, batch_size=1, batch_format="pyarrow",
+                        compute=ray.data.TaskPoolStrategy(size=size), num_cpus=st.run.num_cpus)
+    return (json.loads(row["marker"]) for row in ds.iter_rows())
