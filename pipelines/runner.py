@@ -155,10 +155,25 @@ class ShardWriter:
             writer.close()
             os.replace(tmp, target)
             hashes[kind] = _sha256(target)
+        for kind in ("dropped", "quarantined"):  # a redone shard with none leaves no older run's file behind
+            if kind not in self._writers:
+                self._target(kind).unlink(missing_ok=True)
         marker = {"shard": self.shard, "fingerprint": fingerprint, **self.counts, **extra, "stats": self.stats,
                   "sha256": hashes.get("out"), "output": str(self._target("out"))}
         _atomic_write_json(marker, self.run_dir / "_done" / self.stage_id / f"{part_name(self.shard)}.json")
         return marker
+
+
+def prune_stage(run_dir: Path, stage_id: str, shards: set[int]) -> None:
+    """The run directory is the truth: remove a stage's parts, side files and markers that no current shard owns
+    (a rerun into the same directory with fewer rows, or a stage whose shards were cut anew), so readers that
+    list the folder see exactly what the manifest lists."""
+    for folder in (run_dir / stage_id, run_dir / "_dropped" / stage_id, run_dir / "_quarantined" / stage_id,
+                   run_dir / "_done" / stage_id):
+        for f in folder.glob("part-*"):
+            number = f.name.removeprefix("part-").split(".")[0]
+            if number.isdigit() and int(number) not in shards:
+                f.unlink()
 
 
 def read_marker(run_dir: Path, stage_id: str, shard: int) -> dict[str, Any] | None:
@@ -435,6 +450,7 @@ class Run:
             upstream = self.markers[self.pipeline.stages[st.index - 1].id]
             report, markers = _run_stage(st, self.pipeline, upstream, self.run_dir, self.progress)
         report.seconds = time.perf_counter() - start
+        prune_stage(self.run_dir, st.id, {m["shard"] for m in markers})
         self.reports[st.id], self.markers[st.id] = report, markers
         self._save()
         return report
