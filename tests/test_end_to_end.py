@@ -119,7 +119,7 @@ def test_conversational_export_and_malformed_input_in_one_run(tmp_path):
     res = curate("run", pipeline, "--run-dir", tmp_path / "run", env={"PREFECT_API_URL": None})
     assert res.returncode == 0, res.stderr
     # the console shows curate's lines only; Prefect's and Ray's own go to the run's log file
-    assert "Starting temporary server" in (tmp_path / "run" / "curate.log").read_text()
+    assert "temporary server on http://127.0.0.1" in (tmp_path / "run" / "curate.log").read_text()
     assert not any(s in res.stdout + res.stderr for s in ("Traceback", "| INFO", "prefect", "core_worker"))
     load = manifest(tmp_path / "run")["stages"][0]
     assert (load["in"], load["out"], load["quarantined"]) == (6, 3, 3)
