@@ -15,6 +15,14 @@ import time
 
 
 def run_curator(base_url: str, texts: list[str], concurrency: int, max_tokens: int) -> int:
+    import importlib.util
+    from pathlib import Path
+
+    # tiktoken would download cl100k_base; litellm ships a copy of it
+    litellm = importlib.util.find_spec("litellm")
+    if litellm is not None and litellm.origin:
+        tokenizers = Path(litellm.origin).parent / "litellm_core_utils" / "tokenizers"
+        os.environ.setdefault("TIKTOKEN_CACHE_DIR", str(tokenizers))
     os.environ.setdefault("TELEMETRY_ENABLED", "false")
     os.environ.setdefault("CURATOR_DISABLE_CACHE", "1")
     os.environ.setdefault("CURATOR_CACHE_DIR", tempfile.mkdtemp(prefix="curator-"))

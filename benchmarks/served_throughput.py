@@ -146,6 +146,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--peer-python", help="a Python with bespokelabs-curator and/or distilabel installed "
                     "(e.g. a venv of its own); peers run there on the same server")
+    ap.add_argument("--peers", default="curator,distilabel", help="which peers to run with --peer-python")
     args = ap.parse_args()
     texts = prompts(args.n)
     rows = []
@@ -177,7 +178,7 @@ def main() -> None:
                 rows.append([mode, "curate run (whole command)", cur, args.n / cur, raw / cur,
                              cur_stats["mean_in_flight"], cur_stats["connections"]])
                 rows.append([mode, "curate: generate stage alone", stage, args.n / stage, raw / stage, "", ""])
-                for peer in ("curator", "distilabel") if args.peer_python else ():
+                for peer in args.peers.split(",") if args.peer_python else ():
                     server(base, "/reset")
                     got = run_peer(peer, args.peer_python, base, folder / "prompts.jsonl", args.concurrency,
                                    args.max_tokens)
