@@ -422,6 +422,15 @@ def print_judges(judges: dict) -> None:
                       f"(on {judges['alpha_units']} candidates)")
 
 
+def _rate(rows_per_s: float) -> str:
+    """Rows/s a person can read at any speed: 1,234 rows/s, 2.5 rows/s, 1.8 rows/min."""
+    if rows_per_s >= 100:
+        return f"{rows_per_s:,.0f} rows/s"
+    if rows_per_s >= 1:
+        return f"{rows_per_s:.1f} rows/s"
+    return f"{rows_per_s * 60:.1f} rows/min"
+
+
 class _Bars:
     """One line per stage: a bar over its input rows, rows/s and the time left (rich); off a terminal, one line
     per stage when it ends."""
@@ -463,7 +472,7 @@ class _Bars:
 
         done = self.finished.get(stage_id, 0) + rows
         rate = done / max(time.perf_counter() - self.started[stage_id], 1e-9)
-        self.progress.update(self.tasks[stage_id], completed=done, rate=f"{rate:,.1f} rows/s")
+        self.progress.update(self.tasks[stage_id], completed=done, rate=_rate(rate))
 
     def stage_end(self, stage_id):
         import time
@@ -475,7 +484,7 @@ class _Bars:
         if self.progress.disable:
             secs = time.perf_counter() - self.started[stage_id]
             console.print(f"{stage_id}: {int(t.completed):,} rows in {secs:.1f} s "
-                          f"({t.completed / max(secs, 1e-9):,.1f} rows/s)")
+                          f"({_rate(t.completed / max(secs, 1e-9))})")
 
 
 def main() -> None:  # pragma: no cover
