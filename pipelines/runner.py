@@ -269,7 +269,8 @@ class ShardWorker:
             for n, table in enumerate(tables):
                 rows_of[n] = table.num_rows
                 running[pool.submit(self._process, table)] = n
-                while len(running) >= self.batches_in_flight or (running and len(finished) >= 4 * self.batches_in_flight):
+                window = self.batches_in_flight
+                while len(running) >= window or (running and len(finished) >= 4 * window):
                     collect(wait(running, return_when=FIRST_COMPLETED)[0])
             collect(wait(running)[0])
         self.rows_done.pop(shard, None)
