@@ -234,7 +234,7 @@ def test_many_callers_share_one_window_and_one_connection_pool(tmp_path):
 
     port = free_port()
     server = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "latency_server.py"), "--port", str(port),
-                               "--median", "0.05", "--sigma", "0.5", "--cap", "0.5"], start_new_session=True)
+                               "--median", "0.2", "--sigma", "0.5", "--cap", "1.0"], start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.time() + 30
@@ -246,13 +246,13 @@ def test_many_callers_share_one_window_and_one_connection_pool(tmp_path):
                 assert time.time() < deadline, "the latency server did not start"
                 time.sleep(0.1)
         engine = engine_for(base + "/v1", concurrency=16)
-        batches = [[Request([{"role": "user", "content": f"q {b}-{i}"}], Sampling(max_tokens=4)) for i in range(100)]
+        batches = [[Request([{"role": "user", "content": f"q {b}-{i}"}], Sampling(max_tokens=4)) for i in range(60)]
                    for b in range(3)]
         with ThreadPoolExecutor(3) as pool:
             outs = list(pool.map(engine.complete, batches))
-        assert all(c.ok and c.text for out in outs for c in out) and sum(map(len, outs)) == 300
+        assert all(c.ok and c.text for out in outs for c in out) and sum(map(len, outs)) == 180
         stats = json.loads(urllib.request.urlopen(base + "/stats", timeout=5).read())
-        assert stats["requests"] == 300 and engine.peak_in_flight == 16
+        assert stats["requests"] == 180 and engine.peak_in_flight == 16
         assert stats["mean_in_flight"] > 12  # the window stays full across the three callers
         assert stats["connections"] <= 32  # kept alive, not one per request
     finally:
