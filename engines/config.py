@@ -145,10 +145,6 @@ class RayLLMConfig(BaseModel):
 CAPABILITIES = ("streams", "gathered", "grammar", "logprobs")
 
 
-def capabilities(cfg) -> frozenset[str]:
-    return cfg.capabilities()
-
-
 def window(cfg) -> int:
     """Requests the engine wants outstanding to stay full."""
     return cfg.window() if hasattr(cfg, "window") else 1
@@ -156,7 +152,7 @@ def window(cfg) -> int:
 
 def shard_driver(cfg):
     """For engines that run a stage's shards themselves ("gathered"), the function that does; else None."""
-    if "gathered" in capabilities(cfg):
+    if "gathered" in cfg.capabilities():
         from engines.ray_llm import run_shards
 
         return run_shards
@@ -237,7 +233,7 @@ def model_identity(model: str) -> str:
 
 def build_engine(cfg: EngineConfig, cache: ResponseCache | None) -> CachedEngine:
     engine = _build_engine(cfg, cache)
-    engine.capabilities, engine.window = capabilities(cfg), window(cfg)
+    engine.capabilities, engine.window = cfg.capabilities(), window(cfg)
     return engine
 
 

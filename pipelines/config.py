@@ -220,7 +220,7 @@ def parse_pipeline(data: Any, base_dir: Path, source: str | None = None) -> Pipe
 def check_pipeline(pipeline: Pipeline) -> list[str]:
     """Checks across stages: the column flow, engine references, and that each engine can start here."""
     from engines.base import EngineUnavailable
-    from engines.config import capabilities, check_engine
+    from engines.config import check_engine
 
     problems: list[str] = []
     available: set[str] = set()
@@ -244,7 +244,7 @@ def check_pipeline(pipeline: Pipeline) -> list[str]:
                 problems.append(f"{where}.engine: unknown engine {name!r}; defined: {', '.join(pipeline.engines)}")
             else:
                 used_engines.add(name)
-                lacking = sorted(spec.needs - capabilities(pipeline.engines[name]))
+                lacking = sorted(spec.needs - pipeline.engines[name].capabilities())
                 if lacking:
                     problems.append(f"{where}.engine: {st.name} needs an engine with {', '.join(lacking)}; engine "
                                     f"{name!r} ({pipeline.engines[name].kind}) lacks it")

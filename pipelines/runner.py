@@ -282,17 +282,17 @@ class ShardWorker:
         return {"shard": shard, "marker": json.dumps(marker)}
 
 
-def streams(engines) -> bool:
+def streams(capability_sets) -> bool:
     """Every engine of the stage takes calls from many threads into one window (engines/config.py)."""
-    engines = list(engines)
-    return bool(engines) and all("streams" in e.capabilities for e in engines)
+    sets = list(capability_sets)
+    return bool(sets) and all("streams" in caps for caps in sets)
 
 
 def batches_in_flight(engines, batch_size: int, stateful: bool) -> int:
     """Batches of a shard to run at once: enough rows to fill the engines' windows (each row makes at least one
     request) plus one, so a batch's slow tail overlaps the next; 1 for engines that take one call at a time."""
     engines = list(engines)
-    if stateful or not streams(engines):
+    if stateful or not streams(e.capabilities for e in engines):
         return 1
     want = max(e.window for e in engines)
     return min(128, 1 + -(-want // batch_size))
@@ -588,7 +588,7 @@ def _execute(st: StageEntry, pipeline: Pipeline, plan: StagePlan, run_dir: Path,
     """Run the plan's shards where the stage's engines want them; yields each shard's marker as it completes."""
     import ray
 
-    from engines.config import capabilities, parse_engine, shard_driver
+    from engines.config import parse_engine, shard_driver
 
     todo = plan.todo
     engine_cfgs = [parse_engine(c) for c in plan.engines.values()]
@@ -602,7 +602,7 @@ def _execute(st: StageEntry, pipeline: Pipeline, plan: StagePlan, run_dir: Path,
         batch_size=st.run.batch_size,
     )
     drivers = {shard_driver(c) for c in engine_cfgs} - {None}
-    streaming = bool(engine_cfgs) and all("streams" in capabilities(c) for c in engine_cfgs)
+    streaming = streams(c.capabilities() for c in engine_cfgs)
     if drivers:  # an engine that runs the stage's shards itself (ray_llm: shards in driver threads)
         (driver,) = drivers
         return driver(todo, ShardWorker(**worker_kwargs), 1 if st.spec.stateful else st.run.concurrency)
