@@ -74,9 +74,6 @@ def _estimated_tokens(r: Request) -> int:
 
 
 class OpenAIHTTPEngine:
-    #: what the runner and `curate validate` may ask of this engine (see engines/config.py)
-    streams = True
-
     def __init__(self, cfg):
         self.cfg = cfg
         self.identity = {"kind": "openai_http", "base_url": cfg.base_url.rstrip("/"), "model": cfg.model}
@@ -85,8 +82,7 @@ class OpenAIHTTPEngine:
         if cfg.api_key_env and not self._key:
             raise EngineUnavailable(f"environment variable {cfg.api_key_env} (api_key_env) is not set")
         self.retries_done = 0
-        #: requests sent, and the most that were in flight at once (for benchmarks and the run summary)
-        self.sent = 0
+        #: the most requests that were in flight at once (the window's bound, checked by the tests)
         self.peak_in_flight = 0
         self._in_flight = 0
         self._paused_until = 0.0
@@ -146,12 +142,6 @@ class OpenAIHTTPEngine:
             out[i] = comp
         return out  # type: ignore[return-value]
 
-    def close(self) -> None:
-        if self._loop is not None:
-            asyncio.run_coroutine_threadsafe(self._client.aclose(), self._loop).result(timeout=10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._loop = None
-
     # -- one request -----------------------------------------------------------------------------------------
     def _body(self, r: Request) -> dict[str, Any]:
         s = r.sampling
@@ -181,7 +171,6 @@ class OpenAIHTTPEngine:
             async with self._sem:
                 await self._pace(r)
                 self._in_flight += 1
-                self.sent += 1
                 self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
                 try:
                     resp = await self._client.post("/chat/completions", json=body)
