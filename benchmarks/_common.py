@@ -25,6 +25,14 @@ def example_pipeline(folder: Path, *, limit: int, shard_size: int, k: int, max_t
     return path
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def print_table(title: str, header: list[str], rows: list[list]) -> None:
     cells = [header] + [[f"{c:.3f}" if isinstance(c, float) else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]

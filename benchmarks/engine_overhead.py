@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from _common import ROOT, example_pipeline, print_table
+from _common import ROOT, example_pipeline, free_port, print_table
 
 sys.path.insert(0, str(ROOT))
 
@@ -31,14 +31,6 @@ sys.path.insert(0, str(ROOT))
 def prompts(n: int) -> list[str]:
     lines = (ROOT / "pipelines/examples/data/mt_bench_questions.jsonl").read_text().splitlines()[:n]
     return [json.loads(line)["turns"][0] for line in lines]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:

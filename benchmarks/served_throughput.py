@@ -30,18 +30,10 @@ from pathlib import Path
 
 import yaml
 
-from _common import ROOT, print_table
+from _common import ROOT, free_port, print_table
 
 HERE = Path(__file__).resolve().parent
 MODEL = "bench"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(mode: str) -> tuple[subprocess.Popen, str]:

@@ -84,10 +84,11 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
     for field in cfg.fields:
         texts = table[field].to_pylist()
         grams, offsets = ngram_hashes(texts, cfg.ngram)
-        in_bench = np.isin(grams, bench_grams)  # vectorized; only the rows with a hit go through Python
+        hits = np.flatnonzero(np.isin(grams, bench_grams))  # vectorized; only rows with a hit go through Python
+        rows = np.searchsorted(offsets, hits, side="right") - 1  # the text each matching gram belongs to
         first = {}
-        for g in np.flatnonzero(in_bench).tolist():
-            first.setdefault(int(np.searchsorted(offsets, g, side="right")) - 1, g)
+        for i, g in zip(rows.tolist(), hits.tolist()):
+            first.setdefault(i, g)
         for i, g in first.items():
             if hit[i] is None:
                 name, bench_text = index[int(grams[g])]
