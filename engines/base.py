@@ -37,6 +37,11 @@ class Completion:
     completion_tokens: int = 0
     cached: bool = False
     error: str | None = None
+    #: the failure may not recur (a timeout, a 5xx or 429 after every retry, a server's garbled reply): such an
+    #: answer is never cached, and the shard that got it is redone by `--resume` or a rerun. A row error
+    #: (a prompt too long for the context, a request the server rejects) is cached like an answer: asking again
+    #: gives the same error.
+    transient: bool = False
 
     @property
     def ok(self) -> bool:

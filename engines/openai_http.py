@@ -9,7 +9,9 @@ so the response cache stores an answer the moment it arrives.
 Requests are retried on 429, 5xx and connection errors with exponential backoff and jitter, honoring
 `Retry-After`; a 429 pauses the whole stream, not just the request that got it. Optional budgets
 (`requests_per_minute`, `tokens_per_minute`) pace the stream. A request that still fails comes back as a failed
-Completion carrying the error, so the stage quarantines its row: nothing is lost and nothing is invented. The API
+Completion carrying the error, so the stage quarantines its row: nothing is lost and nothing is invented. A failure
+that may pass (a timeout, 5xx or 429 after every retry, a garbled reply) is marked transient: the next run asks
+again; a request the server rejects (400, 422: too long, malformed) is a row error and stays quarantined. The API
 key is read from the environment variable the YAML names (`api_key_env`); it is sent in the Authorization header
 and never logged, stored or put in an error message.
 """
@@ -81,6 +83,12 @@ class OpenAIHTTPEngine:
         self._key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
         if cfg.api_key_env and not self._key:
             raise EngineUnavailable(f"environment variable {cfg.api_key_env} (api_key_env) is not set")
+        self._secret_headers = {h: os.environ.get(var) for h, var in cfg.headers_env.items()}
+        for h, value in self._secret_headers.items():
+            if not value:
+                raise EngineUnavailable(f"environment variable {cfg.headers_env[h]} (headers_env.{h}) is not set")
+        #: every credential this engine sends, removed from any error text it stores
+        self._secrets = sorted({v for v in [self._key, *self._secret_headers.values()] if v}, key=len, reverse=True)
         self.retries_done = 0
         #: the most requests that were in flight at once (the window's bound, checked by the tests)
         self.peak_in_flight = 0
@@ -111,7 +119,9 @@ class OpenAIHTTPEngine:
         import httpx
 
         cfg = self.cfg
-        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+        headers = {**cfg.headers, **self._secret_headers}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
         timeout = httpx.Timeout(cfg.read_timeout, connect=cfg.connect_timeout, pool=None)
         # httpx's default pool keeps 20 connections: at higher concurrency most requests would open a new one.
         # (Its default 5 s keep-alive expiry stays: a longer one measured 2x slower in httpcore's pool here.)
@@ -181,12 +191,12 @@ class OpenAIHTTPEngine:
                     connect_failed = False
                     if resp.status_code == 200:
                         return self._completion(resp)
-                    last = self._redact(f"HTTP {resp.status_code}: {resp.text[:200]}")
+                    last = f"HTTP {resp.status_code}: {self._redact(resp.text)[:200]}"  # redacted, then cut
                     if resp.status_code in FATAL_STATUS:
                         raise EngineError(f"{self.cfg.base_url} answered {resp.status_code} "
                                           f"{FATAL_STATUS[resp.status_code]}: {last}")
                     if resp.status_code not in RETRY_STATUS:
-                        return Completion(text=None, error=last)
+                        return Completion(text=None, error=last)  # the server rejects this request: a row error
                     wait = retry_after(resp.headers.get("retry-after"))
                     if resp.status_code == 429:  # the server is saturated: slow the whole stream, not one request
                         pause = wait if wait is not None else min(cfg.backoff_max, cfg.backoff_base * 2 ** attempt)
@@ -200,11 +210,13 @@ class OpenAIHTTPEngine:
             await asyncio.sleep(max(backoff, wait or 0.0))
         if connect_failed:  # nothing listens there: no row can be answered
             raise EngineError(f"cannot reach {self.cfg.base_url} ({last}, after {cfg.max_retries + 1} attempts)")
-        return Completion(text=None, error=f"{last} (after {cfg.max_retries + 1} attempts)")
+        return Completion(text=None, error=f"{last} (after {cfg.max_retries + 1} attempts)", transient=True)
 
     def _redact(self, text: str) -> str:
-        """Error texts are stored (quarantine, manifest, card): a server that echoes the key must not leak it."""
-        return text.replace(self._key, "[redacted]") if self._key else text
+        """Error texts are stored (quarantine, manifest, card): a server that echoes a key must not leak it."""
+        for secret in self._secrets:
+            text = text.replace(secret, "[redacted]")
+        return text
 
     @staticmethod
     def _completion(resp) -> Completion:
@@ -216,4 +228,4 @@ class OpenAIHTTPEngine:
                               prompt_tokens=int(usage.get("prompt_tokens") or 0),
                               completion_tokens=int(usage.get("completion_tokens") or 0))
         except (ValueError, KeyError, IndexError, TypeError) as exc:
-            return Completion(text=None, error=f"malformed response: {type(exc).__name__}: {exc}")
+            return Completion(text=None, error=f"malformed response: {type(exc).__name__}: {exc}", transient=True)

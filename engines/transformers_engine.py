@@ -136,7 +136,9 @@ class TransformersEngine:
         try:
             return self._generate(requests)
         except Exception as exc:  # too long for the model, out of memory, ...: the caller quarantines the rows
-            return [Completion(text=None, error=f"{type(exc).__name__}: {exc}") for _ in requests]
+            transient = "out of memory" in str(exc).lower()  # another batch (or a rerun) may fit
+            return [Completion(text=None, error=f"{type(exc).__name__}: {exc}", transient=transient)
+                    for _ in requests]
 
     def _generate(self, requests: list[Request]) -> list[Completion]:
         from transformers import LogitsProcessorList

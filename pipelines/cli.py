@@ -151,7 +151,20 @@ def run(
     if run_dir.exists() and not run_dir.is_dir():
         err_console.print(f"[bold red]error:[/] --run-dir {run_dir} is a file, not a directory")
         raise typer.Exit(2)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from pipelines.runner import RunDirBusy, run_dir_lock
+
+    try:  # one writer per run directory, taken before Prefect or Ray start
+        with run_dir_lock(run_dir):
+            _run_in(p, pipeline, run_dir, limit, address, verbose)
+    except RunDirBusy as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:  # a read-only or full file system, before the run could start
+        err_console.print(f"[bold red]error:[/] cannot write the run directory: {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _run_in(p, pipeline: Path, run_dir: Path, limit: int | None, address: str | None, verbose: bool) -> None:
     log_path = run_dir / "curate.log"
     console.print(f"[bold]{p.name}[/] -> {run_dir}")
     with _libraries_log_to(log_path, enabled=not verbose), _Bars(p) as bars:

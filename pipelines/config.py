@@ -39,6 +39,9 @@ class StageRun(BaseModel):
     #: Prefect task retries for this stage (a retry redoes only the shards that are not done)
     retries: int = Field(0, ge=0)
     retry_delay_s: float = Field(10.0, ge=0)
+    #: the stage fails when more than this share of its model requests fail (judged once 20 are in, and at the
+    #: end): a broken server or prompt template stops the run instead of quarantining most rows
+    max_error_rate: float = Field(0.25, ge=0, le=1)
 
 
 class PublishSpec(BaseModel):

@@ -16,6 +16,7 @@ killed run never leaves a half-written shard that counts as done.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -87,18 +88,57 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write_table(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
 def _atomic_write_json(data: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str))
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: no half-written temp file stays behind
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class RunDirBusy(RuntimeError):
+    """Another curate process is writing into this run directory."""
+
+
+_held_locks: dict[Path, list] = {}  # run dir -> [open lock file, holders in this process]
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: Path):
+    """One writer per run directory: an exclusive `flock` on RUN_DIR/.lock for as long as the run lasts (the OS
+    drops it when the process dies, so a killed run never leaves the directory locked). Reentrant within a process:
+    the CLI takes it before anything starts, the run takes it again."""
+    import fcntl
+
+    run_dir = Path(run_dir).resolve()
+    held = _held_locks.get(run_dir)
+    if held is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fh = open(run_dir / ".lock", "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise RunDirBusy(f"{run_dir} is in use by another curate run (pid {holder}): wait for it to finish, or "
+                             "give this run its own --run-dir") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        held = _held_locks[run_dir] = [fh, 0]
+    held[1] += 1
+    try:
+        yield
+    finally:
+        held[1] -= 1
+        if held[1] == 0:
+            del _held_locks[run_dir]
+            held[0].close()  # closing the file releases the lock
 
 
 def default_run_dir(name: str, root: str | Path = "runs") -> Path:
@@ -124,6 +164,14 @@ class ShardWriter:
     def _target(self, kind: str) -> Path:
         folder = self.run_dir / self.stage_id if kind == "out" else self.run_dir / f"_{kind}" / self.stage_id
         return folder / f"{part_name(self.shard)}.parquet"
+
+    def abort(self) -> None:
+        """The shard failed: close and remove its temp files (the last run's files, if any, stay as they were)."""
+        for writer, tmp, _ in self._writers.values():
+            with contextlib.suppress(Exception):
+                writer.close()
+            tmp.unlink(missing_ok=True)
+        self._writers.clear()
 
     def write(self, kind: str, table: pa.Table) -> None:
         if kind not in self._writers:
@@ -151,8 +199,13 @@ class ShardWriter:
 
     def commit(self, fingerprint: str, extra: dict[str, Any]) -> dict[str, Any]:
         hashes = {}
-        for kind, (writer, tmp, target) in self._writers.items():
-            writer.close()
+        try:
+            for writer, _, _ in self._writers.values():
+                writer.close()  # the last row group reaches the disk here: a full disk fails here
+        except BaseException:
+            self.abort()
+            raise
+        for kind, (_, tmp, target) in self._writers.items():
             os.replace(tmp, target)
             hashes[kind] = _sha256(target)
         for kind in ("dropped", "quarantined"):  # a redone shard with none leaves no older run's file behind
@@ -224,24 +277,26 @@ class ShardWorker:
         results = [self.run_shard(**row) for row in batch.to_pylist()]
         return pa.Table.from_pylist(results)
 
-    def _counts(self) -> tuple[int, int]:
-        """(model calls, cache hits) this thread has made through all engines."""
-        counts = [e.thread_counts() for e in self.engines.values()]
-        return sum(c for c, _ in counts), sum(h for _, h in counts)
+    def _counts(self):
+        """What this thread's requests through all engines came to so far (engines.cache.CallCounts)."""
+        from engines.cache import CallCounts
+
+        return sum((e.thread_counts() for e in self.engines.values()), CallCounts())
 
     def _process(self, table: pa.Table):
-        """One batch through the stage, with the model calls and cache hits it made (counted in its thread)."""
-        calls0, hits0 = self._counts()
+        """One batch through the stage, with what its requests came to (counted in its thread)."""
+        before = self._counts()
         result = self.spec.process(table, self.config, self.ctx)
-        calls, hits = self._counts()
-        return result, calls - calls0, hits - hits0
+        return result, self._counts() - before
 
     def run_shard(self, shard: int, input: str, fingerprint: str) -> dict[str, Any]:
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
         start = time.perf_counter()
+        from engines.cache import CallCounts
+
         writer = ShardWriter(self.run_dir, self.stage_id, shard)
-        calls = hits = 0
+        counts = CallCounts()
         src = pq.ParquetFile(input)
         tables = (pa.Table.from_batches([b]) for b in src.iter_batches(batch_size=self.batch_size))
         if src.metadata.num_rows == 0:
@@ -250,33 +305,45 @@ class ShardWorker:
         # one batch does not hold the others back); outputs are written in batch order, and finished batches
         # wait for an earlier straggler at most 4 windows deep, so memory stays bounded.
         running: dict[Any, int] = {}  # future -> batch number
-        finished: dict[int, tuple] = {}  # batch number -> (result, calls, hits)
+        finished: dict[int, tuple] = {}  # batch number -> (result, call counts)
         rows_of: dict[int, int] = {}
         next_out = 0
 
         def collect(futures) -> None:
-            nonlocal next_out, calls, hits
+            nonlocal next_out, counts
             for future in futures:
                 finished[running.pop(future)] = future.result()
             while next_out in finished:
-                (result, c, h), rows = finished.pop(next_out), rows_of.pop(next_out)
+                (result, c), rows = finished.pop(next_out), rows_of.pop(next_out)
                 writer.add(result, rows)
-                calls, hits = calls + c, hits + h
+                counts += c
                 self.rows_done[shard] = self.rows_done.get(shard, 0) + rows
                 next_out += 1
 
-        with ThreadPoolExecutor(self.batches_in_flight, thread_name_prefix=f"shard{shard}") as pool:
-            for n, table in enumerate(tables):
-                rows_of[n] = table.num_rows
-                running[pool.submit(self._process, table)] = n
-                window = self.batches_in_flight
-                while len(running) >= window or (running and len(finished) >= 4 * window):
-                    collect(wait(running, return_when=FIRST_COMPLETED)[0])
-            collect(wait(running)[0])
-        self.rows_done.pop(shard, None)
+        try:
+            with ThreadPoolExecutor(self.batches_in_flight, thread_name_prefix=f"shard{shard}") as pool:
+                for n, table in enumerate(tables):
+                    rows_of[n] = table.num_rows
+                    running[pool.submit(self._process, table)] = n
+                    window = self.batches_in_flight
+                    while len(running) >= window or (running and len(finished) >= 4 * window):
+                        collect(wait(running, return_when=FIRST_COMPLETED)[0])
+                collect(wait(running)[0])
+        except BaseException:
+            for future in running:
+                future.cancel()
+            writer.abort()
+            raise
+        finally:
+            self.rows_done.pop(shard, None)
         marker = writer.commit(fingerprint, {
-            "model_calls": calls,
-            "cache_hits": hits,
+            "model_calls": counts.calls,
+            "cache_hits": counts.hits,
+            # failed requests (model or cache), the transient ones among them (the shard is redone by the next
+            # run), and the first error, for the message when a stage fails on its error rate
+            "failed_calls": counts.failed,
+            "transient_failures": counts.transient,
+            "first_error": counts.first_error,
             "seconds": round(time.perf_counter() - start, 3),
         })
         return {"shard": shard, "marker": json.dumps(marker)}
@@ -373,6 +440,8 @@ class StageReport:
                                                               "quarantined": 0})
     model_calls: int = 0
     cache_hits: int = 0
+    failed_calls: int = 0
+    transient_failures: int = 0
     seconds: float = 0.0
     shard_sha256: dict[str, str | None] = field(default_factory=dict)
     #: what the stage measured over its shards (summed), and the figures its spec derives from them
@@ -386,6 +455,8 @@ class StageReport:
             self.stats[k] = self.stats.get(k, 0.0) + v
         for k in self.counts:
             self.counts[k] += marker.get(k, 0)
+        self.failed_calls += marker.get("failed_calls", 0)
+        self.transient_failures += marker.get("transient_failures", 0)
         if not skipped:
             self.model_calls += marker.get("model_calls", 0)
             self.cache_hits += marker.get("cache_hits", 0)
@@ -399,6 +470,8 @@ class StageReport:
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "stage": self.stage, **self.counts, "balanced": self.balanced,
                 "model_calls": self.model_calls, "cache_hits": self.cache_hits, "seconds": round(self.seconds, 3),
+                **({"failed_calls": self.failed_calls, "transient_failures": self.transient_failures}
+                   if self.failed_calls else {}),
                 "shards": self.shards, "shards_skipped": self.shards_skipped, "shard_sha256": self.shard_sha256,
                 **({"stats": self.stats, "summary": self.summarize(self.stats) if self.summarize else {}}
                    if self.stats else {})}
@@ -430,9 +503,18 @@ class Run:
         self.reports: dict[str, StageReport] = {}
         self.markers: dict[str, list[dict[str, Any]]] = {}
         self.manifest: dict[str, Any] = {}
+        self._lock = contextlib.ExitStack()
 
     def start(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        """Take the run directory (RunDirBusy when another run holds it) and write the config and manifest."""
+        self._lock.enter_context(run_dir_lock(self.run_dir))
+        try:
+            self._start()
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _start(self) -> None:
         resolved = self.pipeline.to_yaml_dict()
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         self.manifest = {
@@ -469,7 +551,15 @@ class Run:
             self.manifest["status"] = "failed"
             self.manifest["error"] = f"{type(error).__name__}: {error}"
         self.manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self._save()
+        try:
+            self._save()
+        except OSError:
+            if error is None:
+                raise
+            # best effort (a full disk): the caller reports the run's own error, not this one; the markers on
+            # disk are intact, so --resume continues where the run stopped
+        finally:
+            self._lock.close()
         return self.manifest
 
     def _judged_folder(self) -> Path | None:
@@ -557,7 +647,10 @@ def plan_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
     todo, done = [], []
     for up, fp in zip(upstream, fps, strict=True):
         marker = read_marker(run_dir, st.id, up["shard"])
-        if marker and marker.get("fingerprint") == fp and Path(marker["output"]).exists():
+        # a shard whose rows failed transiently (timeouts, 5xx after every retry) is redone: its answered calls
+        # come from the cache, the failed ones are asked again
+        if (marker and marker.get("fingerprint") == fp and Path(marker["output"]).exists()
+                and not marker.get("transient_failures")):
             done.append(marker)
         else:
             todo.append({"shard": up["shard"], "input": up["output"], "fingerprint": fp})
@@ -580,8 +673,29 @@ def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
         fresh.append(marker)
         report.add(marker, skipped=False)
         progress.shard_done(st.id, marker["in"])
+        check_error_rate(st, plan.done + fresh, final=False)
+    check_error_rate(st, plan.done + fresh, final=True)
     progress.stage_end(st.id)
     return report, sorted(plan.done + fresh, key=lambda m: m["shard"])
+
+
+class ErrorRateExceeded(RuntimeError):
+    """Too many of a stage's model requests failed: the engine or the prompts are broken, not a few rows."""
+
+
+def check_error_rate(st: StageEntry, markers: list[dict[str, Any]], final: bool) -> None:
+    """Fail the stage when its failed requests exceed `max_error_rate` of its requests (from 20 requests on, and
+    at the end whatever the count). The shards already written stay: fix the cause and `--resume`."""
+    requests = sum(m.get("model_calls", 0) + m.get("cache_hits", 0) for m in markers)
+    failed = sum(m.get("failed_calls", 0) for m in markers)
+    limit = st.run.max_error_rate
+    if not failed or failed <= limit * requests or (requests < 20 and not final):
+        return
+    first = next((m["first_error"] for m in markers if m.get("first_error")), None)
+    raise ErrorRateExceeded(
+        f"{st.id}: {failed} of {requests} model requests failed ({failed / requests:.0%}, more than max_error_rate "
+        f"{limit:g}); first error: {first}. Fix the engine or the prompts, or raise {st.id}'s max_error_rate, "
+        f"then rerun with --resume")
 
 
 def _execute(st: StageEntry, pipeline: Pipeline, plan: StagePlan, run_dir: Path, progress: Progress):

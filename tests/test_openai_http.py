@@ -15,7 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
-from conftest import curate, free_port, stop_group
+import pyarrow.parquet as pq
+
+from conftest import accounted, curate, free_port, stop_group
 from engines.base import Request, Sampling
 from engines.config import OpenAIHTTPConfig, parse_engine
 from engines.llama_cpp import embedded_model_path
@@ -23,6 +25,7 @@ from engines.openai_http import OpenAIHTTPEngine
 from pipelines.config import ConfigError, parse_pipeline
 
 SECRET = "sk-test-3f9a1c-never-print-me"
+ORG_SECRET = "org-7d2e-also-secret"
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +58,9 @@ class FaultProxy:
         self.upstream = upstream
         self.schedule: list[str] = []
         self.seen: list[tuple[str, str | None]] = []  # (action, authorization header)
+        self.headers: list[dict[str, str]] = []
+        #: requests whose body holds this fail with 500 every time (a transient fault that outlasts the retries)
+        self.fail_marker: bytes | None = b"FAIL-ME"
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -64,9 +70,12 @@ class FaultProxy:
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 action = proxy.schedule.pop(0) if proxy.schedule else "pass"
-                if b"FAIL-ME" in body:
+                if proxy.fail_marker and proxy.fail_marker in body:
                     action = "500"
+                if b"REJECT-ME" in body:  # the server refuses this request (a row error), echoing the credentials
+                    action = "400"
                 proxy.seen.append((action, self.headers.get("Authorization")))
+                proxy.headers.append(dict(self.headers))
                 if action == "hang":  # answer nothing until long past the client's read timeout
                     time.sleep(4)
                     return
@@ -74,14 +83,14 @@ class FaultProxy:
                     self.close_connection = True
                     self.connection.close()
                     return
-                if action in ("429", "503", "500", "401"):
+                if action in ("429", "503", "500", "401", "400"):
                     self.send_response(int(action))
                     if action == "429":
                         self.send_header("Retry-After", "1")
                     self.send_header("Content-Type", "application/json")
                     self.end_headers()
-                    if action == "401":  # a careless server echoes what it was sent
-                        msg = f"bad key: {self.headers.get('Authorization')}"
+                    if action in ("401", "400"):  # a careless server echoes what it was sent
+                        msg = f"bad key: {self.headers.get('Authorization')} {self.headers.get('X-Org-Key')}"
                         self.wfile.write(json.dumps({"error": {"message": msg}}).encode())
                         return
                     self.wfile.write(b'{"error": {"message": "injected"}}')
@@ -151,8 +160,17 @@ def test_api_keys_are_refused_in_yaml_and_read_from_the_named_variable(tmp_path,
         parse_pipeline({"name": "x", "engines": {"api": {"kind": "openai_http", "base_url": "http://127.0.0.1:1/v1",
                                                          "model": "m", "api_key": SECRET}},
                         "stages": [{"load": {"path": str(tmp_path)}}]}, base_dir=tmp_path)
-    assert "API keys never go in the pipeline YAML" in str(info.value)
+    assert "API keys and passwords never go in the pipeline YAML" in str(info.value)
     assert SECRET not in str(info.value)
+    for where, engine in [("extra_body.api_key", {"extra_body": {"api_key": SECRET}}),
+                          ("headers.X-Api-Key", {"headers": {"X-Api-Key": SECRET}}),
+                          ("headers.X-Custom", {"headers": {"X-Custom": f"Bearer {SECRET}"}}),
+                          ("base_url", {"base_url": f"http://user:{SECRET}@127.0.0.1:1/v1"})]:
+        block = {"kind": "openai_http", "base_url": "http://127.0.0.1:1/v1", "model": "m", **engine}
+        with pytest.raises(ConfigError) as info:
+            parse_pipeline({"name": "x", "engines": {"api": block}, "stages": [{"load": {"path": str(tmp_path)}}]},
+                           base_dir=tmp_path)
+        assert "engines.api" in str(info.value) and where in str(info.value) and SECRET not in str(info.value)
     cfg = parse_engine({"kind": "openai_http", "base_url": "http://127.0.0.1:1/v1", "model": "m",
                         "api_key_env": "CURATE_TEST_KEY"})
     monkeypatch.delenv("CURATE_TEST_KEY", raising=False)
@@ -160,35 +178,51 @@ def test_api_keys_are_refused_in_yaml_and_read_from_the_named_variable(tmp_path,
         OpenAIHTTPEngine(cfg)
 
 
-def test_pipeline_on_a_served_model_quarantines_what_fails_and_never_leaks_the_key(proxy, tmp_path):
+def test_a_served_run_fails_on_its_error_rate_then_resume_asks_again_only_what_failed_transiently(proxy, tmp_path):
+    """Four prompts: two answer, one keeps getting 500 (transient), one is rejected with 400 (a row error) by a
+    server that echoes the credentials. Half the requests fail: the run stops (max_error_rate 0.25). The server
+    recovers; --resume asks for the transient row only (the answers and the row error come from the cache), the
+    run ends ok, and neither credential is in any file, the cache or the console."""
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in
-                                 ["Name a fruit.", "FAIL-ME: name a vegetable.", "Name a planet."]))
+                                 ["Name a fruit.", "FAIL-ME: name a vegetable.", "REJECT-ME: name a tree.",
+                                  "Name a planet."]))
     pipeline = {
-        "name": "served",
+        "name": "served", "cache_dir": str(tmp_path / "cache"),
         "engines": {"default": {"kind": "openai_http", "base_url": proxy.url, "model": "smollm2",
-                                "api_key_env": "CURATE_TEST_KEY", "max_retries": 1, "backoff_base": 0.05}},
+                                "api_key_env": "CURATE_TEST_KEY", "headers_env": {"X-Org-Key": "CURATE_TEST_ORG"},
+                                "headers": {"HTTP-Referer": "https://example.org/curate"},
+                                "max_retries": 1, "backoff_base": 0.05}},
         "stages": [{"load": {"path": str(prompts)}},
-                   {"generate": {"models": [{"k": 2, "max_tokens": 16, "seed": 1}]}}],
+                   {"generate": {"models": [{"k": 1, "max_tokens": 16, "seed": 1}]}}],
     }
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(pipeline))
+    env = {"CURATE_TEST_KEY": SECRET, "CURATE_TEST_ORG": ORG_SECRET}
     proxy.schedule = ["429"]
-    res = curate("run", path, "--run-dir", tmp_path / "run", env={"CURATE_TEST_KEY": SECRET})
-    assert res.returncode == 0, res.stdout + res.stderr
+    first = curate("run", path, "--run-dir", tmp_path / "run", env=env)
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "02_generate: 2 of 4 model requests failed" in first.stderr and "max_error_rate" in first.stderr
     m = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    gen = m["stages"][1]
-    assert (gen["in"], gen["out"], gen["quarantined"]) == (3, 2, 1)
-    assert all(auth == f"Bearer {SECRET}" for _, auth in proxy.seen)  # the key was sent...
-    import pyarrow.parquet as pq
+    assert m["status"] == "failed" and "max_error_rate" in m["error"]
+    # the key and the org header were sent, with the plain header
+    assert all(h["Authorization"] == f"Bearer {SECRET}" and h["X-Org-Key"] == ORG_SECRET
+               and h["HTTP-Referer"] == "https://example.org/curate" for h in proxy.headers)
 
+    proxy.fail_marker, proxy.seen = None, []  # the server recovers
+    second = curate("run", "--resume", tmp_path / "run", env=env)
+    assert second.returncode == 0, second.stdout + second.stderr
+    m = accounted(tmp_path / "run")
+    gen = m["stages"][1]
+    assert (gen["in"], gen["out"], gen["quarantined"]) == (4, 3, 1)
+    assert gen["model_calls"] == 1 and [a for a, _ in proxy.seen] == ["pass"]  # only the transient row was asked
     (q,) = pq.read_table(tmp_path / "run" / "_quarantined" / "02_generate").to_pylist()
-    assert "HTTP 500" in q["reason"] and "FAIL-ME" in q["record"]
-    # ...and appears nowhere: not in the output, the logs or any file of the run
-    assert SECRET not in res.stdout + res.stderr
-    for f in (tmp_path / "run").rglob("*"):
+    assert "HTTP 400" in q["reason"] and "REJECT-ME" in q["record"] and "[redacted]" in q["reason"]
+    for text in (first.stdout, first.stderr, second.stdout, second.stderr):
+        assert SECRET not in text and ORG_SECRET not in text
+    for f in [*(tmp_path / "run").rglob("*"), *(tmp_path / "cache").rglob("*")]:
         if f.is_file():
-            assert SECRET.encode() not in f.read_bytes(), f
+            assert SECRET.encode() not in f.read_bytes() and ORG_SECRET.encode() not in f.read_bytes(), f
 
 
 def served_pipeline(tmp_path, base_url: str, **engine):
