@@ -180,7 +180,11 @@ class ShardWriter:
             target = self._target(kind)
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-            self._writers[kind] = (pq.ParquetWriter(tmp, table.schema), tmp, target)
+            try:
+                self._writers[kind] = (pq.ParquetWriter(tmp, table.schema), tmp, target)
+            except BaseException:  # the file was created, its header not written (a full disk)
+                tmp.unlink(missing_ok=True)
+                raise
         writer = self._writers[kind][0]
         if table.num_rows:
             writer.write_table(table.cast(writer.schema))
@@ -616,7 +620,11 @@ def _run_source(st: StageEntry, run_dir: Path, progress: Progress):
         markers = []
         for shard, result in enumerate(st.spec.source(st.config)):
             writer = ShardWriter(run_dir, st.id, shard)
-            writer.add(result, result.rows_in or 0)
+            try:
+                writer.add(result, result.rows_in or 0)
+            except BaseException:
+                writer.abort()
+                raise
             markers.append(writer.commit(fp, {"model_calls": 0, "cache_hits": 0}))
             report.add(markers[-1], skipped=False)
             progress.shard_done(st.id, markers[-1]["in"])
