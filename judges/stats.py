@@ -16,10 +16,12 @@ import polars as pl
 SCORED_KINDS = ("pointwise", "listwise")
 
 
-def judgments(folder: Path) -> pl.DataFrame:
-    """One row per (prompt, candidate, judgment), with the response's length in characters."""
+def judgments(parts: Path | list[Path]) -> pl.DataFrame:
+    """One row per (prompt, candidate, judgment), with the response's length in characters. `parts`: the Parquet
+    files (as a manifest lists them), or a stage folder written by the current run."""
+    source = str(parts / "part-*.parquet") if isinstance(parts, Path) else [str(p) for p in parts]
     df = (
-        pl.scan_parquet(str(folder / "part-*.parquet"))
+        pl.scan_parquet(source)
         .select("prompt_id", "candidates")
         .explode("candidates")
         .unnest("candidates")
@@ -144,7 +146,7 @@ def self_preference(j: pl.DataFrame) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: r["judge"])
 
 
-def summary(folder: Path) -> dict[str, Any]:
+def summary(folder: Path | list[Path]) -> dict[str, Any]:
     """What the manifest records about a run's judges."""
     j = judgments(folder)
     if j.is_empty():

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from pipelines.runner import StaleRunDir, manifest_parts
+
 CONFIG_NAMES = {"trl": "preference", "reward": "reward", "kto": "kto", "ranked": "ranked"}
 
 
@@ -155,7 +157,10 @@ def publish(run_dir: Path, repo_id: str, *, private: bool = False, revision: str
     ops = []
     for sid, fmt in exports:
         name = config_name or CONFIG_NAMES[fmt]
-        parts = sorted((run_dir / sid).glob("part-*.parquet"))
+        try:
+            parts = manifest_parts(run_dir, manifest, sid)
+        except StaleRunDir as exc:
+            raise PublishError(str(exc)) from None
         for i, path in enumerate(parts):
             target = f"data/{name}/train-{i:05d}-of-{len(parts):05d}.parquet"
             files.setdefault(name, []).append(target)
@@ -177,5 +182,14 @@ def publish(run_dir: Path, repo_id: str, *, private: bool = False, revision: str
         status = exc.response.status_code if exc.response is not None else "?"
         raise PublishError(f"the Hub answered HTTP {status} ({type(exc).__name__}); nothing was committed, so the "
                            f"repo is as it was: run `curate publish` again to retry") from None
+    except OSError as exc:  # no route, DNS, TLS, refused (httpx's and requests' errors are OSErrors or wrap one)
+        raise PublishError(f"cannot reach the Hub at {api.endpoint} ({type(exc).__name__}: {exc}); nothing was "
+                           "committed: check the network or HF_ENDPOINT, then run `curate publish` again") from None
+    except Exception as exc:
+        transport = ("httpx", "httpcore", "requests", "urllib3")  # and their forks (huggingface_hub 2: httpx2)
+        if not any(c.__module__.startswith(transport) for c in type(exc).__mro__):
+            raise
+        raise PublishError(f"cannot reach the Hub at {api.endpoint} ({type(exc).__name__}: {exc}); nothing was "
+                           "committed: check the network or HF_ENDPOINT, then run `curate publish` again") from None
     return {"repo": repo_id, "commit": info.oid, "url": str(info.commit_url), "configs": files,
             "rows": sum(s["rows_out"] for s in manifest["stages"] if s["stage"] == "export")}

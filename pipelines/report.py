@@ -17,20 +17,21 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from judges.stats import judgments, kappas, positions
+from pipelines.runner import manifest_parts
 
 
-def _stage_dirs(run_dir: Path, manifest: dict) -> list[tuple[str, Path, list[str]]]:
+def _stage_dirs(run_dir: Path, manifest: dict) -> list[tuple[str, list[Path], list[str]]]:
+    """(stage id, its output parts as the manifest lists them, column names) of each stage with output."""
     out = []
     for s in manifest["stages"]:
-        folder = run_dir / s["id"]
-        files = sorted(folder.glob("part-*.parquet"))
+        files = manifest_parts(run_dir, manifest, s["id"], verify=False)
         if files:
-            out.append((s["id"], folder, pq.read_schema(files[0]).names))
+            out.append((s["id"], files, pq.read_schema(files[0]).names))
     return out
 
 
-def _scan(folder: Path) -> pl.LazyFrame:
-    return pl.scan_parquet(str(folder / "part-*.parquet"))
+def _scan(parts: list[Path]) -> pl.LazyFrame:
+    return pl.scan_parquet([str(p) for p in parts])
 
 
 def _svg(fig) -> str:
@@ -104,7 +105,7 @@ def position_consistency(j: pl.DataFrame) -> str:
     return _figure("position", "Position consistency per judge", _svg(fig))
 
 
-def lengths(folder: Path) -> tuple[str, str]:
+def lengths(folder: list[Path]) -> tuple[str, str]:
     import matplotlib.pyplot as plt
 
     df = _scan(folder).select(pl.col("chosen").str.len_chars().alias("chosen"),
@@ -122,7 +123,7 @@ def lengths(folder: Path) -> tuple[str, str]:
                    _svg(fig)), f"{share:.3f}"
 
 
-def sample_pairs(folder: Path, n: int = 5) -> str:
+def sample_pairs(folder: list[Path], n: int = 5) -> str:
     cols = ["prompt", "chosen", "rejected", "chosen_score", "rejected_score", "margin"]
     rows = _scan(folder).select(cols).head(n).collect().to_dicts()
     if not rows:
@@ -139,11 +140,14 @@ def reason_counts(run_dir: Path, manifest: dict, top: int = 8) -> list[tuple[str
     out = []
     for kind in ("dropped", "quarantined"):
         for s in manifest["stages"]:
+            # the side files of the shards the manifest lists (a stale one from an older run is not counted)
             folder = run_dir / f"_{kind}" / s["id"]
-            if not list(folder.glob("part-*.parquet")):
+            files = [folder / f"{name}.parquet" for name in sorted(s.get("shard_sha256", {}))]
+            files = [f for f in files if f.exists()]
+            if not files:
                 continue
             # numbers become N, so "margin 0.5 < min_margin 1" and "margin 0 < min_margin 1" count together
-            counts = (_scan(folder).select(pl.col("reason").str.replace_all(r"\d+(\.\d+)?", "N"))
+            counts = (_scan(files).select(pl.col("reason").str.replace_all(r"\d+(\.\d+)?", "N"))
                       .group_by("reason").len().sort("len", descending=True).head(top).collect())
             out += [(s["id"], kind, r["reason"], r["len"]) for r in counts.to_dicts()]
     return out

@@ -35,19 +35,19 @@ LABEL_CONFIG = """<View>
 """
 
 
-def _last_output(run_dir: Path, columns: set[str]) -> Path | None:
+def _last_output(run_dir: Path, columns: set[str]) -> list[Path] | None:
     from pipelines.runner import last_output_with
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    return last_output_with(run_dir, [s["id"] for s in manifest["stages"]], columns)
+    return last_output_with(run_dir, manifest, columns)
 
 
-def _pairs_folder(run_dir: Path) -> Path:
-    """The run's last stage output that has pairs."""
-    folder = _last_output(run_dir, {"chosen", "rejected", "chosen_id", "rejected_id"})
-    if folder is None:
+def _pair_parts(run_dir: Path) -> list[Path]:
+    """The parts of the run's last stage output that has pairs."""
+    parts = _last_output(run_dir, {"chosen", "rejected", "chosen_id", "rejected_id"})
+    if parts is None:
         raise ValueError(f"{run_dir} has no stage output with pairs (chosen, rejected, chosen_id, rejected_id)")
-    return folder
+    return parts
 
 
 def _coin(seed: int, key: str) -> bool:
@@ -55,11 +55,11 @@ def _coin(seed: int, key: str) -> bool:
 
 
 def export_tasks(run_dir: Path, n: int, out: Path, seed: int = 0) -> dict[str, Any]:
-    folder = _pairs_folder(run_dir)
+    parts = _pair_parts(run_dir)
     cols = ["prompt_id", "prompt", "chosen", "rejected", "chosen_id", "rejected_id", "source", "margin", "judge"]
-    df = pl.scan_parquet(str(folder / "part-*.parquet")).select(cols).collect()
+    df = pl.scan_parquet([str(p) for p in parts]).select(cols).collect()
     if df.is_empty():
-        raise ValueError(f"{folder} has no pairs to review")
+        raise ValueError(f"{parts[0].parent} has no pairs to review")
     margins = df["margin"].drop_nulls()
     low, high = (margins.quantile(1 / 3), margins.quantile(2 / 3)) if len(margins) else (None, None)
 
@@ -169,13 +169,13 @@ def import_annotations(path: Path, run_dir: Path) -> dict[str, Any]:
 
 def _apply(run_dir: Path, labels: list[dict], review: Path) -> Path:
     """The last export (or pairs) with human labels overriding the judges' for the reviewed pairs."""
-    folder = _pairs_folder(run_dir)
+    parts = _pair_parts(run_dir)
     by_key = {(x["prompt_id"], x["chosen_id"], x["rejected_id"]): x["human"] for x in labels}
     out = review / "reviewed_export"
     out.mkdir(exist_ok=True)
     swap = [("chosen", "rejected"), ("chosen_score", "rejected_score"), ("chosen_model", "rejected_model"),
             ("chosen_id", "rejected_id")]
-    for part in sorted(folder.glob("part-*.parquet")):
+    for part in parts:
         table = pq.read_table(part)
         rows = []
         for row in table.to_pylist():

@@ -80,7 +80,7 @@ def stage_code_version(stage_name: str, root: Path | None = None) -> str:
     return h.hexdigest()[:16]
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -211,7 +211,7 @@ class ShardWriter:
             raise
         for kind, (_, tmp, target) in self._writers.items():
             os.replace(tmp, target)
-            hashes[kind] = _sha256(target)
+            hashes[kind] = file_sha256(target)
         for kind in ("dropped", "quarantined"):  # a redone shard with none leaves no older run's file behind
             if kind not in self._writers:
                 self._target(kind).unlink(missing_ok=True)
@@ -231,6 +231,26 @@ def prune_stage(run_dir: Path, stage_id: str, shards: set[int]) -> None:
             number = f.name.removeprefix("part-").split(".")[0]
             if number.isdigit() and int(number) not in shards:
                 f.unlink()
+
+
+class StaleRunDir(RuntimeError):
+    """A run directory's files no longer match its manifest."""
+
+
+def manifest_parts(run_dir: Path, manifest: dict, stage_id: str, *, verify: bool = True) -> list[Path]:
+    """A stage's output parts exactly as the manifest lists them (readers never glob the folder); with `verify`,
+    each checked against its recorded sha256, so what is exported or published is what the run made."""
+    stage = next((s for s in manifest["stages"] if s["id"] == stage_id), None)
+    if stage is None:
+        raise StaleRunDir(f"{run_dir}: the manifest has no stage {stage_id}")
+    parts = []
+    for name, sha in sorted(stage.get("shard_sha256", {}).items()):
+        path = Path(run_dir) / stage_id / f"{name}.parquet"
+        if not path.exists() or (verify and sha is not None and file_sha256(path) != sha):
+            raise StaleRunDir(f"{path} is missing or was changed after the run (its sha256 differs from the "
+                              "manifest's): rerun with --resume to rebuild it")
+        parts.append(path)
+    return parts
 
 
 def read_marker(run_dir: Path, stage_id: str, shard: int) -> dict[str, Any] | None:
@@ -546,7 +566,8 @@ class Run:
         if error is None:
             self.manifest["status"] = "ok"
             self.manifest["output"] = str(self.run_dir / self.pipeline.stages[-1].id)
-            judged = self._judged_folder()
+            self._save()  # the stages' shard lists, which the judged parts are read from
+            judged = last_output_with(self.run_dir, self.manifest, {"candidates"})
             if judged is not None:
                 from judges.stats import summary
 
@@ -566,10 +587,6 @@ class Run:
             self._lock.close()
         return self.manifest
 
-    def _judged_folder(self) -> Path | None:
-        """The last stage output that still has candidates with judgments (before pairs reshape them)."""
-        return last_output_with(self.run_dir, [st.id for st in self.pipeline.stages], {"candidates"})
-
     def record(self, key: str, value: Any) -> None:
         """Add a run-level result (e.g. where it was published) to the manifest."""
         self.manifest[key] = value
@@ -580,12 +597,12 @@ class Run:
         _atomic_write_json(self.manifest, self.run_dir / "manifest.json")
 
 
-def last_output_with(run_dir: Path, stage_ids: list[str], columns: set[str]) -> Path | None:
-    """The last of these stages' output folders whose shards have all of `columns`."""
-    for sid in reversed(stage_ids):
-        files = sorted((run_dir / sid).glob("part-*.parquet"))
+def last_output_with(run_dir: Path, manifest: dict, columns: set[str]) -> list[Path] | None:
+    """The output parts (as the manifest lists them) of the last stage whose output has all of `columns`."""
+    for stage in reversed(manifest["stages"]):
+        files = manifest_parts(run_dir, manifest, stage["id"], verify=False)
         if files and columns <= set(pq.read_schema(files[0]).names):
-            return run_dir / sid
+            return files
     return None
 
 

@@ -122,3 +122,30 @@ def test_a_pipeline_with_a_publish_block_ends_by_publishing(finished_run, hub, t
     repo = server.state.repos["acme/nightly"]
     assert manifest["published"]["commit"] == repo.sha and "README.md" in repo.files
     assert "published" in res.stdout
+
+
+def test_an_unreachable_hub_is_one_line_with_the_cause_and_the_remedy(finished_run, tmp_path):
+    env = {"HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_TOKEN": TOKEN, "HF_HOME": str(tmp_path / "hf"),
+           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": None}
+    res = curate("publish", finished_run, "--repo", "acme/prefs", env=env)
+    assert res.returncode == 1, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) <= 2 and "Traceback" not in res.stderr, res.stderr  # one line (rich may wrap it)
+    assert "cannot reach the Hub at http://127.0.0.1:" in res.stderr and "curate publish" in res.stderr
+    assert TOKEN not in res.stdout + res.stderr
+
+
+def test_publish_refuses_a_part_changed_after_the_run(finished_run, hub, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    manifest = json.loads((run / "manifest.json").read_text())
+    export = [s for s in manifest["stages"] if s["stage"] == "export"][-1]
+    part = run / export["id"] / f"{sorted(export['shard_sha256'])[0]}.parquet"
+    table = pq.read_table(part)
+    pq.write_table(table.slice(0, max(0, table.num_rows - 1)), part)  # a row removed by hand
+    server, env = hub
+    res = curate("publish", run, "--repo", "acme/changed", env=env)
+    assert res.returncode == 1 and "was changed after the run" in res.stderr, res.stdout + res.stderr
+    assert "acme/changed" not in server.state.repos  # checked before anything was sent
