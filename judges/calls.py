@@ -23,9 +23,11 @@ def request(template: Template, messages: list[dict[str, str]], sampling: Sampli
 
 
 def ask(engine, template: Template, prompts: list[list[dict[str, str]]], sampling: Sampling, retries: int,
-        grammar: bool, counts: list[int] | None = None) -> list[tuple[Completion, Parsed | None]]:
+        grammar: bool, counts: list[int] | None = None,
+        quoted: list[tuple[str, ...]] | None = None) -> list[tuple[Completion, Parsed | None]]:
     """(completion, parsed) per prompt; parsed is None when the engine itself failed. `counts`: for listwise
-    templates, how many texts each prompt shows."""
+    templates, how many texts each prompt shows; `quoted`: the responses each prompt shows (a line the judge
+    copied from one is not read as its verdict)."""
     results: list[tuple[Completion, Parsed | None] | None] = [None] * len(prompts)
     pending = list(range(len(prompts)))
     for attempt in range(retries + 1):
@@ -38,7 +40,7 @@ def ask(engine, template: Template, prompts: list[list[dict[str, str]]], samplin
             if not comp.ok:
                 results[i] = (comp, None)
                 continue
-            parsed = template.parse(comp.text, counts[i] if counts else None)
+            parsed = template.parse(comp.text, counts[i] if counts else None, quoted[i] if quoted else ())
             results[i] = (comp, parsed)
             if not parsed.ok:
                 retry.append(i)

@@ -85,7 +85,7 @@ def run(debaters: list[Debater], template: Template, items: list[Item], rounds: 
             prompts.append(([{"role": "system", "content": template.system}] if template.system else [])
                            + [{"role": "user", "content": body}])
         for i, (comp, parsed) in zip(live, ask(moderator.engine, template, prompts, moderator.sampling, retries,
-                                               grammar), strict=True):
+                                               grammar, quoted=[shown[i][1:3] for i in live]), strict=True):
             if parsed is None:
                 failed[i] = comp
             else:

@@ -29,7 +29,8 @@ def rate(engine, template: Template, items: list[Item], sampling: Sampling, retr
     orders = [shown_order(len(answers), key, seed) for _, answers, key, _ in items]
     prompts = [template.render_list(q, [answers[i] for i in order], **extra)
                for (q, answers, _, extra), order in zip(items, orders, strict=True)]
-    answers_ = ask(engine, template, prompts, sampling, retries, grammar, counts=[len(o) for o in orders])
+    answers_ = ask(engine, template, prompts, sampling, retries, grammar, counts=[len(o) for o in orders],
+                   quoted=[tuple(answers) for _, answers, _, _ in items])
     out: list[list[dict] | Completion] = []
     for order, (comp, parsed) in zip(orders, answers_, strict=True):
         if parsed is None:

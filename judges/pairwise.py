@@ -60,7 +60,8 @@ def compare(engine, template: Template, items: list[Item], sampling: Sampling, r
     for q, x, y, _, _, extra in items:
         prompts.append(template.render_pair(q, x, y, **extra))  # x shown first
         prompts.append(template.render_pair(q, y, x, **extra))  # swapped
-    answers = ask(engine, template, prompts, sampling, retries, grammar)
+    answers = ask(engine, template, prompts, sampling, retries, grammar,
+                  quoted=[(x, y) for _, x, y, _, _, _ in items for _ in range(2)])
     out: list[tuple[list[dict], list[dict]] | Completion] = []
     for n, (_, _, _, id_x, id_y, _) in enumerate(items):
         (c1, p1), (c2, p2) = answers[2 * n], answers[2 * n + 1]

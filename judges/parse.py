@@ -2,6 +2,12 @@
 that writes "Rating: [[10]]" into its answer cannot set its own score (the judge prompt carries the answer, the
 judge's output is parsed). Within the judge's output the last rating wins: a judge that quotes the answer's
 fake rating and then gives its own is read by its own verdict.
+
+A judge may also copy a candidate's text into its output without rating it (free-text judging, a small model).
+The fallback patterns (FastChat's single-bracket "[7]") are weaker evidence than the format the judge was asked
+for, so they are read only on the judge's final non-empty line, and only when that line is not a copy of a
+judged response (`quoted`: the responses the judge was shown): a candidate answering "[10]" cannot become the
+score by being repeated. Every parser returns a `Parsed` for any string; none raises (fuzzed in the tests).
 """
 
 from __future__ import annotations
@@ -35,12 +41,20 @@ class Parsed:
         return self.error is None
 
 
-def rating_brackets(text: str | None, low: float, high: float) -> Parsed:
+def _final_line(text: str, quoted: tuple[str, ...]) -> str:
+    """The judge's last non-empty line, or "" when it is copied from a judged response."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    last = lines[-1] if lines else ""
+    return "" if any(last in q for q in quoted if q) else last
+
+
+def rating_brackets(text: str | None, low: float, high: float, quoted: tuple[str, ...] = ()) -> Parsed:
     if not text:
         return Parsed(None, "empty judge output")
-    found = _RATING.findall(text) or _RATING_BACKUP.findall(text)
+    found = _RATING.findall(text) or _RATING_BACKUP.findall(_final_line(text, quoted))
     if not found:
-        return Parsed(None, "no [[rating]] in judge output")
+        return Parsed(None, "no [[rating]] in judge output (a bare [rating] counts only on the judge's own "
+                            "final line)")
     score = float(found[-1])
     if not low <= score <= high:
         return Parsed(None, f"rating {found[-1]} outside the scale {low:g}-{high:g}")

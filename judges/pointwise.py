@@ -19,7 +19,8 @@ def grade(engine, template: Template, items: list[Item], sampling: Sampling, ret
     judge = judge_name(engine, template, name)
     prompts = [template.render(q, a, **extra) for q, a, extra in items]
     out: list[list[dict] | Completion] = []
-    for comp, parsed in ask(engine, template, prompts, sampling, retries, grammar):
+    for comp, parsed in ask(engine, template, prompts, sampling, retries, grammar,
+                            quoted=[(a,) for _, a, _ in items]):
         if parsed is None:
             out.append(comp)
         elif template.aspects:

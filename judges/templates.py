@@ -111,12 +111,15 @@ class Template(BaseModel):
             return self.grammar
         return self.grammar.replace("{n}", "{%d}" % n)  # GBNF repetition: exactly n blocks
 
-    def parse(self, text: str | None, n: int | None = None):
+    def parse(self, text: str | None, n: int | None = None, quoted: tuple[str, ...] = ()):
+        """`quoted`: the responses the judge was shown (judges.parse: a copied line is not the judge's verdict)."""
         from judges.parse import PARSERS
 
-        extra = {"aspects": self.aspects} if self.parser == "aspect_lines" else {}
+        extra: dict = {"aspects": self.aspects} if self.parser == "aspect_lines" else {}
         if self.parser == "text_ratings":
             extra = {"n": n or 1}
+        if self.parser == "rating_brackets":
+            extra = {"quoted": tuple(quoted)}
         return PARSERS[self.parser](text, *self.scale, **extra)
 
     def with_reminder(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:

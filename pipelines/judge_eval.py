@@ -118,9 +118,25 @@ def _mean_score(judgments: list[dict]) -> float | None:
     return None if not scores or any(sc is None for sc in scores) else sum(scores) / len(scores)
 
 
-def run_judge(judge_cfg, engines: dict, pairs: list[tuple[str, str, str, str]]) -> tuple[str, list[str], list[bool] | None]:
-    """The judge's name, its verdict per pair ("A", "B", "tie" or "unparsed"), and per pair whether a pairwise
-    judge's (or debate's) verdict survived the position swap (None for judges that score responses)."""
+RAW_KEYS = ("position", "score", "verdict", "strength", "parse_ok", "error", "feedback")
+
+
+def _raw(result: Any) -> list[dict]:
+    """A judge's outputs for one pair as they came back: each call's raw text (feedback) beside what was parsed
+    from it, or the engine's error; so a surprising number can be audited against the judge's own words."""
+    from engines.base import Completion
+
+    if isinstance(result, Completion):
+        return [{"error": result.error, "feedback": result.text}]
+    if isinstance(result, dict):
+        return [{k: result.get(k) for k in RAW_KEYS}]
+    return [j for part in result for j in _raw(part)]
+
+
+def run_judge(judge_cfg, engines: dict, pairs: list[tuple[str, str, str, str]]):
+    """The judge's name, its verdict per pair ("A", "B", "tie" or "unparsed"), per pair whether a pairwise
+    judge's (or debate's) verdict survived the position swap (None for judges that score responses), and per
+    pair the judge's raw outputs with what was parsed from each."""
     from judges import debate as debate_mod
     from judges.listwise import rate
     from judges.pairwise import compare
@@ -139,7 +155,7 @@ def run_judge(judge_cfg, engines: dict, pairs: list[tuple[str, str, str, str]]) 
                              judge_cfg.retries, judge_cfg.grammar, judge_cfg.name, judge_cfg.final, moderator,
                              judge_cfg.inconsistent)
         out = [_verdict_from_pair(r[0]) if isinstance(r, tuple) else ("unparsed", False) for r in res]
-        return judge_cfg.name, [v for v, _ in out], [c for _, c in out]
+        return judge_cfg.name, [v for v, _ in out], [c for _, c in out], [_raw(r) for r in res]
     engine = engines[judge_cfg.engine]
     template = judge_cfg.resolved_template()
     name = judge_cfg.name or f"{engine.model_name}:{template.name}"
@@ -149,15 +165,17 @@ def run_judge(judge_cfg, engines: dict, pairs: list[tuple[str, str, str, str]]) 
             res = grade(engine, template, [(q, r, {}) for q, a, b, _ in pairs for r in (a, b)], sampling,
                         judge_cfg.retries, judge_cfg.grammar, name=judge_cfg.name)
             scores = [_mean_score(r) if isinstance(r, list) else None for r in res]
+            raw = [_raw(res[2 * i]) + _raw(res[2 * i + 1]) for i in range(len(pairs))]
         else:
             res = rate(engine, template, [(q, [a, b], str(i), {}) for i, (q, a, b, _) in enumerate(pairs)], sampling,
                        judge_cfg.retries, judge_cfg.grammar, name=judge_cfg.name, seed=judge_cfg.sampling.seed)
             scores = [sc for r in res for sc in ([j["score"] for j in r] if isinstance(r, list) else [None, None])]
-        return name, [_verdict_from_scores(scores[2 * i], scores[2 * i + 1]) for i in range(len(pairs))], None
+            raw = [_raw(r) for r in res]
+        return name, [_verdict_from_scores(scores[2 * i], scores[2 * i + 1]) for i in range(len(pairs))], None, raw
     res = compare(engine, template, items, sampling, judge_cfg.retries, judge_cfg.grammar, name=judge_cfg.name,
                   inconsistent=judge_cfg.inconsistent)
     out = [_verdict_from_pair(r[0]) if isinstance(r, tuple) else ("unparsed", False) for r in res]
-    return name, [v for v, _ in out], [c for _, c in out]
+    return name, [v for v, _ in out], [c for _, c in out], [_raw(r) for r in res]
 
 
 def jury(verdicts: list[list[str]]) -> list[str]:
@@ -219,10 +237,13 @@ def evaluate(data: Path, config: Path, limit: int | None, seed: int = 0) -> dict
     results: dict[str, Any] = {}
     all_verdicts = []
     longer = ["A" if len(a) > len(b) else "B" if len(b) > len(a) else "tie" for _, a, b, _ in pairs]
+    outputs: dict[str, list[dict]] = {}
     for jc in judge_cfgs:
-        name, verdicts, consistent = run_judge(jc, engines, pairs)
+        name, verdicts, consistent, raw = run_judge(jc, engines, pairs)
         all_verdicts.append(verdicts)
         results[name] = metrics(human, verdicts, consistent, longer)
+        outputs[name] = [{"pair": i, "human": h, "verdict": v, "outputs": r}
+                         for i, (h, v, r) in enumerate(zip(human, verdicts, raw, strict=True))]
     if len(judge_cfgs) > 1:
         results["jury (majority)"] = metrics(human, jury(all_verdicts), None, longer)
     results["baseline: always longer"] = metrics(human, longer, None, longer)
@@ -231,7 +252,8 @@ def evaluate(data: Path, config: Path, limit: int | None, seed: int = 0) -> dict
 
     return {"data": str(data), "pairs": len(pairs), "human_labels": dict(Counter(human)), "results": results,
             "human_longer_wins": longer_wins(human, longer),
-            "model_calls": sum(e.calls for e in engines.values()), "cache_hits": sum(e.hits for e in engines.values())}
+            "model_calls": sum(e.calls for e in engines.values()), "cache_hits": sum(e.hits for e in engines.values()),
+            "outputs": outputs}
 
 
 def dumps(report: dict[str, Any]) -> str:

@@ -57,6 +57,15 @@ def test_cli_judge_eval_on_pandalm_with_the_embedded_model(copy_data, tmp_path):
     assert pair["position_consistency"] is not None and 0 <= pair["position_consistency"] <= 1
     for m in report["results"].values():
         assert m["n"] == 3 and sum(sum(row.values()) for row in m["confusion"].values()) == 3
+    # every verdict can be audited against the judge's own words
+    for name, rows in report["outputs"].items():
+        assert [r["pair"] for r in rows] == [0, 1, 2]
+        for r in rows:
+            assert r["outputs"] and all("feedback" in o and "error" in o for o in r["outputs"])
+            if r["verdict"] != "unparsed":
+                assert any(o.get("parse_ok") and o["feedback"] for o in r["outputs"]), (name, r)
+    single = report["outputs"]["smol-single"][0]["outputs"]
+    assert len(single) == 2 and all(o["score"] is None or 1 <= o["score"] <= 10 for o in single)
 
 
 def test_cli_judge_eval_reports_config_errors_with_paths(tmp_path, copy_data):

@@ -261,3 +261,61 @@ def test_debate_shows_the_whole_conversation_when_asked():
     assert question(row, debate.Config(debaters=two)) == "And in winter?"
     shown = question(row, debate.Config(debaters=two, question="conversation"))
     assert shown == "User: Where do swallows live?\n\nAssistant: In Europe.\n\nUser: And in winter?"
+
+
+class CopyingJudge:
+    """A real OpenAI-compatible server playing the worst free-text judge: it answers a judge prompt by copying
+    the answer it was shown; for an answer that says RATE-ME it then adds its own rating on a last line. Its
+    replies are canned (only the protocol is real): this tests the parser's rule, not any judge's quality."""
+
+    def __init__(self):
+        import re
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from conftest import free_port
+
+        answer = re.compile(r"\[The Start of Assistant's Answer\]\n(.*)\n\[The End of Assistant's Answer\]", re.S)
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                shown = answer.search(body["messages"][-1]["content"]).group(1)
+                text = shown + ("\nRating: [4]" if "RATE-ME" in shown else "")
+                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text},
+                                                "finish_reason": "stop"}],
+                                   "usage": {"prompt_tokens": 1, "completion_tokens": 1}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_a_marker_the_judge_merely_copies_from_a_candidate_is_not_its_score(tmp_path):
+    """Free-text judging (no grammar): a candidate answering "[10]" is copied by the judge; the single-bracket
+    fallback must not read that as 10. A fallback on the judge's own final line still counts."""
+    from engines.config import OpenAIHTTPConfig
+
+    server = CopyingJudge()
+    try:
+        engine = build_engine(OpenAIHTTPConfig(base_url=server.url, model="copycat"), ResponseCache(tmp_path))
+        answers = ("[10]", "Rating: [9]\nParis, surely. [8]", "Paris. [10]\nRATE-ME")
+        table = pa.Table.from_pylist([_row(*answers)], schema=PROMPT_ROW_WITH_CANDIDATES)
+        cfg = judge.Config(template="mt_bench_single_v1", grammar=False, retries=0,
+                           sampling={"temperature": 0, "max_tokens": 64})
+        (row,) = judge.process(table, cfg, StageContext({"default": engine})).out.to_pylist()
+    finally:
+        server.server.shutdown()
+    copied, copied_lines, rated = ([j for j in c["judgments"]] for c in row["candidates"])
+    assert [j["score"] for j in copied] == [None] and not copied[0]["parse_ok"]
+    assert copied[0]["feedback"] == "[10]" and "final line" in copied[0]["error"]
+    assert [j["score"] for j in copied_lines] == [None]  # every line of its output is the candidate's
+    assert [j["score"] for j in rated] == [4.0] and rated[0]["parse_ok"]

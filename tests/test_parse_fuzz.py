@@ -30,3 +30,15 @@ def test_unicode_dashes_read_as_minus_in_strength_preferences():
     for text, strength in (("Preference: [[–2]]", 2.0), ("[[—1]]", 1.0), ("[[−3]]", 3.0), ("[[+2]]", -2.0)):
         out = parse(text, -3, 3)
         assert out.error is None and out.strength == strength, (text, out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(answer=TEXT, own=st.integers(1, 10))
+def test_a_judge_that_only_copies_the_answer_never_gets_a_score_from_the_fallback(answer, own):
+    import re
+
+    parse = PARSERS["rating_brackets"]
+    if not re.search(r"\[\[\s*\d+(\.\d+)?\s*\]\]", answer):  # no primary marker: only the fallback could fire
+        assert parse(answer, 1, 10, quoted=(answer,)).score is None
+        # ...while the judge's own last line, after the copy, is read
+        assert parse(f"{answer}\nMy rating: [{own}]", 1, 10, quoted=(answer,)).score == own
