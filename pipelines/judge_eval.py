@@ -72,11 +72,12 @@ def _first(rec: dict, keys: tuple[str, ...]) -> Any:
 
 def read_pairs(path: Path, limit: int | None):
     """(question, response A, response B, human label) per labeled pair, streaming."""
-    from stages.load import Config as LoadConfig, _records
+    from schemas.sources import records
 
     n = 0
-    for _, rec, error in _records(LoadConfig(path=path)):
-        if error or not isinstance(rec, dict):
+    for row in records(path):
+        rec = row.record
+        if row.error or not isinstance(rec, dict):
             continue
         question = _first(rec, ("instruction", "question", "prompt"))
         if rec.get("input"):

@@ -48,6 +48,63 @@ def code_version() -> str:
     return h.hexdigest()[:16]
 
 
+def stage_module_path(stage_name: str, root: Path) -> Path:
+    """The source file of the module that defines the stage's function (`spec.process.__module__`), under `root`;
+    an error when it cannot be found, since a fingerprint without the stage's code would keep stale shards."""
+    import sys
+
+    from stages import registry
+
+    spec = registry()[stage_name]
+    fn = spec.process or spec.source
+    module = sys.modules.get(fn.__module__)
+    path = root.joinpath(*fn.__module__.split(".")).with_suffix(".py")
+    if module is None or not getattr(module, "__file__", None) or not path.exists():
+        raise RuntimeError(f"cannot find the source of stage {stage_name!r} (module {fn.__module__}, looked for "
+                           f"{path}) to fingerprint its code")
+    return path
+
+
+def input_files(cfg: Any) -> list[Path]:
+    """Every file a stage config points at (its Path fields, and strings that are absolute paths to files, such
+    as a user's template resolved when the YAML loads), found by walking the config."""
+    from pydantic import BaseModel
+
+    found: list[Path] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                walk(getattr(value, name))
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, Path):
+            found.append(value)
+        elif isinstance(value, str) and value.startswith("/") and len(value) < 4096 and Path(value).is_file():
+            found.append(Path(value))
+
+    walk(cfg)
+    return found
+
+
+def content_fingerprint(paths: list[Path]) -> list[Any]:
+    """[path, sha256] for each input file (a folder: each file under it, by relative name), so editing a
+    benchmark, candidates or pool file redoes the stages it shapes, and a touch without an edit does not."""
+    out: list[Any] = []
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            out.append([str(path), [[str(f.relative_to(path)), file_sha256(f)]
+                                    for f in sorted(path.rglob("*")) if f.is_file()]])
+        else:
+            out.append([str(path), file_sha256(path) if path.exists() else None])
+    return out
+
+
 @functools.lru_cache(maxsize=None)
 def stage_code_version(stage_name: str, root: Path | None = None) -> str:
     """Hash of the code one stage's output depends on: its module and every module of ours it imports,
@@ -57,7 +114,7 @@ def stage_code_version(stage_name: str, root: Path | None = None) -> str:
 
     root = root or Path(__file__).resolve().parent.parent
     seen: set[Path] = set()
-    todo = [root / "stages" / f"{stage_name}.py"]
+    todo = [stage_module_path(stage_name, root)]
     while todo:
         path = todo.pop()
         if path in seen or not path.exists():
@@ -622,10 +679,8 @@ def run_pipeline(pipeline: Pipeline, run_dir: Path, *, address: str | None = Non
 
 def _run_source(st: StageEntry, run_dir: Path, progress: Progress):
     """The load stage runs in the driver: reading a file is sequential, and line numbers must be exact."""
-    path = Path(st.config.path)
-    stat = path.stat() if path.is_file() else None
     fp = fingerprint(stage_code_version(st.name), st.id, st.config.model_dump(mode="json"),
-                     [stat.st_size, stat.st_mtime_ns] if stat else str(path))
+                     content_fingerprint((st.spec.inputs or input_files)(st.config)))
     stage_marker = run_dir / "_done" / st.id / "stage.json"
     report = StageReport(st.id, st.name, summarize=st.spec.summarize)
     progress.stage_start(st.id, None)
@@ -667,8 +722,9 @@ def plan_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
     # a stateful stage's shard depends on every shard before it, so its fingerprint covers them all
     shas = [up["sha256"] for up in upstream]
     code = stage_code_version(st.name)
-    fps = [fingerprint(code, st.id, st.name, cfg_json, engines, shas[: i + 1] if st.spec.stateful else shas[i])
-           for i in range(len(upstream))]
+    inputs = content_fingerprint((st.spec.inputs or input_files)(st.config))  # side files, by content
+    fps = [fingerprint(code, st.id, st.name, cfg_json, engines, inputs,
+                       shas[: i + 1] if st.spec.stateful else shas[i]) for i in range(len(upstream))]
     todo, done = [], []
     for up, fp in zip(upstream, fps, strict=True):
         marker = read_marker(run_dir, st.id, up["shard"])

@@ -58,6 +58,17 @@ PROMPT_FIELDS = [
 PROMPT_ROW = pa.schema(PROMPT_FIELDS)
 
 
+def prompt_id(messages: list[dict[str, str]], system: str | None, persona: str | None = None) -> str:
+    """A prompt's id: a hash of what the answering model is shown, so the same prompt has the same id in every
+    file and run (and one with a persona is a different prompt)."""
+    import hashlib
+    import json
+
+    key = {"system": system, "messages": messages} | ({"persona": persona} if persona is not None else {})
+    canon = json.dumps(key, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
 def numbered_documents(texts: list[str] | None) -> str:
     """How a prompt's documents are shown, to the answering model (load's system prompt) and to judges alike."""
     return "\n\n".join(f"[Document {i}]\n{t}" for i, t in enumerate(texts or [], 1))
@@ -149,7 +160,6 @@ QUARANTINE_ROW = pa.schema(
         pa.field("record", pa.string()),  # the offending row (or raw source line) as text
     ]
 )
-DROPPED_ROW = QUARANTINE_ROW
 
 
 def columns_of(schema: pa.Schema, prefix: str = "") -> set[str]:

@@ -6,9 +6,8 @@ import json
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from schemas.records import PROMPT_ROW, QUARANTINE_ROW
+from schemas.records import QUARANTINE_ROW
 
 ROLES = {"system", "user", "assistant"}
 
@@ -35,30 +34,6 @@ def prompt_problem(messages: Any, system: Any) -> str | None:
     if system is not None and not isinstance(system, str):
         return f"system prompt is {type(system).__name__}, not a string"
     return None
-
-
-def split_valid(table: pa.Table, schema: pa.Schema = PROMPT_ROW) -> tuple[pa.Table, pa.Table]:
-    """Split a table into (rows that satisfy `schema`, quarantine rows with the reason).
-
-    Checks what a cast cannot: non-nullable columns that hold nulls, and missing columns.
-    """
-    missing = [f.name for f in schema if f.name not in table.column_names]
-    if missing:
-        reason = f"missing columns: {', '.join(missing)}"
-        return table.slice(0, 0), quarantine_table("validate", table.to_pylist(), [reason] * table.num_rows)
-    bad = pa.array([False] * table.num_rows, type=pa.bool_())
-    reasons: list[str | None] = [None] * table.num_rows
-    for field in schema:
-        if field.nullable:
-            continue
-        nulls = pc.is_null(table[field.name])
-        for i, is_null in enumerate(nulls.to_pylist()):
-            if is_null and reasons[i] is None:
-                reasons[i] = f"{field.name} is null"
-        bad = pc.or_(bad, nulls)
-    good = table.filter(pc.invert(bad)).select(schema.names).cast(schema)
-    bad_rows = table.filter(bad)
-    return good, quarantine_table("validate", bad_rows.to_pylist(), [r for r in reasons if r is not None])
 
 
 def quarantine_table(

@@ -97,8 +97,9 @@ class StageSpec:
     #: engine capabilities every engine the stage uses must have (engines/config.py: CAPABILITIES); checked by
     #: `curate validate`, so a stage on an engine that cannot serve it fails before anything runs
     needs: frozenset[str] = frozenset()
-    #: extra checks on a config before anything runs (files exist, ...); raise ValueError with a message
-    check: Callable[[Any], None] = lambda cfg: None
+    #: the files that shape the stage's output, hashed by content into its fingerprint (None: every file the
+    #: config points at, found by pipelines.runner.input_files)
+    inputs: Callable[[Any], list[Any]] | None = None
 
 
 def existing_path(value: Any, info) -> Any:

@@ -36,10 +36,11 @@ class Config(StageConfig):
 
 
 def benchmark_texts(bench: Benchmark):
-    from stages.load import Config as LoadConfig, _records
+    from schemas.sources import records
 
-    for _, rec, error in _records(LoadConfig(path=bench.path)):
-        if error or not isinstance(rec, dict):
+    for row in records(bench.path):
+        rec = row.record
+        if row.error or not isinstance(rec, dict):
             continue
         value = rec.get(bench.field)
         for text in value if isinstance(value, list) else [value]:

@@ -38,8 +38,8 @@ from judges.templates import load_template, template_path, template_ref
 from schemas.records import PAIR_ROW
 from schemas.validate import quarantine_table
 from stages.base import StageConfig, StageContext, StageResult, StageSpec
-from stages.load import prompt_id
-from stages.pairs import pair_head
+from schemas.records import prompt_id
+from schemas.rows import pair_head
 
 # what users write when an answer missed; anchored on words, case-insensitive
 DISSATISFIED = [

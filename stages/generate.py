@@ -19,6 +19,7 @@ from pydantic import Field
 from engines.base import Request
 from engines.config import SamplingConfig
 from schemas.records import PROMPT_ROW_WITH_CANDIDATES
+from schemas.rows import chat
 from schemas.validate import quarantine_table
 from stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
 
@@ -44,16 +45,6 @@ class ModelSpec(SamplingConfig):
 
 class Config(StageConfig):
     models: list[ModelSpec] = Field(default_factory=lambda: [ModelSpec()], min_length=1)
-
-
-def chat(row: dict, system: str | None = None, persona_prompt: str | None = None,
-         instruction: str | None = None) -> list[dict[str, str]]:
-    """The row's conversation with one system message: the row's (or the spec's) system prompt, then the
-    persona prompt for rows with a persona, then a generation instruction (verbalized sampling)."""
-    persona = persona_prompt.format(persona=row["persona"]) if persona_prompt and row.get("persona") else None
-    sys_text = "\n\n".join(part for part in (row.get("system") or system, persona, instruction) if part)
-    head = [{"role": "system", "content": sys_text}] if sys_text else []
-    return head + [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
 
 
 _VERBAL = re.compile(r"<text>(.*?)</text>\s*<probability>\s*([0-9]*\.?[0-9]+)\s*</probability>", re.S)
@@ -137,8 +128,11 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
         candidates[r].append(candidate(rows[r]["prompt_id"], engine.model_name, params, i, comp.text,
                                        comp.finish_reason, comp.completion_tokens))
     good, bad, reasons = [], [], []
-    stats = {"prompts": 0.0, "distinct_2_sum": 0.0}
+    stats = {"prompts": 0.0, "distinct_2_sum": 0.0, "candidates": 0.0, "truncated": 0.0}
     for row, cands, errs in zip(rows, candidates, errors, strict=True):
+        if not errs:
+            stats["candidates"] += len(cands)
+            stats["truncated"] += sum(c["finish_reason"] == "length" for c in cands)
         d2 = distinct_n([c["response"] for c in cands])
         if not errs and d2 is not None and len(cands) > 1:
             stats["prompts"] += 1
@@ -156,8 +150,13 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
 
 
 def summarize(stats: dict[str, float]) -> dict[str, float]:
-    """The mean per-prompt diversity of the candidates (distinct bigrams over all bigrams)."""
-    return {"distinct_2": stats["distinct_2_sum"] / stats["prompts"]} if stats.get("prompts") else {}
+    """The mean per-prompt diversity of the candidates (distinct bigrams over all bigrams), and how many
+    candidates hit the token limit (finish_reason "length": `pairs` does not make them chosen by default)."""
+    out = {"distinct_2": stats["distinct_2_sum"] / stats["prompts"]} if stats.get("prompts") else {}
+    if stats.get("candidates"):
+        out |= {"truncated_candidates": int(stats.get("truncated", 0)),
+                "truncated_share": stats.get("truncated", 0) / stats["candidates"]}
+    return out
 
 
 STAGE = StageSpec(

@@ -18,6 +18,8 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.records import PROMPT_ROW, PROMPT_ROW_WITH_CANDIDATES, numbered_documents
+from schemas.records import prompt_id
+from schemas.sources import dig, records
 from schemas.validate import prompt_problem, quarantine_table
 from stages.base import StageConfig, StageResult, StageSpec, existing_path, fixed
 
@@ -103,66 +105,6 @@ class Config(StageConfig):
         if "{documents}" not in self.documents_prompt:
             raise ValueError("`documents_prompt` must contain {documents}")
         return self
-
-
-def prompt_id(messages: list[dict[str, str]], system: str | None, persona: str | None = None) -> str:
-    key = {"system": system, "messages": messages} | ({"persona": persona} if persona is not None else {})
-    canon = json.dumps(key, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(canon.encode()).hexdigest()[:16]
-
-
-def detect_format(path: Path) -> str:
-    if path.is_dir():
-        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
-            return "hf"
-        raise ValueError(f"{path} is a folder but not a `datasets` dataset saved with save_to_disk")
-    suffix = "".join(path.suffixes[-1:]).lower()
-    if suffix in (".jsonl", ".ndjson"):
-        return "jsonl"
-    if suffix == ".json":
-        return "json"
-    if suffix in (".parquet", ".pq"):
-        return "parquet"
-    raise ValueError(f"cannot tell the format of {path.name}; set `format:` to jsonl, json, parquet or hf")
-
-
-def _records(cfg: Config) -> Iterator[tuple[int | None, Any, str | None]]:
-    """(line or row number, record or None, error) for every row of the source, streaming."""
-    fmt = detect_format(cfg.path) if cfg.format == "auto" else cfg.format
-    if fmt == "jsonl":
-        with open(cfg.path, encoding="utf-8", errors="replace") as fh:
-            for lineno, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield lineno, json.loads(line), None
-                except json.JSONDecodeError as exc:
-                    yield lineno, line.rstrip("\n"), f"broken JSON line: {exc.msg} at column {exc.colno}"
-    elif fmt == "json":
-        import ijson
-
-        with open(cfg.path, "rb") as fh:
-            for i, rec in enumerate(ijson.items(fh, "item", use_float=True), start=1):
-                yield i, rec, None
-    elif fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        n = 0
-        for batch in pq.ParquetFile(cfg.path).iter_batches(batch_size=1024):
-            for rec in batch.to_pylist():
-                n += 1
-                yield n, rec, None
-    elif fmt == "hf":
-        import datasets
-
-        ds = datasets.load_from_disk(str(cfg.path))
-        if isinstance(ds, datasets.DatasetDict):
-            raise ValueError(f"{cfg.path} holds several splits ({', '.join(ds)}); point `path` at one split")
-        n = 0
-        for batch in ds.with_format("arrow").iter(batch_size=1024):
-            for rec in batch.to_pylist():
-                n += 1
-                yield n, rec, None
 
 
 _TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
@@ -311,21 +253,12 @@ def with_personas(row: dict, personas: list[str]) -> Iterator[dict]:
         yield row | {"persona": persona, "prompt_id": prompt_id(row["messages"], row["system"], persona)}
 
 
-def dig(rec: Any, path: str) -> Any:
-    """`a.b.-1.c` -> rec["a"]["b"][-1]["c"], or None where the path does not exist."""
-    for part in path.split("."):
-        try:
-            rec = rec[int(part)] if isinstance(rec, list) else rec[part]
-        except (KeyError, IndexError, TypeError, ValueError):
-            return None
-    return rec
-
-
 def answer_table(src: CandidateSource) -> dict[str, tuple[str, Any]]:
     """join key -> (model, response) for one answer file."""
     table: dict[str, tuple[str, Any]] = {}
-    for _, rec, error in _records(Config(path=src.path)):
-        if error or not isinstance(rec, dict) or rec.get(src.id_field) is None:
+    for row in records(src.path):
+        rec = row.record
+        if row.error or not isinstance(rec, dict) or rec.get(src.id_field) is None:
             continue
         model = src.model or (str(rec.get(src.model_field)) if src.model_field else src.path.stem)
         table[str(rec[src.id_field])] = (model, dig(rec, src.response_field))
@@ -351,7 +284,8 @@ def attach_candidates(row: dict, answers: list[tuple[CandidateSource, dict]]) ->
 
 
 def read(cfg: Config) -> Iterator[StageResult]:
-    """Shards of prompt rows, each with the rows it quarantined; `limit` counts usable rows."""
+    """Shards of prompt rows, each with the rows it quarantined (and the blank lines it dropped: every line of
+    the file is accounted for); `limit` counts usable rows."""
     source = cfg.path.name
     answers = [(src, answer_table(src)) for src in cfg.candidates]
     schema = PROMPT_ROW_WITH_CANDIDATES if answers or cfg.transcripts else PROMPT_ROW
@@ -359,36 +293,43 @@ def read(cfg: Config) -> Iterator[StageResult]:
     bad: list[Any] = []
     reasons: list[str] = []
     lines: list[int | None] = []
+    blanks: list[int] = []
     seen = kept = sources = 0  # sources: source rows kept in this shard (personas expand one into several)
 
     def flush() -> StageResult:
-        nonlocal good, bad, reasons, lines, seen, sources
+        nonlocal good, bad, reasons, lines, blanks, seen, sources
         result = StageResult(
             out=pa.Table.from_pylist(good, schema=schema),
+            dropped=quarantine_table("load", [""] * len(blanks), ["blank line"] * len(blanks), source=source,
+                                     lines=blanks),
             quarantined=quarantine_table("load", bad, reasons, source=source, lines=lines),
             rows_in=seen,
             out_sources=sources,
         )
-        good, bad, reasons, lines, seen, sources = [], [], [], [], 0, 0
+        good, bad, reasons, lines, blanks, seen, sources = [], [], [], [], [], 0, 0
         return result
 
-    for lineno, rec, error in _records(cfg):
+    for src_row in records(cfg.path, cfg.format):
         if cfg.limit is not None and kept >= cfg.limit:
             break
         seen += 1
-        row, error = (None, error) if error else to_prompt_row(rec, cfg, source)
+        if src_row.blank:
+            blanks.append(src_row.number)
+            continue
+        rec = src_row.record
+        row, error = (None, src_row.error) if src_row.error else to_prompt_row(rec, cfg, source)
         if row is not None and answers:
             error = attach_candidates(row, answers)
             row = None if error else row
         if row is None:
             bad.append(rec)
             reasons.append(error)
-            lines.append(lineno)
+            lines.append(src_row.number)
         else:
             good.extend(with_personas(row, cfg.personas) if cfg.personas else [row])
             kept += 1
             sources += 1
-        if len(good) >= cfg.shard_size or len(bad) >= 4096:
+        if len(good) >= cfg.shard_size or len(bad) + len(blanks) >= 4096:
             yield flush()
     if seen or not kept:
         yield flush()

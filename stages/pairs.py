@@ -10,9 +10,12 @@ Every candidate pair that is not kept carries a reason (tie, margin under `min_m
 `min_agreement`); a prompt with no pair left is dropped, and accounted once, with its reasons.
 
 `agreement` is the share of judges (that scored both; a jury's members) ranking chosen above rejected, a soft
-label; `strength` is the mean preference strength (-3..3) of strength judges that compared the two, else the
-margin; `disagreement` is the jury's flag for the prompt; `difficulty` tags a pair easy or
-hard by margin (MPO) when `easy_margin` is set.
+label; `strength` is the mean preference strength (-3..3) of strength judges that compared the two, and null
+when none did (the score gap is `margin`: one meaning per column); `disagreement` is the jury's flag for the
+prompt; `difficulty` tags a pair easy or hard by margin (MPO) when `easy_margin` is set.
+
+A chosen answer the engine cut off (`finish_reason: length`) would teach a trainer to stop mid-sentence: such
+pairs are not kept (the reason says so) unless `allow_truncated: true`. A truncated rejected answer is kept.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pydantic import Field, model_validator
 
 from judges.jury import JudgeKind, judge_scores, mean_score, voters
 from schemas.records import PAIR_ROW
+from schemas.rows import pair_head
 from schemas.validate import quarantine_table
 from stages.base import StageConfig, StageContext, StageResult, StageSpec
 
@@ -63,6 +67,8 @@ class Config(StageConfig):
     min_grounded: float | None = None
     #: seed of best_vs_random's choice (combined with the prompt id, so it does not depend on sharding)
     seed: int = 0
+    #: keep pairs whose chosen answer hit the token limit (finish_reason "length")
+    allow_truncated: bool = False
 
     @model_validator(mode="after")
     def _grounding(self):
@@ -92,12 +98,12 @@ def candidate_pairs(scored: list[tuple], cfg: Config, prompt_id: str) -> list[tu
     return [(i, j) for i in range(k) for j in range(n - k, n)]
 
 
-def strength(chosen: dict, rejected_id: str, margin: float) -> float:
-    """The judges' preference strength (-3..3) for chosen over rejected when strength judges compared the two
-    directly; otherwise the score margin."""
+def strength(chosen: dict, rejected_id: str) -> float | None:
+    """The judges' preference strength (-3..3) for chosen over rejected, when strength judges compared the two
+    directly; else None."""
     direct = [j["strength"] for j in chosen.get("judgments") or []
               if j.get("strength") is not None and j["opponent"] == rejected_id and j["score"] is not None]
-    return sum(direct) / len(direct) if direct else margin
+    return sum(direct) / len(direct) if direct else None
 
 
 def safety(chosen: dict, rejected: dict, aspect: str | None) -> dict:
@@ -115,20 +121,13 @@ def grounding(chosen: dict, rejected: dict, aspect: str | None) -> dict:
     return {"chosen_grounded": mean_score(chosen, aspect=aspect), "rejected_grounded": mean_score(rejected, aspect=aspect)}
 
 
-def pair_head(row: dict) -> dict:
-    """The prompt's fields every pair row of it carries (pairs, retrieval_pairs, refine, feedback_mine)."""
-    return {"prompt_id": row["prompt_id"], "prompt": row["prompt"], "messages": row["messages"],
-            "system": row.get("system"), "source": row.get("source"), "persona": row.get("persona"),
-            "documents": row.get("documents")}
-
-
 def pair_row(row: dict, hi: tuple, lo: tuple, agree: float | None, cfg: Config) -> dict:
     (best, chosen, judges_c, _), (worst, rejected, judges_r, _) = hi, lo
     margin = best - worst if best is not None else None
     difficulty = None if cfg.easy_margin is None or margin is None else ("easy" if margin >= cfg.easy_margin else "hard")
     return pair_head(row) | {
         "chosen": chosen["response"], "rejected": rejected["response"],
-        "chosen_score": best, "rejected_score": worst, "margin": margin, "strength": strength(chosen, rejected["candidate_id"], margin),
+        "chosen_score": best, "rejected_score": worst, "margin": margin, "strength": strength(chosen, rejected["candidate_id"]),
         "agreement": agree, "disagreement": row.get("disagreement"), "difficulty": difficulty, "rationale": None,
         "chosen_model": chosen["model"], "rejected_model": rejected["model"],
         "chosen_id": chosen["candidate_id"], "rejected_id": rejected["candidate_id"],
@@ -181,6 +180,8 @@ def pairs_of(row: dict, cfg: Config) -> tuple[list[dict], list[tuple[dict, str]]
         elif cfg.min_agreement is not None and (agree is None or agree < cfg.min_agreement):
             rejected.append((ids, f"agreement {agree if agree is None else round(agree, 3)} < min_agreement "
                                   f"{cfg.min_agreement:g}"))
+        elif not cfg.allow_truncated and hi[1].get("finish_reason") == "length":
+            rejected.append((ids, "chosen was truncated (finish_reason length; allow_truncated: true keeps it)"))
         elif cfg.min_grounded is not None and not ((g := mean_score(hi[1], aspect=cfg.grounding_aspect)) is not None
                                                   and g >= cfg.min_grounded):
             rejected.append((ids, f"chosen is not grounded: faithfulness {'none' if g is None else f'{g:g}'} < "

@@ -19,7 +19,7 @@ from pydantic import Field
 from schemas.records import PAIR_ROW
 from schemas.validate import quarantine_table
 from stages.base import StageConfig, StageContext, StageResult, StageSpec
-from stages.generate import chat
+from schemas.rows import chat
 
 
 class Config(StageConfig):

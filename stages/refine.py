@@ -21,8 +21,8 @@ from judges.templates import load_template, template_path
 from schemas.records import PAIR_ROW
 from schemas.validate import quarantine_table
 from stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
-from stages.generate import chat
-from stages.pairs import pair_head
+from schemas.rows import chat
+from schemas.rows import pair_head
 
 CRITIQUE = ("Here is a response to the user's last message:\n\n[Response]\n{response}\n\n"
             "List the response's most important problems (errors, missing parts, unclear wording) in a few short "

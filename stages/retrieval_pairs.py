@@ -20,7 +20,7 @@ from pydantic import Field, field_validator
 
 from judges.jury import mean_score
 from schemas.records import PAIR_ROW
-from stages.pairs import pair_head
+from schemas.rows import pair_head
 from schemas.validate import quarantine_table
 from stages.base import StageConfig, StageContext, StageResult, StageSpec, existing_path, fixed
 
@@ -54,7 +54,7 @@ def _pool(cfg: Config, ctx: StageContext):
     import numpy as np
 
     from engines import embed
-    from stages.load import Config as LoadConfig, _records, dig
+    from schemas.sources import dig, records as source_rows
 
     key = ("retrieval_pool", str(cfg.pool.path), cfg.model)
     if key not in ctx.state:
@@ -62,8 +62,9 @@ def _pool(cfg: Config, ctx: StageContext):
             ctx.state[("embedder", cfg.model)] = embed.load(cfg.model)
         model = ctx.state[("embedder", cfg.model)]
         prompts, records = [], []
-        for n, rec, error in _records(LoadConfig(path=cfg.pool.path)):
-            if error or not isinstance(rec, dict):
+        for row in source_rows(cfg.pool.path):
+            n, rec = row.number, row.record
+            if row.error or not isinstance(rec, dict):
                 continue
             prompt, response = dig(rec, cfg.pool.prompt_field), dig(rec, cfg.pool.response_field)
             if not (isinstance(prompt, str) and isinstance(response, str) and response.strip()):

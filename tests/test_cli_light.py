@@ -5,11 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pyarrow as pa
 
 from conftest import curate
-from schemas.records import PROMPT_ROW
-from schemas.validate import split_valid
 
 
 def test_cli_module_imports_no_heavy_library():
@@ -31,14 +28,6 @@ def test_stages_lists_reads_writes_and_fields():
     assert res.returncode == 0, res.stderr
     for text in ("load", "generate", "judge", "pairs", "export", "candidates.judgments", "min_margin"):
         assert text in res.stdout
-
-
-def test_split_valid_returns_offending_rows_with_reason():
-    table = pa.table({"prompt_id": ["a", None, "c"], "prompt": ["x", "y", None]})
-    good, bad = split_valid(table, pa.schema([PROMPT_ROW.field("prompt_id"), PROMPT_ROW.field("prompt")]))
-    assert good["prompt_id"].to_pylist() == ["a", "c"]
-    assert bad["reason"].to_pylist() == ["prompt_id is null"]
-    assert '"prompt": "y"' in bad["record"][0].as_py()
 
 
 def test_vllm_engine_without_vllm_is_a_clear_config_error(tmp_path):

@@ -15,8 +15,9 @@ def load_all(**cfg):
     results = list(read(Config.model_validate(cfg)))
     out = pa.concat_tables([r.out for r in results])
     quarantined = pa.concat_tables([r.quarantined for r in results])
+    dropped = sum(r.dropped.num_rows for r in results)
     rows_in = sum(r.rows_in for r in results)
-    assert rows_in == out.num_rows + quarantined.num_rows, "every row is accounted for"
+    assert rows_in == out.num_rows + quarantined.num_rows + dropped, "every row is accounted for"
     return out, quarantined, results
 
 
@@ -101,3 +102,18 @@ def test_a_folder_that_is_not_a_dataset_is_a_clear_error(tmp_path):
     (tmp_path / "d").mkdir()
     with pytest.raises(ValueError, match="not a `datasets` dataset"):
         list(read(Config(path=tmp_path / "d")))
+
+
+def test_a_json_array_with_a_broken_element_quarantines_that_element_only(tmp_path):
+    path = tmp_path / "prompts.json"
+    data = (b'[{"prompt": "Name a fruit, [any] fruit."},\n {"prompt": broken},\n {"prompt": "bad \xff byte"},\n'
+            b' {"prompt": "Say \\"hi\\"."}, 7]')
+    path.write_bytes(data)
+    out, quarantined, results = load_all(path=path)
+    assert out["prompt"].to_pylist() == ["Name a fruit, [any] fruit.", 'Say "hi".']
+    got = {r["line"]: r["reason"] for r in quarantined.to_pylist()}
+    assert set(got) == {2, 3, 5} and sum(r.rows_in for r in results) == 5
+    broken, bad_byte = data.index(b"{" + b'"prompt": broken'), data.index(bytes([0xFF]))
+    assert got[2].startswith(f"broken JSON in element 2 (byte {broken})")
+    assert got[3].startswith(f"invalid UTF-8 at byte {bad_byte} (element 3)")
+    assert "not an object" in got[5]
