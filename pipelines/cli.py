@@ -344,16 +344,18 @@ def review_import(
 
 @app.command()
 def stages() -> None:
-    """List the stages with the columns they read and write and their config fields."""
+    """List the stages with the columns they read and add (with their default config) and their config fields."""
     from stages import registry
 
     table = Table(show_lines=True)
-    for col in ("stage", "reads", "writes", "config"):
+    for col in ("stage", "reads", "adds (a pair stage: instead of its input's)", "config"):
         table.add_column(col, overflow="fold")
     for name, spec in registry().items():
         try:
             cfg = spec.config.model_construct()
-            reads, writes = sorted(spec.reads(cfg)), sorted(spec.writes(cfg))
+            reads = sorted(spec.reads(cfg))
+            writes = [c + (f" (when {spec.derived_from[c]} is there)" if c in spec.derived_from else "")
+                      for c in sorted(spec.writes(cfg))]
         except Exception:
             reads, writes = ["(depends on config)"], ["(depends on config)"]
         fields = []

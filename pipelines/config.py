@@ -163,7 +163,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
             data = yaml.safe_load(fh)
     except yaml.YAMLError as exc:
         raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
-    pipeline = parse_pipeline(data, base_dir=path.parent.resolve(), source=str(path))
+    pipeline = resolve_pipeline(parse_pipeline(data, base_dir=path.parent.resolve(), source=str(path)))
     problems = check_pipeline(pipeline)
     if problems:
         raise ConfigError(problems, str(path))
@@ -220,6 +220,27 @@ def parse_pipeline(data: Any, base_dir: Path, source: str | None = None) -> Pipe
     return pipeline.model_copy(update={"stages": entries})
 
 
+def columns_after(spec, cfg, available: set[str]) -> set[str]:
+    """The columns after a stage: what it writes (a column it derives from an upstream one only when that one
+    is there), plus what it passes on unless it reshapes rows."""
+    writes = {c for c in spec.writes(cfg) if c not in spec.derived_from or spec.derived_from[c] in available}
+    return writes if spec.reshapes else available | writes
+
+
+def resolve_pipeline(pipeline: Pipeline) -> Pipeline:
+    """Fill the config defaults that depend on the column flow (StageSpec.resolve: export's columns), stage by
+    stage, so the run's stored config says exactly what each stage was asked to do."""
+    available: set[str] = set()
+    entries = []
+    for st in pipeline.stages:
+        spec = st.spec
+        if spec.resolve is not None:
+            st = st.model_copy(update={"config": spec.resolve(st.config, available)})
+        entries.append(st)
+        available = columns_after(spec, st.config, available)
+    return pipeline.model_copy(update={"stages": entries})
+
+
 def check_pipeline(pipeline: Pipeline) -> list[str]:
     """Checks across stages: the column flow, engine references, and that each engine can start here."""
     from engines.base import EngineUnavailable
@@ -240,8 +261,7 @@ def check_pipeline(pipeline: Pipeline) -> list[str]:
             close = difflib.get_close_matches(col, sorted(available), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.append(f"{where}: reads column {col!r}, which no earlier stage writes{hint}")
-        writes = spec.writes(st.config)
-        available = writes if spec.reshapes else available | writes
+        available = columns_after(spec, st.config, available)
         for name in spec.engines(st.config):
             if name not in pipeline.engines:
                 problems.append(f"{where}.engine: unknown engine {name!r}; defined: {', '.join(pipeline.engines)}")

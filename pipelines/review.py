@@ -169,12 +169,12 @@ def import_annotations(path: Path, run_dir: Path) -> dict[str, Any]:
 
 def _apply(run_dir: Path, labels: list[dict], review: Path) -> Path:
     """The last export (or pairs) with human labels overriding the judges' for the reviewed pairs."""
+    from schemas.rows import swap_sides
+
     parts = _pair_parts(run_dir)
     by_key = {(x["prompt_id"], x["chosen_id"], x["rejected_id"]): x["human"] for x in labels}
     out = review / "reviewed_export"
     out.mkdir(exist_ok=True)
-    swap = [("chosen", "rejected"), ("chosen_score", "rejected_score"), ("chosen_model", "rejected_model"),
-            ("chosen_id", "rejected_id")]
     for part in parts:
         table = pq.read_table(part)
         rows = []
@@ -183,11 +183,7 @@ def _apply(run_dir: Path, labels: list[dict], review: Path) -> Path:
             if human == "tie":
                 continue
             if human == "rejected":
-                for a, b in swap:
-                    if a in row and b in row:
-                        row[a], row[b] = row[b], row[a]
-                if row.get("margin") is not None:
-                    row["margin"] = -row["margin"]
+                row = swap_sides(row)
             row["label_source"] = "judge" if human is None else "human"
             rows.append(row)
         schema = table.schema.append(pa.field("label_source", pa.string()))

@@ -14,8 +14,36 @@ def chat(row: dict, system: str | None = None, persona_prompt: str | None = None
     return head + [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
 
 
+#: the columns every pair row has, whichever stage made it (pairs, refine, retrieval_pairs, feedback_mine)
+PAIR_HEAD = frozenset({"prompt_id", "prompt", "messages", "system", "source", "persona", "documents", "chosen",
+                       "rejected", "chosen_model", "rejected_model", "chosen_id", "rejected_id", "judge"})
+#: of those, the ones a pair only carries when the prompt rows had them
+PAIR_HEAD_CARRIED = {"persona": "persona", "documents": "documents"}
+
+
 def pair_head(row: dict) -> dict:
     """The prompt's fields every pair row of it carries (pairs, retrieval_pairs, refine, feedback_mine)."""
     return {"prompt_id": row["prompt_id"], "prompt": row["prompt"], "messages": row["messages"],
             "system": row.get("system"), "source": row.get("source"), "persona": row.get("persona"),
             "documents": row.get("documents")}
+
+
+def swap_sides(row: dict) -> dict:
+    """The same pair with chosen and rejected exchanged: every `chosen_X` trades places with `rejected_X` (and
+    `chosen` with `rejected`), the margins change sign, and what was written about one order only (the
+    rationale, `safer`, `strength`) is cleared, since it no longer holds."""
+    out = dict(row)
+    for key in row:
+        if key == "chosen" or key.startswith("chosen_"):
+            other = "rejected" + key.removeprefix("chosen")
+            if other in row:
+                out[key], out[other] = row[other], row[key]
+    for key in ("margin", "ref_margin", "ref_margin_norm"):
+        if out.get(key) is not None:
+            out[key] = -out[key]
+    for key in ("rationale", "rejected_rationale", "strength"):
+        if key in out:
+            out[key] = None
+    if out.get("safer") in ("chosen", "rejected"):
+        out["safer"] = "rejected" if out["safer"] == "chosen" else "chosen"
+    return out

@@ -97,6 +97,13 @@ class StageSpec:
     #: engine capabilities every engine the stage uses must have (engines/config.py: CAPABILITIES); checked by
     #: `curate validate`, so a stage on an engine that cannot serve it fails before anything runs
     needs: frozenset[str] = frozenset()
+    #: output columns the stage writes only when an upstream stage wrote the column named here (pairs carry
+    #: `strength` from strength judges' `candidates.judgments.strength`, `persona` from a prompt's persona): the
+    #: column flow (and so the export's default columns) then holds exactly what this pipeline fills
+    derived_from: dict[str, str] = field(default_factory=dict)
+    #: config defaults that depend on the columns upstream stages write: (config, available columns) -> config
+    #: (export picks the provenance columns this pipeline made); applied when the pipeline loads
+    resolve: Callable[[Any, set[str]], Any] | None = None
     #: the files that shape the stage's output, hashed by content into its fingerprint (None: every file the
     #: config points at, found by pipelines.runner.input_files)
     inputs: Callable[[Any], list[Any]] | None = None

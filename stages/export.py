@@ -49,7 +49,8 @@ OUTPUT = {
 class Config(StageConfig):
     format: Literal["trl", "reward", "kto", "ranked"] = "trl"
     conversational: bool = False
-    #: columns carried after the format's own (default: the format's provenance columns)
+    #: columns carried after the format's own (default: the format's provenance columns that some stage of the
+    #: pipeline writes, resolved when the pipeline loads)
     columns: list[str] | None = None
 
     def extra(self) -> list[str]:
@@ -101,6 +102,14 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
     return StageResult(out=pa.Table.from_pylist(data, schema=schema), out_sources=out_sources)
 
 
+def resolve(cfg: Config, available: set[str]) -> Config:
+    """With no `columns`, the format's provenance columns that some stage of this pipeline writes (a column no
+    stage fills would be null in every row); the choice is stored in the run's config."""
+    if cfg.columns is not None:
+        return cfg
+    return cfg.model_copy(update={"columns": [c for c in DEFAULT_COLUMNS[cfg.format] if c in available]})
+
+
 STAGE = StageSpec(
     name="export",
     config=Config,
@@ -110,4 +119,5 @@ STAGE = StageSpec(
     "(listwise); standard strings or conversational messages; provenance columns.",
     process=process,
     reshapes=True,
+    resolve=resolve,
 )

@@ -39,7 +39,7 @@ from schemas.records import PAIR_ROW
 from schemas.validate import quarantine_table
 from stages.base import StageConfig, StageContext, StageResult, StageSpec
 from schemas.records import prompt_id
-from schemas.rows import pair_head
+from schemas.rows import PAIR_HEAD, PAIR_HEAD_CARRIED, pair_head
 
 # what users write when an answer missed; anchored on words, case-insensitive
 DISSATISFIED = [
@@ -292,7 +292,8 @@ STAGE = StageSpec(
     name="feedback_mine",
     config=Config,
     reads=lambda cfg: {"prompt_id", "messages"},
-    writes=lambda cfg: {f.name for f in PAIR_ROW},
+    writes=lambda cfg: set(PAIR_HEAD) | {"feedback_signal", "feedback_evidence", "feedback_turn", "feedback_source"},
+    derived_from=PAIR_HEAD_CARRIED,
     doc="Pairs from chat logs: find where the user was (dis)satisfied with an assistant turn (patterns and/or an "
     "LLM judge, with evidence), and pair the rejected answer with a regenerated or later-corrected one.",
     process=process,

@@ -23,7 +23,7 @@ from judges.pointwise import grade
 from judges.templates import load_template, template_path, template_ref
 from schemas.records import PROMPT_ROW_WITH_CANDIDATES
 from schemas.validate import quarantine_table
-from stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
+from stages.base import StageConfig, StageContext, StageResult, StageSpec
 
 
 class Rubric(StageConfig):
@@ -183,7 +183,8 @@ STAGE = StageSpec(
     config=Config,
     reads=lambda cfg: {"prompt", "messages", "candidates", "candidates.response"}
     | ({"meta"} if cfg.reference_key or cfg.context_key else set()),
-    writes=fixed("candidates.judgments", "candidates.judgments.score", "candidates.judgments.parse_ok"),
+    writes=lambda cfg: {"candidates.judgments", "candidates.judgments.score", "candidates.judgments.parse_ok"}
+    | ({"candidates.judgments.strength"} if cfg.resolved_template().parser == "strength_brackets" else set()),
     doc="Grade candidates: pointwise (MT-Bench single-v1 by default, HelpSteer2 attributes, Prometheus "
     "absolute), listwise (UltraFeedback aspects, shuffled), or pairwise with position swap (MT-Bench pair-v2, "
     "Prometheus relative, strength -3..3); unparsable outputs are kept with parse_ok=false, never given a score.",

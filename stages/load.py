@@ -339,8 +339,9 @@ STAGE = StageSpec(
     name="load",
     config=Config,
     reads=fixed(),
-    writes=lambda cfg: {"prompt_id", "prompt", "messages", "system", "source", "source_id", "meta", "persona",
-                        "documents"}
+    writes=lambda cfg: {"prompt_id", "prompt", "messages", "system", "source", "source_id", "meta"}
+    | ({"persona"} if cfg.persona_field or cfg.personas else set())
+    | ({"documents"} if cfg.documents_field else set())
     | ({"candidates", "candidates.response", "candidates.model", "candidates.candidate_id"}
        if cfg.candidates or cfg.transcripts else set()),
     doc="Read prompts (JSONL, JSON array, Parquet, saved `datasets`) into prompt rows; quarantine malformed rows.",

@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 
 from judges.jury import JudgeKind, judge_scores, mean_score, voters
 from schemas.records import PAIR_ROW
-from schemas.rows import pair_head
+from schemas.rows import PAIR_HEAD, PAIR_HEAD_CARRIED, pair_head
 from schemas.validate import quarantine_table
 from stages.base import StageConfig, StageContext, StageResult, StageSpec
 
@@ -221,7 +221,13 @@ STAGE = StageSpec(
     config=Config,
     reads=lambda cfg: {"prompt_id", "prompt", "messages", "candidates"}
     | ({"meta"} if cfg.label_key else {"candidates.judgments"}),
-    writes=lambda cfg: {f.name for f in PAIR_ROW},
+    writes=lambda cfg: set(PAIR_HEAD)
+    | ({"strength", "disagreement"} if cfg.label_key is None else set())
+    | ({"chosen_score", "rejected_score", "margin", "agreement"} if cfg.label_key is None else set())
+    | ({"difficulty"} if cfg.easy_margin is not None else set())
+    | ({"chosen_harmless", "rejected_harmless", "safer"} if cfg.safety_aspect else set())
+    | ({"chosen_grounded", "rejected_grounded"} if cfg.grounding_aspect else set()),
+    derived_from=PAIR_HEAD_CARRIED | {"strength": "candidates.judgments.strength", "disagreement": "disagreement"},
     doc="Preference pairs per prompt (best_vs_worst, best_vs_random, all_pairs, top_k_vs_bottom_k) with min "
     "margin, tie policy, min jury agreement and easy/hard tags; every pair not kept carries a reason.",
     process=process,

@@ -22,7 +22,7 @@ from schemas.records import PAIR_ROW
 from schemas.validate import quarantine_table
 from stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
 from schemas.rows import chat
-from schemas.rows import pair_head
+from schemas.rows import PAIR_HEAD, PAIR_HEAD_CARRIED, pair_head
 
 CRITIQUE = ("Here is a response to the user's last message:\n\n[Response]\n{response}\n\n"
             "List the response's most important problems (errors, missing parts, unclear wording) in a few short "
@@ -129,7 +129,8 @@ STAGE = StageSpec(
     name="refine",
     config=Config,
     reads=fixed("prompt_id", "prompt", "messages", "candidates", "candidates.response"),
-    writes=lambda cfg: {f.name for f in PAIR_ROW},
+    writes=lambda cfg: set(PAIR_HEAD) | {"chosen_score", "rejected_score", "critique", "edit_distance"},
+    derived_from=PAIR_HEAD_CARRIED,
     doc="Critique-and-revise pairs: a model critiques and rewrites a candidate; the revision is chosen against "
     "the original only when a pairwise judge (both orders) prefers it; keeps the critique and edit distance.",
     process=process,

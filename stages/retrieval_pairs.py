@@ -20,7 +20,7 @@ from pydantic import Field, field_validator
 
 from judges.jury import mean_score
 from schemas.records import PAIR_ROW
-from schemas.rows import pair_head
+from schemas.rows import PAIR_HEAD, PAIR_HEAD_CARRIED, pair_head
 from schemas.validate import quarantine_table
 from stages.base import StageConfig, StageContext, StageResult, StageSpec, existing_path, fixed
 
@@ -144,7 +144,8 @@ STAGE = StageSpec(
     name="retrieval_pairs",
     config=Config,
     reads=fixed("prompt_id", "prompt", "messages", "candidates", "candidates.response"),
-    writes=lambda cfg: {f.name for f in PAIR_ROW},
+    writes=lambda cfg: set(PAIR_HEAD) | {"retrieved_prompt", "prompt_similarity", "response_similarity"},
+    derived_from=PAIR_HEAD_CARRIED,
     doc="Hard negatives by retrieval: chosen = the prompt's answer, rejected = the answer to the most similar "
     "different prompt in a pool (sentence-transformers + exact numpy search); near-identical pairs dropped.",
     process=process,

@@ -20,6 +20,7 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from schemas.records import PAIR_ROW
+from schemas.rows import swap_sides
 from schemas.validate import quarantine_table
 from stages.base import StageConfig, StageContext, StageResult, StageSpec
 
@@ -65,13 +66,7 @@ def conditioned(row: dict, score: float, swap: bool, cfg: Config) -> dict:
         if messages:
             messages[-1]["content"] = f"{instruction}\n\n{messages[-1]['content']}"
         out["messages"] = messages
-    if swap:
-        for a, b in (("chosen", "rejected"), ("chosen_score", "rejected_score"), ("chosen_model", "rejected_model"),
-                     ("chosen_id", "rejected_id"), ("chosen_harmless", "rejected_harmless")):
-            out[a], out[b] = row.get(b), row.get(a)
-        out["rationale"], out["rejected_rationale"] = None, None  # the reasons were written for the other order
-        out["margin"] = -row["margin"] if row.get("margin") is not None else None
-    return out
+    return swap_sides(out) if swap else out
 
 
 def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:

@@ -52,7 +52,7 @@ def test_typo_in_a_key_names_its_path_and_suggests_the_fix(example):
     data["stages"][3]["pairs"] = {"min_margn": 2}
     (problem,) = problems_of(write())
     assert problem.startswith("stages[3].pairs.min_margn: unknown key 'min_margn' (did you mean 'min_margin'?); "
-                              "known keys: aspect, easy_margin, grounding_aspect, judge_kind, judges, k, label_key, "
+                              "known keys: allow_truncated, aspect, easy_margin, grounding_aspect, judge_kind, judges, k, label_key, "
                               "min_agreement, min_grounded, min_margin, safety_aspect,")
 
 
@@ -81,6 +81,12 @@ def test_a_stage_reading_a_column_nobody_writes(example):
     data["stages"][4]["export"]["columns"] = ["chosen_scroe"]
     assert problems_of(write()) == [
         "stages[4].export: reads column 'chosen_scroe', which no earlier stage writes (did you mean 'chosen_score'?)"
+    ]
+    # a provenance column no stage of this pipeline makes (no rationale stage): refused, even after `pairs`
+    data["stages"][4]["export"]["columns"] = ["rationale", "strength"]
+    assert problems_of(write()) == [
+        "stages[4].export: reads column 'rationale', which no earlier stage writes",
+        "stages[4].export: reads column 'strength', which no earlier stage writes",
     ]
     del data["stages"][4]["export"]["columns"]
     del data["stages"][2]  # no judge: pairs has no judgments to read

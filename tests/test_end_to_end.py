@@ -21,6 +21,7 @@ def small_example(tmp_path: Path, **export) -> Path:
     data["stages"][0]["load"]["shard_size"] = 2
     data["stages"][1]["generate"]["models"][0]["max_tokens"] = 40
     data["stages"][2]["judge"]["sampling"]["max_tokens"] = 96
+    data["stages"][3]["pairs"]["allow_truncated"] = True  # 40-token answers are nearly all cut off
     data["stages"][4]["export"].update(export)
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -71,6 +72,10 @@ def test_run_prints_accounting_that_adds_up_and_writes_trl_parquet(first_run):
     assert ds.column_names[:3] == ["prompt", "chosen", "rejected"]
     assert ds.num_rows == stages["export"]["rows_out"]
     assert {"chosen_score", "rejected_score", "margin", "chosen_model", "judge"} <= set(ds.column_names)
+    # every column is one some stage of this pipeline filled: none is null in every row
+    table = pq.read_table(run_dir / "05_export")
+    assert table.num_rows and not [c for c in table.column_names if table[c].null_count == table.num_rows]
+    assert not {"rationale", "critique", "ref_margin", "strength", "documents"} & set(table.column_names)
     for row in ds:
         assert isinstance(row["prompt"], str) and row["chosen"] != row["rejected"]
         assert row["margin"] >= 1 and row["chosen_score"] - row["rejected_score"] == row["margin"]

@@ -214,7 +214,8 @@ stages:
             assert [(t["round"], t["judge"]) for t in turns] == [(0, "pro"), (0, "con"), (1, "pro"), (1, "con"),
                                                                  (2, "moderator")]
     exported = pq.read_table(run / "09_export")
-    assert {"agreement", "disagreement", "strength"} <= set(exported.column_names)
+    assert {"agreement", "disagreement"} <= set(exported.column_names)
+    assert "strength" not in exported.column_names  # no strength judge in this pipeline: no column of nulls
     assert exported.num_rows + manifest["stages"][-2]["dropped"] >= 1
 
 
