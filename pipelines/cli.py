@@ -52,8 +52,9 @@ class _libraries_log_to:
 class _services:
     """Start what a run needs at once rather than one after the other: Prefect's temporary server (when no
     PREFECT_API_URL is configured; the same server Prefect would start itself, stopped at exit) in a thread, while
-    Ray starts here (local, or connects to --address / RAY_ADDRESS). A configured Prefect server or Ray cluster
-    is used as it is."""
+    this thread connects to the Ray cluster of --address / RAY_ADDRESS. A local run starts no Ray here: the
+    runner starts it for the first stage that needs more than one worker (pipelines.runner.local_run). A
+    configured Prefect server or Ray cluster is used as it is."""
 
     def __init__(self, address: str | None):
         self.address = address
@@ -62,7 +63,7 @@ class _services:
     def __enter__(self):
         import threading
 
-        from pipelines.runner import init_ray
+        from pipelines.runner import init_ray, local_run
 
         server: dict = {}
 
@@ -83,7 +84,8 @@ class _services:
         thread = threading.Thread(target=start_prefect, name="prefect-server", daemon=True)
         thread.start()
         try:
-            init_ray(self.address)
+            if not local_run(self.address):
+                init_ray(self.address)
         finally:
             thread.join()
         if server.get("url"):

@@ -156,6 +156,21 @@ def _atomic_write_json(data: Any, path: Path) -> None:
         raise
 
 
+def run_token(run_dir: Path) -> str | None:
+    """The token of the run that holds the run directory now. A worker checks it before it commits a shard: a
+    worker left over from a killed run (a Ray actor outliving its driver for a moment) sees another run's token
+    and stops instead of writing into the directory the new run owns."""
+    try:
+        parts = (Path(run_dir) / ".lock").read_text().split()
+    except OSError:
+        return None
+    return parts[1] if len(parts) > 1 else None
+
+
+class StaleWorker(RuntimeError):
+    """This worker's run is over (killed, or another run took the directory): it must not write."""
+
+
 class RunDirBusy(RuntimeError):
     """Another curate process is writing into this run directory."""
 
@@ -179,13 +194,13 @@ def run_dir_lock(run_dir: Path):
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             fh.seek(0)
-            holder = fh.read().strip() or "unknown"
+            holder = (fh.read().split() or ["unknown"])[0]
             fh.close()
             raise RunDirBusy(f"{run_dir} is in use by another curate run (pid {holder}): wait for it to finish, or "
                              "give this run its own --run-dir") from None
         fh.seek(0)
         fh.truncate()
-        fh.write(f"{os.getpid()}\n")
+        fh.write(f"{os.getpid()} {uuid.uuid4().hex}\n")  # the holder, and this run's token (see run_token)
         fh.flush()
         held = _held_locks[run_dir] = [fh, 0]
     held[1] += 1
@@ -333,7 +348,7 @@ class ShardWorker:
     order either way. Other engines (llama.cpp, vLLM offline, transformers) take one batch at a time."""
 
     def __init__(self, stage_name: str, stage_id: str, config: dict, engines: dict[str, dict], cache_dir: str | None,
-                 run_dir: str, batch_size: int):
+                 run_dir: str, batch_size: int, token: str | None = None):
         from engines.cache import ResponseCache
         from engines.config import build_engine, parse_engine
         from stages import registry
@@ -344,6 +359,7 @@ class ShardWorker:
         self.stage_id = stage_id
         self.run_dir = Path(run_dir)
         self.batch_size = batch_size
+        self.token = token
         cache = ResponseCache(cache_dir) if engines else None
         self.engines = {n: build_engine(parse_engine(c), cache) for n, c in engines.items()}
         self.ctx = StageContext(self.engines)
@@ -417,6 +433,9 @@ class ShardWorker:
             raise
         finally:
             self.rows_done.pop(shard, None)
+        if self.token is not None and run_token(self.run_dir) != self.token:
+            writer.abort()
+            raise StaleWorker(f"{self.run_dir} is no longer held by the run that started shard {shard}")
         marker = writer.commit(fingerprint, {
             "model_calls": counts.calls,
             "cache_hits": counts.hits,
@@ -448,6 +467,45 @@ def batches_in_flight(engines, batch_size: int, stateful: bool) -> int:
 
 def _pure_shards(batch: pa.Table, **worker_kwargs) -> pa.Table:
     return ShardWorker(**worker_kwargs)(batch)
+
+
+def _driver_shards(todo: list[dict], worker_kwargs: dict, at_once: int, running_rows=lambda rows: None):
+    """Run shards in this process on one worker, `at_once` at a time (threads, for streaming engines); yields
+    each shard's marker as it completes. The threads are daemons: a failed stage does not wait for a shard still
+    running before the run can end (what it wrote is temp files, and its marker never comes)."""
+    import queue
+    import threading
+
+    worker = ShardWorker(**worker_kwargs)
+    results: queue.Queue = queue.Queue()
+    pending = list(todo)
+    running = 0
+
+    def run(item: dict) -> None:
+        try:
+            results.put((True, worker.run_shard(**item)))
+        except BaseException as exc:  # handed to the driver loop, which raises it
+            results.put((False, exc))
+
+    def start() -> None:
+        nonlocal running
+        threading.Thread(target=run, args=(pending.pop(0),), daemon=True, name="curate-shard").start()
+        running += 1
+
+    while pending and running < at_once:
+        start()
+    while running:
+        try:
+            ok, value = results.get(timeout=1.0)
+        except queue.Empty:
+            running_rows(sum(worker.progress().values()))
+            continue
+        running -= 1
+        if not ok:
+            raise value
+        yield json.loads(value["marker"])
+        if pending:
+            start()
 
 
 def _actor_shards(todo: list[dict], worker_kwargs: dict, actors: int, shards_per_actor: int, num_cpus: float,
@@ -610,9 +668,8 @@ class Run:
         if st.spec.source is not None:
             report, markers = _run_source(st, self.run_dir, self.progress)
         else:
-            init_ray(self.address)
             upstream = self.markers[self.pipeline.stages[st.index - 1].id]
-            report, markers = _run_stage(st, self.pipeline, upstream, self.run_dir, self.progress)
+            report, markers = _run_stage(st, self.pipeline, upstream, self.run_dir, self.progress, self.address)
         report.seconds = time.perf_counter() - start
         prune_stage(self.run_dir, st.id, {m["shard"] for m in markers})
         self.reports[st.id], self.markers[st.id] = report, markers
@@ -742,7 +799,7 @@ def plan_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
 
 
 def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]], run_dir: Path,
-               progress: Progress):
+               progress: Progress, address: str | None = None):
     plan = plan_stage(st, pipeline, upstream, run_dir)
     report = StageReport(st.id, st.name, summarize=st.spec.summarize)
     progress.stage_start(st.id, sum(up.get("rows_out", 0) for up in upstream))
@@ -750,7 +807,7 @@ def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
         report.add(m, skipped=True)
         progress.shard_done(st.id, m["in"])
     fresh: list[dict[str, Any]] = []
-    for marker in _execute(st, pipeline, plan, run_dir, progress) if plan.todo else ():
+    for marker in _execute(st, pipeline, plan, run_dir, progress, address) if plan.todo else ():
         fresh.append(marker)
         report.add(marker, skipped=False)
         progress.shard_done(st.id, marker["in"])
@@ -779,32 +836,63 @@ def check_error_rate(st: StageEntry, markers: list[dict[str, Any]], final: bool)
         f"then rerun with --resume")
 
 
-def _execute(st: StageEntry, pipeline: Pipeline, plan: StagePlan, run_dir: Path, progress: Progress):
-    """Run the plan's shards where the stage's engines want them; yields each shard's marker as it completes."""
-    import ray
+#: a local run's pure stage with at most this many input rows runs in the driver (columnar work this size takes
+#: well under Ray's own start: a worker pool only pays off beyond it)
+DRIVER_ROWS = 50_000
 
+
+def local_run(address: str | None) -> bool:
+    """No Ray cluster was asked for (no --address, no RAY_ADDRESS) and none is running in this process."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    return not (address or os.environ.get("RAY_ADDRESS") or (ray is not None and ray.is_initialized()))
+
+
+def _execute(st: StageEntry, pipeline: Pipeline, plan: StagePlan, run_dir: Path, progress: Progress,
+             address: str | None = None):
+    """Run the plan's shards where the stage's engines want them; yields each shard's marker as it completes.
+
+    On a local run a stage whose work fits one worker (a model stage on one engine instance, the default; a
+    stateful stage; a pure stage on a few thousand rows) runs in this process: Ray starts only when a stage
+    needs more than one worker, so a small pipeline pays for no cluster it does not use. With --address (or
+    RAY_ADDRESS) every stage runs on the cluster."""
     from engines.config import parse_engine, shard_driver
 
     todo = plan.todo
     engine_cfgs = [parse_engine(c) for c in plan.engines.values()]
     model_stage = bool(engine_cfgs) or st.spec.keeps_model
-    cpus = max(1, int(ray.available_resources().get("CPU", os.cpu_count() or 1)))
+    local = local_run(address)
+    rows = sum(int(pq.ParquetFile(t["input"]).metadata.num_rows) for t in todo) if local and not model_stage else 0
+    if local:
+        cpus = os.cpu_count() or 1
+    else:
+        init_ray(address)
+        import ray
+
+        cpus = max(1, int(ray.available_resources().get("CPU", os.cpu_count() or 1)))
     size = st.run.concurrency or (1 if model_stage else max(1, min(len(todo), cpus)))
     size = 1 if st.spec.stateful else min(size, len(todo))
     worker_kwargs = dict(
         stage_name=st.name, stage_id=st.id, config=plan.config, engines=plan.engines,
         cache_dir=str(pipeline.cache_dir) if pipeline.cache_dir else None, run_dir=str(run_dir),
-        batch_size=st.run.batch_size,
+        batch_size=st.run.batch_size, token=run_token(run_dir),
     )
     drivers = {shard_driver(c) for c in engine_cfgs} - {None}
     streaming = streams(c.capabilities() for c in engine_cfgs)
     if drivers:  # an engine that runs the stage's shards itself (ray_llm: shards in driver threads)
+        init_ray(address)
         (driver,) = drivers
         return driver(todo, ShardWorker(**worker_kwargs), 1 if st.spec.stateful else st.run.concurrency)
+    per_actor = 2 if streaming and not st.spec.stateful else 1  # the next shard starts under the tail
+    running_rows = functools.partial(progress.rows_running, st.id)
+    if local and (size == 1 or (not model_stage and rows <= DRIVER_ROWS)):
+        return _driver_shards(todo, worker_kwargs, per_actor, running_rows)
+    init_ray(address)
+    import ray
+
     if model_stage or st.spec.stateful:  # an actor pool: engines (or state) live as long as the actor
-        per_actor = 2 if streaming and not st.spec.stateful else 1  # the next shard starts under the tail
-        return _actor_shards(todo, worker_kwargs, size, per_actor, st.run.num_cpus,
-                             functools.partial(progress.rows_running, st.id))
+        return _actor_shards(todo, worker_kwargs, size, per_actor, st.run.num_cpus, running_rows)
     # pure stages run as plain tasks on Ray's already-started workers
     ray.data.DataContext.get_current().execution_options.preserve_order = False
     ds = ray.data.from_items(todo, override_num_blocks=len(todo))

@@ -123,6 +123,9 @@ PAIR_ROW = pa.schema(
         pa.field("feedback_evidence", pa.string()),
         pa.field("feedback_turn", pa.int32()),  # index of the judged assistant turn in the conversation
         pa.field("feedback_source", pa.string()),  # pattern | llm | pattern+llm
+        # pairs with allow_truncated: the answer hit the token limit (finish_reason "length")
+        pa.field("chosen_truncated", pa.bool_()),
+        pa.field("rejected_truncated", pa.bool_()),
         pa.field("chosen_model", pa.string()),
         pa.field("rejected_model", pa.string()),
         pa.field("chosen_id", pa.string()),

@@ -23,7 +23,8 @@ PROVENANCE = ["prompt_id", "chosen_score", "rejected_score", "margin", "strength
               "difficulty", "rationale", "rejected_rationale", "persona", "goal_score", "augmented",
               "chosen_harmless", "rejected_harmless", "safer", "ref_margin", "ref_margin_norm", "critique",
               "edit_distance", "documents", "chosen_grounded", "rejected_grounded", "feedback_signal",
-              "feedback_evidence", "feedback_turn", "feedback_source", "chosen_model", "rejected_model", "chosen_id",
+              "feedback_evidence", "feedback_turn", "feedback_source", "chosen_truncated", "rejected_truncated",
+              "chosen_model", "rejected_model", "chosen_id",
               "rejected_id", "judge", "source"]
 DEFAULT_COLUMNS = {
     "trl": PROVENANCE,

@@ -67,7 +67,8 @@ class Config(StageConfig):
     min_grounded: float | None = None
     #: seed of best_vs_random's choice (combined with the prompt id, so it does not depend on sharding)
     seed: int = 0
-    #: keep pairs whose chosen answer hit the token limit (finish_reason "length")
+    #: keep pairs whose chosen answer hit the token limit (finish_reason "length"), flagged in
+    #: `chosen_truncated` / `rejected_truncated`
     allow_truncated: bool = False
 
     @model_validator(mode="after")
@@ -133,6 +134,8 @@ def pair_row(row: dict, hi: tuple, lo: tuple, agree: float | None, cfg: Config) 
         "chosen_id": chosen["candidate_id"], "rejected_id": rejected["candidate_id"],
         "judge": ",".join(sorted(set(judges_c) | set(judges_r))), **safety(chosen, rejected, cfg.safety_aspect),
         **grounding(chosen, rejected, cfg.grounding_aspect),
+        **({"chosen_truncated": chosen.get("finish_reason") == "length",
+            "rejected_truncated": rejected.get("finish_reason") == "length"} if cfg.allow_truncated else {}),
     }
 
 
@@ -225,6 +228,7 @@ STAGE = StageSpec(
     | ({"strength", "disagreement"} if cfg.label_key is None else set())
     | ({"chosen_score", "rejected_score", "margin", "agreement"} if cfg.label_key is None else set())
     | ({"difficulty"} if cfg.easy_margin is not None else set())
+    | ({"chosen_truncated", "rejected_truncated"} if cfg.allow_truncated else set())
     | ({"chosen_harmless", "rejected_harmless", "safer"} if cfg.safety_aspect else set())
     | ({"chosen_grounded", "rejected_grounded"} if cfg.grounding_aspect else set()),
     derived_from=PAIR_HEAD_CARRIED | {"strength": "candidates.judgments.strength", "disagreement": "disagreement"},

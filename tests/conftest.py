@@ -59,6 +59,25 @@ def curate(*args: str, cwd: Path | None = None, env: dict | None = None, timeout
                           env=full)
 
 
+def serve_local(handler_class) -> tuple:
+    """A real threaded HTTP server on a free local port with this handler: (server, base URL ending in /v1)."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), handler_class)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+
+def send_json(handler, data: bytes, status: int = 200) -> None:
+    """Answer an HTTP request with a JSON body."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -271,10 +271,9 @@ class CopyingJudge:
 
     def __init__(self):
         import re
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from http.server import BaseHTTPRequestHandler
 
-        from conftest import free_port
+        from conftest import send_json, serve_local
 
         answer = re.compile(r"\[The Start of Assistant's Answer\]\n(.*)\n\[The End of Assistant's Answer\]", re.S)
 
@@ -286,18 +285,11 @@ class CopyingJudge:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 shown = answer.search(body["messages"][-1]["content"]).group(1)
                 text = shown + ("\nRating: [4]" if "RATE-ME" in shown else "")
-                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text},
-                                                "finish_reason": "stop"}],
-                                   "usage": {"prompt_tokens": 1, "completion_tokens": 1}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, json.dumps({"choices": [{"message": {"role": "assistant", "content": text},
+                                                         "finish_reason": "stop"}],
+                                            "usage": {"prompt_tokens": 1, "completion_tokens": 1}}).encode())
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve_local(Handler)
 
 
 def test_a_marker_the_judge_merely_copies_from_a_candidate_is_not_its_score(tmp_path):

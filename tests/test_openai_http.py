@@ -7,17 +7,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import yaml
 
 import pyarrow.parquet as pq
 
-from conftest import accounted, curate, free_port, stop_group
+from conftest import accounted, curate, free_port, send_json, serve_local, stop_group
 from engines.base import Request, Sampling
 from engines.config import OpenAIHTTPConfig, parse_engine
 from engines.llama_cpp import embedded_model_path
@@ -98,16 +97,9 @@ class FaultProxy:
                 req = urllib.request.Request(proxy.upstream + self.path.removeprefix("/v1"), data=body,
                                              headers={"Content-Type": "application/json"})
                 with urllib.request.urlopen(req, timeout=120) as up:
-                    data = up.read()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                    send_json(self, up.read())
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve_local(Handler)
 
     def close(self):
         self.server.shutdown()

@@ -37,7 +37,12 @@ def sorted_rows(run_dir: Path, stage: str) -> list[dict]:
 
 
 def test_sigkill_mid_generation_then_resume(tmp_path):
+    """Generation on two local Ray actors (`concurrency: 2`: more than one worker, so the run starts Ray), the
+    whole process group killed mid-stage."""
     pipeline = pipeline_for_resume(tmp_path)
+    data = yaml.safe_load(pipeline.read_text())
+    data["stages"][1]["concurrency"] = 2
+    pipeline.write_text(yaml.safe_dump(data, sort_keys=False))
     killed_cache, clean_cache = tmp_path / "cache-killed", tmp_path / "cache-clean"
 
     # the interrupted run: kill the whole process group once two generate shards are done
