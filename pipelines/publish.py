@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import yaml
 
 from pipelines.runner import StaleRunDir, manifest_parts
@@ -49,7 +50,10 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def build_card(run_dir: Path, repo_id: str, files: dict[str, list[str]], license: str) -> str:
+def build_card(run_dir: Path, repo_id: str, files: dict[str, list[str]], license: str,
+               columns: dict[str, list[tuple[str, str]]] | None = None) -> str:
+    """The dataset card. `columns`: per config, the (name, Arrow type) of each column its Parquet has (every
+    one filled by some stage: the export carries no column of nulls)."""
     from pipelines.report import judge_stats
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -114,6 +118,8 @@ def build_card(run_dir: Path, repo_id: str, files: dict[str, list[str]], license
     if stats["position"]:
         body += ["Position consistency of pairwise judges (verdict survives swapping the order):", "",
                  _table([[j, f"{c:.3f}", n] for j, c, n in stats["position"]], ["judge", "consistency", "pairs"]), ""]
+    for name, cols in (columns or {}).items():
+        body += [f"## Columns of `{name}`", _table([[f"`{c}`", t] for c, t in cols], ["column", "type"]), ""]
     body += [
         "## What was filtered, and why",
         _table(reasons, ["stage", "kind", "rows", "reason"]) if reasons else "Nothing was dropped or quarantined.",
@@ -165,7 +171,13 @@ def publish(run_dir: Path, repo_id: str, *, private: bool = False, revision: str
             target = f"data/{name}/train-{i:05d}-of-{len(parts):05d}.parquet"
             files.setdefault(name, []).append(target)
             ops.append(CommitOperationAdd(path_in_repo=target, path_or_fileobj=str(path)))
-    card = build_card(run_dir, repo_id, files, license)
+    columns = {}
+    for sid, fmt in exports:
+        name = config_name or CONFIG_NAMES[fmt]
+        parts = manifest_parts(run_dir, manifest, sid, verify=False)
+        if parts:
+            columns[name] = [(f.name, str(f.type)) for f in pq.read_schema(parts[0])]
+    card = build_card(run_dir, repo_id, files, license, columns)
     ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
     api = HfApi()
     try:

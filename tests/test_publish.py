@@ -78,6 +78,13 @@ def test_publish_round_trip_card_idempotence_and_no_token(finished_run, hub, tmp
     assert card.data.configs[0]["config_name"] == "preference"
     manifest = json.loads((finished_run / "manifest.json").read_text())
     text = card.text
+    # the card lists exactly the exported columns, each filled by some stage
+    exported = pq.read_table(finished_run / "05_export")
+    assert "## Columns of `preference`" in text
+    for col in exported.column_names:
+        assert f"| `{col}` |" in text
+        assert exported[col].null_count < exported.num_rows, col
+    assert "`rationale`" not in text and "`ref_margin`" not in text
     assert "## Row accounting" in text and "## Judges" in text and "mt_bench_single_v1" in text
     for s in manifest["stages"]:  # the card carries the run's real numbers
         assert f"| {s['id']} | {s['in']} | {s['out']} | {s['dropped']} | {s['quarantined']} | {s['rows_out']} |" in text
