@@ -87,6 +87,17 @@ def _decoded(raw: bytes, offset: int, what: str) -> tuple[str, str | None]:
                 f"invalid UTF-8 at byte {offset + exc.start} ({what}): {exc.reason}")
 
 
+def _row(number: int, raw: bytes, offset: int, what: str, broken) -> SourceRow:
+    """One line or element: its record, or why not (invalid UTF-8 first, then JSON; `broken(exc)` words it)."""
+    text, error = _decoded(raw, offset, what)
+    if error:
+        return SourceRow(number, text, error, offset)
+    try:
+        return SourceRow(number, json.loads(text), offset=offset)
+    except json.JSONDecodeError as exc:
+        return SourceRow(number, text, broken(exc), offset)
+
+
 def _jsonl(path: Path) -> Iterator[SourceRow]:
     offset = 0
     with open(path, "rb") as fh:
@@ -96,14 +107,8 @@ def _jsonl(path: Path) -> Iterator[SourceRow]:
             if not line.strip():
                 yield SourceRow(number, None, offset=here, blank=True)
                 continue
-            text, error = _decoded(line, here, f"line {number}")
-            if error:
-                yield SourceRow(number, text, error, here)
-                continue
-            try:
-                yield SourceRow(number, json.loads(text), offset=here)
-            except json.JSONDecodeError as exc:
-                yield SourceRow(number, text, f"broken JSON line: {exc.msg} at column {exc.colno}", here)
+            yield _row(number, line, here, f"line {number}",
+                       lambda exc: f"broken JSON line: {exc.msg} at column {exc.colno}")
 
 
 # the bytes that change a JSON scanner's state: outside strings quotes, brackets and commas; inside, quotes and
@@ -131,14 +136,8 @@ def _json_array(path: Path, chunk: int = 1 << 20) -> Iterator[SourceRow]:
             return
         number += 1
         at = start + len(buf) - len(bytes(buf).lstrip())  # the element's first byte
-        text, error = _decoded(raw, at, f"element {number}")
-        if error:
-            yield SourceRow(number, text, error, at)
-            return
-        try:
-            yield SourceRow(number, json.loads(text), offset=at)
-        except json.JSONDecodeError as exc:
-            yield SourceRow(number, text, f"broken JSON in element {number} (byte {at}): {exc.msg}", at)
+        yield _row(number, raw, at, f"element {number}",
+                   lambda exc: f"broken JSON in element {number} (byte {at}): {exc.msg}")
 
     with open(path, "rb") as fh:
         while data := fh.read(chunk):
