@@ -15,7 +15,7 @@ from engines.config import SamplingConfig
 from judges.debate import Debater, run
 from judges.templates import load_template, template_path, template_ref
 from stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
-from stages.judge import candidate_pairs, settle_pairs
+from stages.judging import candidate_pairs, settle_pairs
 
 
 class DebaterConfig(StageConfig):

@@ -9,8 +9,6 @@ models) accumulate on the same candidates. The judge sees the final user turn as
 
 from __future__ import annotations
 
-import json
-from itertools import combinations
 from typing import Literal
 
 import pyarrow as pa
@@ -21,9 +19,8 @@ from judges.listwise import rate
 from judges.pairwise import compare
 from judges.pointwise import grade
 from judges.templates import load_template, template_path, template_ref
-from schemas.records import PROMPT_ROW_WITH_CANDIDATES
-from schemas.validate import quarantine_table
 from stages.base import StageConfig, StageContext, StageResult, StageSpec
+from stages.judging import candidate_pairs, extras, finish, question, settle_pairs
 
 
 class Rubric(StageConfig):
@@ -71,64 +68,6 @@ class Config(StageConfig):
 
     def resolved_template(self):
         return load_template(template_path(self.template))
-
-
-def _meta_value(row: dict, key: str | None) -> str | None:
-    if key is None:
-        return None
-    value = json.loads(row.get("meta") or "{}").get(key)
-    if isinstance(value, list):  # MT-Bench's reference is a list per turn: the first turn's
-        value = value[0] if value else None
-    return None if value is None else str(value)
-
-
-def question(row: dict, cfg) -> str:
-    if cfg.question == "last_turn" or len(row.get("messages") or []) < 2:
-        return row["prompt"]
-    names = {"user": "User", "assistant": "Assistant", "system": "System"}
-    return "\n\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in row["messages"])
-
-
-def extras(row: dict, cfg: Config) -> dict:
-    """The template fields besides the answers: reference answer, rubric, and the user's persona/context."""
-    context = _meta_value(row, cfg.context_key) if cfg.context_key else row.get("persona")
-    return {"reference": _meta_value(row, cfg.reference_key), "rubric": cfg.rubric_text(), "context": context,
-            "documents": row.get("documents")}
-
-
-def candidate_pairs(rows: list[dict], cfg) -> tuple[list[tuple], list[tuple[int, int, int]]]:
-    """Every pair of each row's candidates as pairwise items, and where each came from (row, a, b)."""
-    items, where = [], []
-    for r, row in enumerate(rows):
-        cands = row["candidates"] or []
-        for a, b in combinations(range(len(cands)), 2):
-            items.append((question(row, cfg), cands[a]["response"], cands[b]["response"],
-                          cands[a]["candidate_id"], cands[b]["candidate_id"], extras(row, cfg)))
-            where.append((r, a, b))
-    return items, where
-
-
-def settle_pairs(rows: list[dict], where: list[tuple[int, int, int]], results: list, stage: str,
-                 failed: dict[int, list[str]] | None = None) -> StageResult:
-    """Append each pair's judgments to its two candidates; rows with a failed call are quarantined whole."""
-    failed = {} if failed is None else failed
-    for (r, a, b), res in zip(where, results, strict=True):
-        if isinstance(res, tuple):
-            for c, js in ((a, res[0]), (b, res[1])):
-                cand = rows[r]["candidates"][c]
-                cand["judgments"] = list(cand.get("judgments") or []) + js
-        else:
-            failed.setdefault(r, []).append(f"candidates {a} vs {b}: {res.error}")
-    return finish(rows, failed, stage)
-
-
-def finish(rows: list[dict], failed: dict[int, list[str]], stage: str) -> StageResult:
-    good = [row for r, row in enumerate(rows) if r not in failed]
-    bad = [rows[r] for r in sorted(failed)]
-    return StageResult(
-        out=pa.Table.from_pylist(good, schema=PROMPT_ROW_WITH_CANDIDATES),
-        quarantined=quarantine_table(stage, bad, [f"{stage} call failed: " + "; ".join(failed[r]) for r in sorted(failed)]),
-    )
 
 
 def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:

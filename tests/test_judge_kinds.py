@@ -253,7 +253,7 @@ judges:
 
 def test_debate_shows_the_whole_conversation_when_asked():
     from stages import debate
-    from stages.judge import question
+    from stages.judging import question
 
     row = {"prompt": "And in winter?", "messages": [
         {"role": "user", "content": "Where do swallows live?"}, {"role": "assistant", "content": "In Europe."},
