@@ -164,7 +164,7 @@ class CachedEngine:
                 results[i] = hit
             else:
                 todo.append(i)
-        self._count(0, len(requests) - len(todo), [results[i] for i in range(len(requests)) if results[i]])
+        self._count(0, len(requests) - len(todo), [r for r in results if r is not None])
         if todo:
             engine = self.engine
             asked = [requests[i] for i in todo]

@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from engines.base import Completion, EngineError, EngineUnavailable, Request
+from engines.base import Completion, EngineError, Request
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 #: answers that no request can get past: the engine is misconfigured, not the row
@@ -80,13 +80,11 @@ class OpenAIHTTPEngine:
         self.cfg = cfg
         self.identity = {"kind": "openai_http", "base_url": cfg.base_url.rstrip("/"), "model": cfg.model}
         self.model_name = cfg.model
+        from engines.config import check_engine
+
+        check_engine(cfg)  # every variable it names is set (EngineUnavailable names the one that is not)
         self._key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-        if cfg.api_key_env and not self._key:
-            raise EngineUnavailable(f"environment variable {cfg.api_key_env} (api_key_env) is not set")
-        self._secret_headers = {h: os.environ.get(var) for h, var in cfg.headers_env.items()}
-        for h, value in self._secret_headers.items():
-            if not value:
-                raise EngineUnavailable(f"environment variable {cfg.headers_env[h]} (headers_env.{h}) is not set")
+        self._secret_headers = {h: os.environ[var] for h, var in cfg.headers_env.items()}
         #: every credential this engine sends, removed from any error text it stores
         self._secrets = sorted({v for v in [self._key, *self._secret_headers.values()] if v}, key=len, reverse=True)
         self.retries_done = 0

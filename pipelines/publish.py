@@ -160,6 +160,7 @@ def publish(run_dir: Path, repo_id: str, *, private: bool = False, revision: str
     if config_name and len(exports) > 1:
         raise PublishError("--config-name names a single export; this run has several")
     files: dict[str, list[str]] = {}
+    columns: dict[str, list[tuple[str, str]]] = {}
     ops = []
     for sid, fmt in exports:
         name = config_name or CONFIG_NAMES[fmt]
@@ -167,16 +168,12 @@ def publish(run_dir: Path, repo_id: str, *, private: bool = False, revision: str
             parts = manifest_parts(run_dir, manifest, sid)
         except StaleRunDir as exc:
             raise PublishError(str(exc)) from None
+        if parts:
+            columns[name] = [(f.name, str(f.type)) for f in pq.read_schema(parts[0])]
         for i, path in enumerate(parts):
             target = f"data/{name}/train-{i:05d}-of-{len(parts):05d}.parquet"
             files.setdefault(name, []).append(target)
             ops.append(CommitOperationAdd(path_in_repo=target, path_or_fileobj=str(path)))
-    columns = {}
-    for sid, fmt in exports:
-        name = config_name or CONFIG_NAMES[fmt]
-        parts = manifest_parts(run_dir, manifest, sid, verify=False)
-        if parts:
-            columns[name] = [(f.name, str(f.type)) for f in pq.read_schema(parts[0])]
     card = build_card(run_dir, repo_id, files, license, columns)
     ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode()))
     api = HfApi()
@@ -194,12 +191,11 @@ def publish(run_dir: Path, repo_id: str, *, private: bool = False, revision: str
         status = exc.response.status_code if exc.response is not None else "?"
         raise PublishError(f"the Hub answered HTTP {status} ({type(exc).__name__}); nothing was committed, so the "
                            f"repo is as it was: run `curate publish` again to retry") from None
-    except OSError as exc:  # no route, DNS, TLS, refused (httpx's and requests' errors are OSErrors or wrap one)
-        raise PublishError(f"cannot reach the Hub at {api.endpoint} ({type(exc).__name__}: {exc}); nothing was "
-                           "committed: check the network or HF_ENDPOINT, then run `curate publish` again") from None
     except Exception as exc:
-        transport = ("httpx", "httpcore", "requests", "urllib3")  # and their forks (huggingface_hub 2: httpx2)
-        if not any(c.__module__.startswith(transport) for c in type(exc).__mro__):
+        # no route, DNS, TLS, refused: an OSError, or the HTTP client's own error (httpx, requests, and their
+        # forks: huggingface_hub 2 uses httpx2)
+        transport = ("httpx", "httpcore", "requests", "urllib3")
+        if not (isinstance(exc, OSError) or any(c.__module__.startswith(transport) for c in type(exc).__mro__)):
             raise
         raise PublishError(f"cannot reach the Hub at {api.endpoint} ({type(exc).__name__}: {exc}); nothing was "
                            "committed: check the network or HF_ENDPOINT, then run `curate publish` again") from None

@@ -91,6 +91,12 @@ def input_files(cfg: Any) -> list[Path]:
     return found
 
 
+def stage_inputs(st: StageEntry) -> list[Any]:
+    """The content fingerprint of every file that shapes this stage's output (StageSpec.inputs, or the files
+    its config points at)."""
+    return content_fingerprint((st.spec.inputs or input_files)(st.config))
+
+
 def content_fingerprint(paths: list[Path]) -> list[Any]:
     """[path, sha256] for each input file (a folder: each file under it, by relative name), so editing a
     benchmark, candidates or pool file redoes the stages it shapes, and a touch without an edit does not."""
@@ -389,9 +395,9 @@ class ShardWorker:
     def run_shard(self, shard: int, input: str, fingerprint: str) -> dict[str, Any]:
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-        start = time.perf_counter()
         from engines.cache import CallCounts
 
+        start = time.perf_counter()
         writer = ShardWriter(self.run_dir, self.stage_id, shard)
         counts = CallCounts()
         src = pq.ParquetFile(input)
@@ -680,7 +686,7 @@ class Run:
         if error is None:
             self.manifest["status"] = "ok"
             self.manifest["output"] = str(self.run_dir / self.pipeline.stages[-1].id)
-            self._save()  # the stages' shard lists, which the judged parts are read from
+            self.manifest["stages"] = self._stages()  # the shard lists the judged parts are read from
             judged = last_output_with(self.run_dir, self.manifest, {"candidates"})
             if judged is not None:
                 from judges.stats import summary
@@ -706,8 +712,11 @@ class Run:
         self.manifest[key] = value
         self._save()
 
+    def _stages(self) -> list[dict[str, Any]]:
+        return [r.as_dict() for r in self.reports.values()]
+
     def _save(self) -> None:
-        self.manifest["stages"] = [r.as_dict() for r in self.reports.values()]
+        self.manifest["stages"] = self._stages()
         _atomic_write_json(self.manifest, self.run_dir / "manifest.json")
 
 
@@ -737,7 +746,7 @@ def run_pipeline(pipeline: Pipeline, run_dir: Path, *, address: str | None = Non
 def _run_source(st: StageEntry, run_dir: Path, progress: Progress):
     """The load stage runs in the driver: reading a file is sequential, and line numbers must be exact."""
     fp = fingerprint(stage_code_version(st.name), st.id, st.config.model_dump(mode="json"),
-                     content_fingerprint((st.spec.inputs or input_files)(st.config)))
+                     stage_inputs(st))
     stage_marker = run_dir / "_done" / st.id / "stage.json"
     report = StageReport(st.id, st.name, summarize=st.spec.summarize)
     progress.stage_start(st.id, None)
@@ -770,6 +779,8 @@ class StagePlan:
     done: list[dict[str, Any]]
     engines: dict[str, dict]
     config: dict[str, Any]
+    #: input rows of the shards to do (from the upstream markers)
+    todo_rows: int = 0
 
 
 def plan_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]], run_dir: Path) -> StagePlan:
@@ -779,7 +790,7 @@ def plan_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
     # a stateful stage's shard depends on every shard before it, so its fingerprint covers them all
     shas = [up["sha256"] for up in upstream]
     code = stage_code_version(st.name)
-    inputs = content_fingerprint((st.spec.inputs or input_files)(st.config))  # side files, by content
+    inputs = stage_inputs(st)  # side files, by content
     fps = [fingerprint(code, st.id, st.name, cfg_json, engines, inputs,
                        shas[: i + 1] if st.spec.stateful else shas[i]) for i in range(len(upstream))]
     todo, done = [], []
@@ -795,7 +806,8 @@ def plan_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
     if st.spec.stateful and todo:  # its state is rebuilt from the first shard on
         todo = [{"shard": up["shard"], "input": up["output"], "fingerprint": fp} for up, fp in zip(upstream, fps)]
         done = []
-    return StagePlan(todo, done, engines, cfg_json)
+    rows = {up["shard"]: up.get("rows_out", 0) for up in upstream}
+    return StagePlan(todo, done, engines, cfg_json, sum(rows[t["shard"]] for t in todo))
 
 
 def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]], run_dir: Path,
@@ -863,7 +875,6 @@ def _execute(st: StageEntry, pipeline: Pipeline, plan: StagePlan, run_dir: Path,
     engine_cfgs = [parse_engine(c) for c in plan.engines.values()]
     model_stage = bool(engine_cfgs) or st.spec.keeps_model
     local = local_run(address)
-    rows = sum(int(pq.ParquetFile(t["input"]).metadata.num_rows) for t in todo) if local and not model_stage else 0
     if local:
         cpus = os.cpu_count() or 1
     else:
@@ -886,7 +897,7 @@ def _execute(st: StageEntry, pipeline: Pipeline, plan: StagePlan, run_dir: Path,
         return driver(todo, ShardWorker(**worker_kwargs), 1 if st.spec.stateful else st.run.concurrency)
     per_actor = 2 if streaming and not st.spec.stateful else 1  # the next shard starts under the tail
     running_rows = functools.partial(progress.rows_running, st.id)
-    if local and (size == 1 or (not model_stage and rows <= DRIVER_ROWS)):
+    if local and (size == 1 or (not model_stage and plan.todo_rows <= DRIVER_ROWS)):
         return _driver_shards(todo, worker_kwargs, per_actor, running_rows)
     init_ray(address)
     import ray
