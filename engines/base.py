@@ -29,6 +29,17 @@ class Request:
     grammar: str | None = None
 
 
+def with_images(messages: list[dict], images: list[str]) -> list[dict]:
+    """The messages with images (data URLs) attached to the last user turn as OpenAI-style content parts, the
+    form vLLM (offline `LLM.chat` and `vllm serve`), llama.cpp's multimodal handler and hosted APIs all read.
+    The images are part of the messages, so the response cache's key covers their bytes."""
+    out = [dict(m) for m in messages]
+    last = max(i for i, m in enumerate(out) if m["role"] == "user")
+    out[last]["content"] = [{"type": "text", "text": out[last]["content"]}] + [
+        {"type": "image_url", "image_url": {"url": url}} for url in images]
+    return out
+
+
 @dataclass
 class Completion:
     text: str | None

@@ -63,9 +63,12 @@ class LlamaCppConfig(EngineBlock):
     model_path: Path | None = None
     n_ctx: int = Field(4096, ge=256)
     n_threads: int | None = Field(None, ge=1)
+    #: a vision model's projector file (GGUF `mmproj`): the model then reads images, through llama.cpp's
+    #: multimodal chat handler
+    mmproj: Path | None = None
 
     def capabilities(self) -> frozenset[str]:
-        return frozenset({"grammar", "logprobs"})
+        return frozenset({"grammar", "logprobs"} | ({"images"} if self.mmproj else set()))
 
 
 class OpenAIHTTPConfig(EngineBlock):
@@ -95,9 +98,13 @@ class OpenAIHTTPConfig(EngineBlock):
     #: optional budgets that pace the whole request stream (a hosted API's rate limits)
     requests_per_minute: float | None = Field(None, gt=0)
     tokens_per_minute: float | None = Field(None, gt=0)
+    #: the served model reads images (a vision-language model: `vllm serve Qwen/Qwen2.5-VL-3B-Instruct`); they
+    #: are sent as OpenAI-style `image_url` content parts holding base64 data URLs
+    images: bool = False
 
     def capabilities(self) -> frozenset[str]:
-        return frozenset({"streams"} | ({"grammar"} if self.grammar_param else set()))
+        return frozenset({"streams"} | ({"grammar"} if self.grammar_param else set())
+                         | ({"images"} if self.images else set()))
 
     def window(self) -> int:
         # A stage waits for a whole batch, so a batch's slowest request holds its rows back: keep eight times the
@@ -125,9 +132,12 @@ class VLLMConfig(EngineBlock):
     engine_args: dict[str, Any] = Field(default_factory=dict)
     #: requests per vLLM call, merged from the batches and shards a worker runs at once
     max_batch: int = Field(1024, ge=1)
+    #: the model is multimodal: images go to `LLM.chat` as `image_url` content parts (vLLM turns them into
+    #: its `multi_modal_data`)
+    images: bool = False
 
     def capabilities(self) -> frozenset[str]:
-        return frozenset({"streams"} | ({"grammar"} if self.grammar else set()))
+        return frozenset({"streams"} | ({"grammar"} if self.grammar else set()) | ({"images"} if self.images else set()))
 
     def window(self) -> int:
         return self.max_batch
@@ -181,7 +191,8 @@ class RayLLMConfig(EngineBlock):
 #:   gathered  calls of many shards are sent together (Ray Data LLM processors): the runner runs shards in threads
 #:   grammar   constrained decoding of a judge's output grammar
 #:   logprobs  scores a response's log-probability (reference_margin)
-CAPABILITIES = ("streams", "gathered", "grammar", "logprobs")
+#:   images    reads images in the messages (OpenAI-style image_url content parts: caption, image judges)
+CAPABILITIES = ("streams", "gathered", "grammar", "logprobs", "images")
 
 
 def window(cfg) -> int:
@@ -302,7 +313,7 @@ def _build_engine(cfg: EngineConfig, cache: ResponseCache | None) -> CachedEngin
     from engines import llama_cpp
 
     return CachedEngine(
-        lambda: llama_cpp.LlamaCppEngine(cfg.model_path, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads),
+        lambda: llama_cpp.LlamaCppEngine(cfg.model_path, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, mmproj=cfg.mmproj),
         identity=llama_cpp.identity(cfg.model_path),
         model_name=llama_cpp.model_name(cfg.model_path),
         cache=cache,

@@ -57,7 +57,8 @@ def model_name(model_path: str | Path | None) -> str:
 
 
 class LlamaCppEngine:
-    def __init__(self, model_path: str | Path | None = None, n_ctx: int = 4096, n_threads: int | None = None):
+    def __init__(self, model_path: str | Path | None = None, n_ctx: int = 4096, n_threads: int | None = None,
+                 mmproj: str | Path | None = None):
         check_available(model_path)
         from llama_cpp import Llama
 
@@ -65,11 +66,17 @@ class LlamaCppEngine:
         self.identity = identity(model_path)
         self.model_name = model_name(model_path)
         self.n_ctx = n_ctx
+        handler = None
+        if mmproj is not None:  # a vision model: images arrive as image_url content parts (data URLs)
+            from llama_cpp.llama_chat_format import MTMDChatHandler
+
+            handler = MTMDChatHandler(clip_model_path=str(mmproj), verbose=False)
         self._llm = Llama(
             model_path=str(path),
             n_ctx=n_ctx,
             n_threads=n_threads or max(1, os.cpu_count() or 1),
             verbose=False,
+            chat_handler=handler,
         )
         self._grammars: dict[str, Any] = {}
         self._path, self._n_threads = path, n_threads

@@ -70,9 +70,17 @@ class _Budget:
 
 
 def _estimated_tokens(r: Request) -> int:
-    """Tokens a request may use, for the tokens_per_minute budget: prompt characters / 4 plus max_tokens."""
-    chars = sum(len(str(m.get("content", ""))) for m in r.messages)
-    return chars // 4 + r.sampling.max_tokens
+    """Tokens a request may use, for the tokens_per_minute budget: prompt characters / 4 plus max_tokens, and
+    about a thousand per image (vision encoders' usual count; the data URL's length says nothing of it)."""
+    chars = images = 0
+    for m in r.messages:
+        parts = m.get("content")
+        for part in parts if isinstance(parts, list) else [{"type": "text", "text": parts or ""}]:
+            if part.get("type") == "image_url":
+                images += 1
+            else:
+                chars += len(str(part.get("text", "")))
+    return chars // 4 + 1000 * images + r.sampling.max_tokens
 
 
 class OpenAIHTTPEngine:

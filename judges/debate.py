@@ -10,12 +10,13 @@ flips with the order is a tie (or dropped). The transcript is kept as the judgme
 from __future__ import annotations
 
 import json
-from collections import Counter
 from dataclasses import dataclass
 from typing import Literal
 
 from engines.base import Completion, Sampling
 from judges.calls import ask, judgment
+from judges.items import JudgeItem, JudgeOutcome, pair_items, settle_pairs
+from judges.jury import majority
 from judges.pairwise import FIRST, POINTS, SECOND, Item, settle
 from judges.parse import Parsed
 from judges.templates import Template
@@ -26,14 +27,6 @@ class Debater:
     engine: object
     name: str
     sampling: Sampling
-
-
-def _majority(verdicts: list[str | None]) -> str | None:
-    counted = Counter(v for v in verdicts if v)
-    if not counted:
-        return None
-    (top, n), *rest = counted.most_common()
-    return top if not rest or rest[0][1] < n else "C"
 
 
 def _argue(debaters: list[Debater], template: Template, openings: list[list[dict]], rounds: int, retries: int,
@@ -104,7 +97,7 @@ def run(debaters: list[Debater], template: Template, items: list[Item], rounds: 
                 verdicts.append(finals[i][1].verdict)
             else:
                 last = [t["verdict"] for t in transcript[i] if t["round"] == rounds]
-                verdicts.append(_majority(last))
+                verdicts.append(majority(last, tie="C"))
         record = [Completion(text=json.dumps(transcript[i], ensure_ascii=False)) for i in (i1, i2)]
         ok = [Parsed(None, None if v else "no parsable final verdict in the debate", verdict=v) for v in verdicts]
 
@@ -120,3 +113,12 @@ def run(debaters: list[Debater], template: Template, items: list[Item], rounds: 
         settle(x, y, inconsistent)
         out.append((x, y))
     return out
+
+
+def debate(debaters: list[Debater], template: Template, items: list[JudgeItem], rounds: int, retries: int,
+           grammar: bool, name: str, final: Literal["majority", "moderator"] = "majority",
+           moderator: Debater | None = None, inconsistent: Literal["tie", "drop"] = "tie") -> list[JudgeOutcome]:
+    """Every pair of each item's answers debated (both orders), one outcome per item."""
+    pairs, where = pair_items(items)
+    return settle_pairs(items, where, run(debaters, template, pairs, rounds, retries, grammar, name, final,
+                                          moderator, inconsistent))

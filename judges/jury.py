@@ -14,14 +14,24 @@ of them took; averaged over the pairs.
 
 from __future__ import annotations
 
-import json
 import statistics
+from collections import Counter
 from collections.abc import Iterable
 from itertools import combinations
 from typing import Literal
 
 Method = Literal["mean", "median", "majority", "borda"]
-JudgeKind = Literal["pointwise", "listwise", "pairwise", "jury", "debate"]
+JudgeKind = Literal["pointwise", "listwise", "pairwise", "reward_model", "jury", "debate"]
+
+
+def majority(votes: Iterable[str | None], tie: str = "tie") -> str | None:
+    """The verdict most voters gave (votes of None abstain); two verdicts sharing the top count are `tie`, and
+    no vote at all is None. A debate's last round and judge-eval's jury both decide this way."""
+    counted = Counter(v for v in votes if v)
+    if not counted:
+        return None
+    (top, n), *rest = counted.most_common()
+    return top if not rest or rest[0][1] < n else tie
 
 
 def judge_scores(cand: dict, aspect: str | None = None, kind: str | None = None,
@@ -57,8 +67,8 @@ def voters(cand: dict, scores: dict[str, float]) -> dict[str, float]:
     out: dict[str, float] = {}
     juries = {j["judge"]: j for j in cand.get("judgments") or [] if j["kind"] == "jury"}
     for judge, score in scores.items():
-        if judge in juries and juries[judge]["feedback"]:
-            out.update(json.loads(juries[judge]["feedback"]).get("members", {}))
+        if judge in juries and juries[judge].get("members"):
+            out.update({m["judge"]: m["score"] for m in juries[judge]["members"]})
         else:
             out[judge] = score
     return out

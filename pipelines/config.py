@@ -267,7 +267,7 @@ def check_pipeline(pipeline: Pipeline) -> list[str]:
                 problems.append(f"{where}.engine: unknown engine {name!r}; defined: {', '.join(pipeline.engines)}")
             else:
                 used_engines.add(name)
-                lacking = sorted(spec.needs - pipeline.engines[name].capabilities())
+                lacking = sorted(spec.needs_of(st.config, name) - pipeline.engines[name].capabilities())
                 if lacking:
                     problems.append(f"{where}.engine: {st.name} needs an engine with {', '.join(lacking)}; engine "
                                     f"{name!r} ({pipeline.engines[name].kind}) lacks it")

@@ -99,97 +99,59 @@ def read_pairs(path: Path, limit: int | None):
             return
 
 
-def _verdict_from_scores(sa: float | None, sb: float | None) -> str:
-    if sa is None or sb is None:
-        return "unparsed"
-    return "A" if sa > sb else "B" if sb > sa else "tie"
-
-
-def _verdict_from_pair(x: list[dict]) -> tuple[str, bool]:
-    """A's verdict from its two judgments (both orders), and whether it survived the swap."""
-    scores = [j["score"] for j in x]
-    if any(sc is None for sc in scores):
-        return "unparsed", False
-    mean = sum(scores) / 2
-    return ("A" if mean > 0.5 else "B" if mean < 0.5 else "tie"), x[0]["verdict"] == x[1]["verdict"]
-
-
 def _mean_score(judgments: list[dict]) -> float | None:
     scores = [j["score"] for j in judgments]
     return None if not scores or any(sc is None for sc in scores) else sum(scores) / len(scores)
 
 
+def verdict(outcome, pairwise: bool) -> tuple[str, bool | None]:
+    """The judge's verdict on a pair ("A", "B", "tie" or "unparsed") from the two answers' judgments, and for
+    a pairwise judge (or debate) whether its verdict survived the position swap (None for judges that score)."""
+    sa, sb = (None, None) if outcome.errors else (_mean_score(js) for js in outcome.judgments)
+    v = "unparsed" if sa is None or sb is None else "A" if sa > sb else "B" if sb > sa else "tie"
+    if not pairwise:
+        return v, None
+    first = outcome.judgments[0]
+    return v, v != "unparsed" and first[0]["verdict"] == first[1]["verdict"]
+
+
 RAW_KEYS = ("position", "score", "verdict", "strength", "parse_ok", "error", "feedback")
 
 
-def _raw(result: Any) -> list[dict]:
+def raw_outputs(outcome) -> list[dict]:
     """A judge's outputs for one pair as they came back: each call's raw text (feedback) beside what was parsed
     from it, or the engine's error; so a surprising number can be audited against the judge's own words."""
-    from engines.base import Completion
-
-    if isinstance(result, Completion):
-        return [{"error": result.error, "feedback": result.text}]
-    if isinstance(result, dict):
-        return [{k: result.get(k) for k in RAW_KEYS}]
-    return [j for part in result for j in _raw(part)]
+    out = [{"answer": "AB"[a], **{k: j.get(k) for k in RAW_KEYS}}
+           for a, js in enumerate(outcome.judgments) for j in js]
+    return out + [{"error": c.error, "feedback": c.text} for c in outcome.failed]
 
 
 def run_judge(judge_cfg, engines: dict, pairs: list[tuple[str, str, str, str]]):
-    """The judge's name, its verdict per pair ("A", "B", "tie" or "unparsed"), per pair whether a pairwise
-    judge's (or debate's) verdict survived the position swap (None for judges that score responses), and per
-    pair the judge's raw outputs with what was parsed from each."""
-    from judges import debate as debate_mod
-    from judges.listwise import rate
-    from judges.pairwise import compare
-    from judges.pointwise import grade
+    """The judge's name, its verdict per pair, per pair whether a pairwise judge's (or debate's) verdict
+    survived the position swap (None for judges that score responses), and per pair the judge's raw outputs.
+    The pairs go through the same dispatch as the judge and debate stages (judges.items)."""
+    from judges.items import JudgeItem, judge_items
     from stages.debate import Config as DebateConfig
 
-    items = [(q, a, b, "A", "B", {}) for q, a, b, _ in pairs]
+    items = [JudgeItem(q, [a, b], ["A", "B"], key=str(i)) for i, (q, a, b, _) in enumerate(pairs)]
     if isinstance(judge_cfg, DebateConfig):
-        from judges.templates import load_template, template_path
-
-        debaters = [debate_mod.Debater(engines[d.engine], d.name or f"judge-{i + 1}", d.sampling.sampling())
-                    for i, d in enumerate(judge_cfg.debaters)]
-        mod = judge_cfg.moderator
-        moderator = debate_mod.Debater(engines[mod.engine], mod.name or "moderator", mod.sampling.sampling()) if mod else None
-        res = debate_mod.run(debaters, load_template(template_path(judge_cfg.template)), items, judge_cfg.rounds,
-                             judge_cfg.retries, judge_cfg.grammar, judge_cfg.name, judge_cfg.final, moderator,
-                             judge_cfg.inconsistent)
-        out = [_verdict_from_pair(r[0]) if isinstance(r, tuple) else ("unparsed", False) for r in res]
-        return judge_cfg.name, [v for v, _ in out], [c for _, c in out], [_raw(r) for r in res]
-    engine = engines[judge_cfg.engine]
-    template = judge_cfg.resolved_template()
-    name = judge_cfg.name or f"{engine.model_name}:{template.name}"
-    sampling = judge_cfg.sampling.sampling()
-    if template.kind in ("pointwise", "listwise"):
-        if template.kind == "pointwise":
-            res = grade(engine, template, [(q, r, {}) for q, a, b, _ in pairs for r in (a, b)], sampling,
-                        judge_cfg.retries, judge_cfg.grammar, name=judge_cfg.name)
-            scores = [_mean_score(r) if isinstance(r, list) else None for r in res]
-            raw = [_raw(res[2 * i]) + _raw(res[2 * i + 1]) for i in range(len(pairs))]
-        else:
-            res = rate(engine, template, [(q, [a, b], str(i), {}) for i, (q, a, b, _) in enumerate(pairs)], sampling,
-                       judge_cfg.retries, judge_cfg.grammar, name=judge_cfg.name, seed=judge_cfg.sampling.seed)
-            scores = [sc for r in res for sc in ([j["score"] for j in r] if isinstance(r, list) else [None, None])]
-            raw = [_raw(r) for r in res]
-        return name, [_verdict_from_scores(scores[2 * i], scores[2 * i + 1]) for i in range(len(pairs))], None, raw
-    res = compare(engine, template, items, sampling, judge_cfg.retries, judge_cfg.grammar, name=judge_cfg.name,
-                  inconsistent=judge_cfg.inconsistent)
-    out = [_verdict_from_pair(r[0]) if isinstance(r, tuple) else ("unparsed", False) for r in res]
-    return name, [v for v, _ in out], [c for _, c in out], [_raw(r) for r in res]
+        name, pairwise = judge_cfg.name, True
+        outcomes = judge_cfg.run(engines.__getitem__, items)
+    else:
+        judge = judge_cfg.judge(engines[judge_cfg.engine])
+        name = judge_cfg.name or f"{judge.engine.model_name}:{judge.template.name}"
+        pairwise = judge.template.kind == "pairwise"
+        outcomes = judge_items(judge, items)
+    decided = [verdict(o, pairwise) for o in outcomes]
+    return (name, [v for v, _ in decided], [c for _, c in decided] if pairwise else None,
+            [raw_outputs(o) for o in outcomes])
 
 
 def jury(verdicts: list[list[str]]) -> list[str]:
-    """Majority vote over the judges that gave a verdict; no majority is a tie."""
-    out = []
-    for votes in zip(*verdicts):
-        counted = Counter(v for v in votes if v != "unparsed")
-        if not counted:
-            out.append("unparsed")
-            continue
-        (top, n), *rest = counted.most_common()
-        out.append(top if not rest or rest[0][1] < n else "tie")
-    return out
+    """Per pair, the majority of the judges that gave a verdict (judges.jury.majority: no majority is a tie)."""
+    from judges.jury import majority
+
+    return [majority(v for v in votes if v != "unparsed") or "unparsed" for votes in zip(*verdicts)]
 
 
 def longer_wins(verdicts: list[str], longer: list[str]) -> float | None:

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from schemas.images import IMAGE
+
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 MESSAGES = pa.list_(MESSAGE)
+
+MEMBER = pa.struct([("judge", pa.string()), ("score", pa.float64())])
 
 JUDGMENT = pa.struct(
     [
         ("judge", pa.string()),  # "<model>:<template>"
-        ("kind", pa.string()),  # pointwise | pairwise | jury | debate
+        ("kind", pa.string()),  # pointwise | listwise | pairwise | reward_model | jury | debate
         ("aspect", pa.string()),
         ("score", pa.float64()),  # null when the output did not parse
         ("verdict", pa.string()),
@@ -27,6 +31,7 @@ JUDGMENT = pa.struct(
         ("error", pa.string()),
         ("strength", pa.float64()),  # pairwise strength judges: preference for this candidate, -3..3
         ("judge_model", pa.string()),  # the judge's model (for self-preference probes)
+        ("members", pa.list_(MEMBER)),  # a jury's judgment: the member judges' scores it aggregated
     ]
 )
 
@@ -39,6 +44,7 @@ CANDIDATE = pa.struct(
         ("n_tokens", pa.int32()),
         ("gen_params", pa.string()),  # JSON
         ("judgments", pa.list_(JUDGMENT)),
+        ("image", IMAGE),  # image candidates (load's `images`): the image instead of a response
     ]
 )
 
@@ -126,6 +132,11 @@ PAIR_ROW = pa.schema(
         # pairs with allow_truncated: the answer hit the token limit (finish_reason "length")
         pa.field("chosen_truncated", pa.bool_()),
         pa.field("rejected_truncated", pa.bool_()),
+        # image pairs (load's `images`): the two images, and the caption stage's caption for each (DCPO)
+        pa.field("chosen_image", IMAGE),
+        pa.field("rejected_image", IMAGE),
+        pa.field("chosen_caption", pa.string()),
+        pa.field("rejected_caption", pa.string()),
         pa.field("chosen_model", pa.string()),
         pa.field("rejected_model", pa.string()),
         pa.field("chosen_id", pa.string()),

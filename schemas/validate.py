@@ -36,6 +36,16 @@ def prompt_problem(messages: Any, system: Any) -> str | None:
     return None
 
 
+def _text(value: Any) -> str:
+    """How a value that JSON cannot hold is written in a quarantine record: bytes (an image) by length and
+    sha256, so the record names them without carrying them."""
+    if isinstance(value, (bytes, bytearray)):
+        import hashlib
+
+        return f"<{len(value)} bytes, sha256 {hashlib.sha256(value).hexdigest()}>"
+    return str(value)
+
+
 def quarantine_table(
     stage: str,
     records: list[Any],
@@ -55,7 +65,7 @@ def quarantine_table(
                 "line": lines[i] if lines else None,
                 "prompt_id": pid if isinstance(pid, str) else None,
                 "reason": reason,
-                "record": rec if isinstance(rec, str) else json.dumps(rec, default=str, ensure_ascii=False),
+                "record": rec if isinstance(rec, str) else json.dumps(rec, default=_text, ensure_ascii=False),
             }
         )
     return pa.Table.from_pylist(rows, schema=QUARANTINE_ROW)

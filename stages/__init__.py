@@ -6,9 +6,10 @@ from stages.base import StageSpec
 
 
 def registry() -> dict[str, StageSpec]:
-    from stages import (debate, decontaminate, dedup, export, feedback_mine, filter, generate, judge, jury, load,
-                        pairs, rank, rationale, reference_margin, refine, retrieval_pairs, reward_augment)
+    from stages import (caption, debate, decontaminate, dedup, export, feedback_mine, filter, generate, judge, jury, load,
+                        pairs, rank, rationale, reference_margin, refine, retrieval_pairs, reward_augment,
+                        reward_model)
 
-    stages = (load, generate, judge, jury, debate, pairs, rank, rationale, reward_augment, retrieval_pairs,
-              reference_margin, refine, feedback_mine, filter, dedup, decontaminate, export)
+    stages = (load, generate, judge, reward_model, jury, debate, pairs, rank, rationale, reward_augment, retrieval_pairs,
+              reference_margin, refine, feedback_mine, caption, filter, dedup, decontaminate, export)
     return {m.STAGE.name: m.STAGE for m in stages}

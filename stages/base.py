@@ -94,9 +94,13 @@ class StageSpec:
     engines: Callable[[Any], list[str]] = lambda cfg: []
     #: summed `stats` -> the figures the run reports (e.g. {"ranking_accuracy": correct / pairs})
     summarize: Callable[[dict[str, float]], dict[str, float]] | None = None
-    #: engine capabilities every engine the stage uses must have (engines/config.py: CAPABILITIES); checked by
-    #: `curate validate`, so a stage on an engine that cannot serve it fails before anything runs
-    needs: frozenset[str] = frozenset()
+    #: engine capabilities every engine the stage uses must have (engines/config.py: CAPABILITIES), or a function
+    #: (config, engine name) -> capabilities when they differ by engine (caption's vision engine reads images);
+    #: checked by `curate validate`, so a stage on an engine that cannot serve it fails before anything runs
+    needs: frozenset[str] | Callable[[Any, str], frozenset[str]] = frozenset()
+
+    def needs_of(self, cfg: Any, engine: str) -> frozenset[str]:
+        return self.needs(cfg, engine) if callable(self.needs) else self.needs
     #: output columns the stage writes only when an upstream stage wrote the column named here (pairs carry
     #: `strength` from strength judges' `candidates.judgments.strength`, `persona` from a prompt's persona): the
     #: column flow (and so the export's default columns) then holds exactly what this pipeline fills

@@ -6,16 +6,18 @@ transcript (JSON) as feedback; pairs downstream select them with `judge_kind: de
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import pyarrow as pa
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from engines.config import SamplingConfig
-from judges.debate import Debater, run
+from judges.debate import Debater, debate
+from judges.items import JudgeItem, JudgeOutcome
 from judges.templates import load_template, template_path, template_ref
 from stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
-from stages.judging import candidate_pairs, settle_pairs
+from stages.judging import JudgeInputs, items, settle
 
 
 class DebaterConfig(StageConfig):
@@ -24,8 +26,11 @@ class DebaterConfig(StageConfig):
     name: str | None = None
     sampling: SamplingConfig = SamplingConfig(temperature=0.7, max_tokens=256)
 
+    def debater(self, engine, default_name: str) -> Debater:
+        return Debater(engine, self.name or default_name, self.sampling.sampling())
 
-class Config(StageConfig):
+
+class Config(JudgeInputs):
     #: the label on the debate's judgments
     name: str = "debate"
     debaters: list[DebaterConfig] = Field(min_length=2)
@@ -36,11 +41,6 @@ class Config(StageConfig):
     retries: int = Field(1, ge=0)
     grammar: bool = True
     inconsistent: Literal["tie", "drop"] = "tie"
-    # the template fields a judge stage offers (see stages/judge.py)
-    question: Literal["last_turn", "conversation"] = "last_turn"
-    rubric: str | None = None
-    reference_key: str | None = None
-    context_key: str | None = None
 
     @field_validator("template")
     @classmethod
@@ -56,31 +56,29 @@ class Config(StageConfig):
             raise ValueError(f"debater names must differ: {names}")
         return self
 
-    def rubric_text(self) -> str | None:
-        return self.rubric
+    def engine_names(self) -> list[str]:
+        return sorted({d.engine for d in self.debaters} | ({self.moderator.engine} if self.moderator else set()))
+
+    def run(self, engine: Callable[[str], object], judged: list[JudgeItem]) -> list[JudgeOutcome]:
+        """Debate the items with the engines `engine(name)` returns."""
+        debaters = [d.debater(engine(d.engine), f"judge-{i + 1}") for i, d in enumerate(self.debaters)]
+        moderator = self.moderator.debater(engine(self.moderator.engine), "moderator") if self.moderator else None
+        return debate(debaters, load_template(template_path(self.template)), judged, self.rounds, self.retries,
+                      self.grammar, self.name, self.final, moderator, self.inconsistent)
 
 
 def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
-    template = load_template(template_path(cfg.template))
-    debaters = [Debater(ctx.engine(d.engine), d.name or f"judge-{i + 1}", d.sampling.sampling())
-                for i, d in enumerate(cfg.debaters)]
-    moderator = (Debater(ctx.engine(cfg.moderator.engine), cfg.moderator.name or "moderator",
-                         cfg.moderator.sampling.sampling()) if cfg.moderator else None)
     rows = table.to_pylist()
-    items, where = candidate_pairs(rows, cfg)
-    results = run(debaters, template, items, cfg.rounds, cfg.retries, cfg.grammar, cfg.name, cfg.final, moderator,
-                  cfg.inconsistent)
-    return settle_pairs(rows, where, results, "debate")
+    return settle(rows, cfg.run(ctx.engine, items(rows, cfg)), "debate")
 
 
 STAGE = StageSpec(
     name="debate",
     config=Config,
-    reads=lambda cfg: {"prompt", "messages", "candidates", "candidates.response"}
-    | ({"meta"} if cfg.reference_key or cfg.context_key else set()),
+    reads=lambda cfg: cfg.reads(),
     writes=fixed("candidates.judgments", "candidates.judgments.score"),
     doc="Judges debate each candidate pair for R rounds (both orders), then majority or a moderator decides; "
     "the transcript is kept per judgment.",
     process=process,
-    engines=lambda cfg: sorted({d.engine for d in cfg.debaters} | ({cfg.moderator.engine} if cfg.moderator else set())),
+    engines=lambda cfg: cfg.engine_names(),
 )

@@ -4,6 +4,10 @@
   reward   implicit-prompt preference: `chosen`, `rejected` each holding the whole exchange (RewardTrainer)
   kto      unpaired: `prompt`, `completion`, `label` (True for chosen, False for rejected; KTOTrainer)
   ranked   listwise: `prompt`, `responses` (best first), `rank`, `ranking_score`, per-judge `scores`
+  diffusion  image pairs for Diffusion-DPO / DCPO: `caption` (the prompt), `jpg_0` (the preferred image), `jpg_1`,
+           `label_0` (1.0), and with the caption stage `caption_0` / `caption_1` (each image's own caption); the
+           images are embedded as bytes in `datasets`' Image layout ({bytes, path}), so `load_dataset` gives PIL
+           images and the Hub viewer shows them
 
 `conversational: true` writes message lists (`[{"role": ..., "content": ...}]`, a system message first when the
 prompt has one) instead of strings, and TRL applies the model's chat template. Provenance columns (scores,
@@ -31,12 +35,14 @@ DEFAULT_COLUMNS = {
     "reward": PROVENANCE,
     "kto": ["prompt_id", "source"],
     "ranked": ["prompt_id", "models", "judges", "scores", "candidate_ids", "source"],
+    "diffusion": ["prompt_id", "chosen_model", "rejected_model", "chosen_id", "rejected_id", "judge", "source"],
 }
 MAIN = {
     "trl": {"prompt", "chosen", "rejected", "messages", "system"},
     "reward": {"prompt", "chosen", "rejected", "messages", "system"},
     "kto": {"prompt", "chosen", "rejected", "messages", "system"},
     "ranked": {"prompt", "messages", "system", "responses", "rank", "ranking_score"},
+    "diffusion": {"prompt", "chosen_image", "rejected_image"},
 }
 
 OUTPUT = {
@@ -44,15 +50,20 @@ OUTPUT = {
     "reward": {"chosen", "rejected"},
     "kto": {"prompt", "completion", "label"},
     "ranked": {"prompt", "responses", "rank", "ranking_score"},
+    "diffusion": {"caption", "jpg_0", "jpg_1", "label_0"},
 }
+#: `datasets`' Image feature as Arrow stores it
+HF_IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
 
 class Config(StageConfig):
-    format: Literal["trl", "reward", "kto", "ranked"] = "trl"
+    format: Literal["trl", "reward", "kto", "ranked", "diffusion"] = "trl"
     conversational: bool = False
     #: columns carried after the format's own (default: the format's provenance columns that some stage of the
     #: pipeline writes, resolved when the pipeline loads)
     columns: list[str] | None = None
+    #: diffusion: write `caption_0` / `caption_1` (default: when a caption stage made them)
+    captions: bool | None = None
 
     def extra(self) -> list[str]:
         return list(DEFAULT_COLUMNS[self.format] if self.columns is None else self.columns)
@@ -94,6 +105,8 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
         data = [{"prompt": _prompt(r, conv), "completion": _reply(r[side], conv), "label": side == "chosen",
                  **{c: r[c] for c in extra}} for r in rows for side in ("chosen", "rejected")]
         out_sources = len(rows)
+    elif cfg.format == "diffusion":
+        return diffusion(rows, cfg, table.schema, extra)
     else:
         fields = [pa.field("prompt", text), pa.field("responses", pa.list_(text)),
                   pa.field("rank", pa.list_(pa.int32())), pa.field("ranking_score", pa.list_(pa.float64()))]
@@ -103,9 +116,40 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
     return StageResult(out=pa.Table.from_pylist(data, schema=schema), out_sources=out_sources)
 
 
+def _hf_image(ref: dict) -> dict:
+    from pathlib import Path
+
+    from schemas.images import image_bytes, suffix
+
+    name = Path(ref["path"]).name if ref.get("path") else f"{ref['sha256'][:16]}{suffix(ref)}"
+    return {"bytes": image_bytes(ref), "path": name}
+
+
+def diffusion(rows: list[dict], cfg: Config, upstream: pa.Schema, extra: list[str]) -> StageResult:
+    """The Diffusion-DPO / DCPO layout, with `datasets`' features in the schema's metadata so the image columns
+    load as images."""
+    import json
+
+    from datasets import Features, Image
+
+    fields = [pa.field("caption", pa.string())]
+    fields += [pa.field("caption_0", pa.string()), pa.field("caption_1", pa.string())] if cfg.captions else []
+    fields += [pa.field("jpg_0", HF_IMAGE), pa.field("jpg_1", HF_IMAGE), pa.field("label_0", pa.float64())]
+    data = [{"caption": r["prompt"], "jpg_0": _hf_image(r["chosen_image"]), "jpg_1": _hf_image(r["rejected_image"]),
+             "label_0": 1.0, **({"caption_0": r["chosen_caption"], "caption_1": r["rejected_caption"]}
+                                if cfg.captions else {}), **{c: r[c] for c in extra}} for r in rows]
+    schema = pa.schema(fields + [upstream.field(c) for c in extra])
+    features = Features.from_arrow_schema(schema)
+    features["jpg_0"] = features["jpg_1"] = Image()
+    schema = schema.with_metadata({"huggingface": json.dumps({"info": {"features": features.to_dict()}})})
+    return StageResult(out=pa.Table.from_pylist(data, schema=schema))
+
+
 def resolve(cfg: Config, available: set[str]) -> Config:
     """With no `columns`, the format's provenance columns that some stage of this pipeline writes (a column no
     stage fills would be null in every row); the choice is stored in the run's config."""
+    if cfg.format == "diffusion" and cfg.captions is None:
+        cfg = cfg.model_copy(update={"captions": "chosen_caption" in available})
     if cfg.columns is not None:
         return cfg
     return cfg.model_copy(update={"columns": [c for c in DEFAULT_COLUMNS[cfg.format] if c in available]})
@@ -114,10 +158,13 @@ def resolve(cfg: Config, available: set[str]) -> Config:
 STAGE = StageSpec(
     name="export",
     config=Config,
-    reads=lambda cfg: MAIN[cfg.format] | set(cfg.extra()),
-    writes=lambda cfg: OUTPUT[cfg.format] | set(cfg.extra()),
+    reads=lambda cfg: MAIN[cfg.format] | set(cfg.extra())
+    | ({"chosen_caption", "rejected_caption"} if cfg.format == "diffusion" and cfg.captions else set()),
+    writes=lambda cfg: OUTPUT[cfg.format] | set(cfg.extra())
+    | ({"caption_0", "caption_1"} if cfg.format == "diffusion" and cfg.captions else set()),
     doc="Write TRL formats: trl (explicit-prompt preference), reward (implicit prompt), kto (unpaired), ranked "
-    "(listwise); standard strings or conversational messages; provenance columns.",
+    "(listwise); standard strings or conversational messages; provenance columns; diffusion (Diffusion-DPO / "
+    "DCPO image pairs with embedded images).",
     process=process,
     reshapes=True,
     resolve=resolve,

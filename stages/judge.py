@@ -15,25 +15,13 @@ import pyarrow as pa
 from pydantic import Field, ValidationInfo, field_validator
 
 from engines.config import SamplingConfig
-from judges.listwise import rate
-from judges.pairwise import compare
-from judges.pointwise import grade
+from judges.items import Judge, judge_items
 from judges.templates import load_template, template_path, template_ref
-from stages.base import StageConfig, StageContext, StageResult, StageSpec
-from stages.judging import candidate_pairs, extras, finish, question, settle_pairs
+from stages.base import StageContext, StageResult, StageSpec
+from stages.judging import JudgeInputs, items, settle
 
 
-class Rubric(StageConfig):
-    """A Prometheus-style score rubric: the criteria and what each score means."""
-
-    criteria: str
-    scores: dict[int, str]
-
-    def text(self) -> str:
-        return f"[{self.criteria}]\n" + "\n".join(f"Score {k}: {v}" for k, v in sorted(self.scores.items()))
-
-
-class Config(StageConfig):
+class Config(JudgeInputs):
     engine: str = "default"
     #: the judge's label on its judgments (default "<model>:<template>"); name two judges apart when they
     #: share a model and template but differ in sampling
@@ -47,81 +35,29 @@ class Config(StageConfig):
     grammar: bool = True
     #: pairwise templates: what a verdict that flips under the position swap becomes
     inconsistent: Literal["tie", "drop"] = "tie"
-    #: the rubric for templates with {rubric} (Prometheus): text, or {criteria, scores: {1: ..., 5: ...}}
-    rubric: str | Rubric | None = None
-    #: what the judge sees as the question: the final user turn, or the whole conversation (multi-turn chats,
-    #: HH-RLHF transcripts)
-    question: Literal["last_turn", "conversation"] = "last_turn"
-    #: a key of the prompt's `meta` holding a reference answer, for templates with {reference}
-    reference_key: str | None = None
-    #: a key of the prompt's `meta` holding the user's context for templates with {context} (default: the
-    #: prompt's `persona`)
-    context_key: str | None = None
 
     @field_validator("template")
     @classmethod
     def _template_exists(cls, value: str, info: ValidationInfo) -> str:
         return template_ref(value, (info.context or {}).get("base_dir"), stage="judge")
 
-    def rubric_text(self) -> str | None:
-        return self.rubric.text() if isinstance(self.rubric, Rubric) else self.rubric
-
     def resolved_template(self):
         return load_template(template_path(self.template))
 
+    def judge(self, engine) -> Judge:
+        return Judge(engine, self.resolved_template(), self.sampling.sampling(), self.retries, self.grammar,
+                     self.name, self.inconsistent, self.sampling.seed)
+
 
 def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
-    template = cfg.resolved_template()
-    engine = ctx.engine(cfg.engine)
     rows = table.to_pylist()
-    sampling = cfg.sampling.sampling()
-    failed: dict[int, list[str]] = {}
-
-    def add(r: int, c: int, judgments: list[dict]) -> None:
-        cand = rows[r]["candidates"][c]
-        cand["judgments"] = list(cand.get("judgments") or []) + judgments
-
-    if template.kind == "pointwise":
-        items, where = [], []
-        for r, row in enumerate(rows):
-            for c, cand in enumerate(row["candidates"] or []):
-                items.append((question(row, cfg), cand["response"], extras(row, cfg)))
-                where.append((r, c))
-        for (r, c), res in zip(where, grade(engine, template, items, sampling, cfg.retries, cfg.grammar,
-                                            name=cfg.name), strict=True):
-            if isinstance(res, list):
-                add(r, c, res)
-            else:
-                failed.setdefault(r, []).append(f"candidate {c}: {res.error}")
-    elif template.kind == "listwise":  # all candidates in one call, shuffled
-        items, where = [], []
-        for r, row in enumerate(rows):
-            cands = row["candidates"] or []
-            if cands:
-                items.append((question(row, cfg), [c["response"] for c in cands], row["prompt_id"], extras(row, cfg)))
-                where.append(r)
-        for r, res in zip(where, rate(engine, template, items, sampling, cfg.retries, cfg.grammar, name=cfg.name,
-                                      seed=cfg.sampling.seed), strict=True):
-            if isinstance(res, list):
-                for c, j in enumerate(res):
-                    add(r, c, [j])
-            else:
-                failed.setdefault(r, []).append(f"candidates: {res.error}")
-    elif template.kind == "pairwise":  # every pair of candidates, in both orders
-        items, where = candidate_pairs(rows, cfg)
-        results = compare(engine, template, items, sampling, cfg.retries, cfg.grammar, name=cfg.name,
-                          inconsistent=cfg.inconsistent)
-        return settle_pairs(rows, where, results, "judge", failed)
-    else:
-        raise ValueError(f"template {template.name!r} is a {template.kind} template: use the {template.kind} stage")
-    return finish(rows, failed, "judge")
+    return settle(rows, judge_items(cfg.judge(ctx.engine(cfg.engine)), items(rows, cfg)), "judge")
 
 
 STAGE = StageSpec(
     name="judge",
     config=Config,
-    reads=lambda cfg: {"prompt", "messages", "candidates", "candidates.response"}
-    | ({"meta"} if cfg.reference_key or cfg.context_key else set()),
+    reads=lambda cfg: cfg.reads(),
     writes=lambda cfg: {"candidates.judgments", "candidates.judgments.score", "candidates.judgments.parse_ok"}
     | ({"candidates.judgments.strength"} if cfg.resolved_template().parser == "strength_brackets" else set()),
     doc="Grade candidates: pointwise (MT-Bench single-v1 by default, HelpSteer2 attributes, Prometheus "

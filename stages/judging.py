@@ -1,18 +1,51 @@
-"""Row logic the judging stages share (`judge` and `debate`; `curate judge-eval` builds the same items): what a
-judge is shown of a row (the question, the template's extra fields), every pair of a row's candidates as
-pairwise items, and how the judgments go back onto the candidates. Not a stage: stages import it, never each
+"""What the judging stages share (`judge`, `debate`; `curate judge-eval` builds the same `JudgeItem`s): the
+fields that say what a judge is shown of a row (the question, reference, rubric, context), a row as a
+`JudgeItem`, and the `JudgeOutcome`s back onto the candidates. Not a stage: stages import it, never each
 other."""
 
 from __future__ import annotations
 
 import json
-from itertools import combinations
+from typing import Literal
 
 import pyarrow as pa
 
+from judges.items import JudgeItem, JudgeOutcome
 from schemas.records import PROMPT_ROW_WITH_CANDIDATES
 from schemas.validate import quarantine_table
-from stages.base import StageResult
+from stages.base import StageConfig, StageResult
+
+
+class Rubric(StageConfig):
+    """A Prometheus-style score rubric: the criteria and what each score means."""
+
+    criteria: str
+    scores: dict[int, str]
+
+    def text(self) -> str:
+        return f"[{self.criteria}]\n" + "\n".join(f"Score {k}: {v}" for k, v in sorted(self.scores.items()))
+
+
+class JudgeInputs(StageConfig):
+    """The fields of a row a judge is shown besides the answers (the judge and debate stages both take them)."""
+
+    #: the rubric for templates with {rubric} (Prometheus): text, or {criteria, scores: {1: ..., 5: ...}}
+    rubric: str | Rubric | None = None
+    #: what the judge sees as the question: the final user turn, or the whole conversation (multi-turn chats,
+    #: HH-RLHF transcripts)
+    question: Literal["last_turn", "conversation"] = "last_turn"
+    #: a key of the prompt's `meta` holding a reference answer, for templates with {reference}
+    reference_key: str | None = None
+    #: a key of the prompt's `meta` holding the user's context for templates with {context} (default: the
+    #: prompt's `persona`)
+    context_key: str | None = None
+
+    def rubric_text(self) -> str | None:
+        return self.rubric.text() if isinstance(self.rubric, Rubric) else self.rubric
+
+    def reads(self) -> set[str]:
+        return {"prompt", "messages", "candidates", "candidates.response"} | (
+            {"meta"} if self.reference_key or self.context_key else set())
 
 
 def _meta_value(row: dict, key: str | None) -> str | None:
@@ -24,50 +57,33 @@ def _meta_value(row: dict, key: str | None) -> str | None:
     return None if value is None else str(value)
 
 
-def question(row: dict, cfg) -> str:
+def question(row: dict, cfg: JudgeInputs) -> str:
     if cfg.question == "last_turn" or len(row.get("messages") or []) < 2:
         return row["prompt"]
     names = {"user": "User", "assistant": "Assistant", "system": "System"}
     return "\n\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in row["messages"])
 
 
-def extras(row: dict, cfg) -> dict:
-    """The template fields besides the answers: reference answer, rubric, and the user's persona/context."""
-    context = _meta_value(row, cfg.context_key) if cfg.context_key else row.get("persona")
-    return {"reference": _meta_value(row, cfg.reference_key), "rubric": cfg.rubric_text(), "context": context,
-            "documents": row.get("documents")}
+def items(rows: list[dict], cfg: JudgeInputs) -> list[JudgeItem]:
+    """Each row as what its judge is shown: the question, the candidates' responses, the extra fields."""
+    return [JudgeItem(
+        question=question(row, cfg), answers=[c["response"] for c in row["candidates"] or []],
+        ids=[c["candidate_id"] for c in row["candidates"] or []], key=row["prompt_id"],
+        context=_meta_value(row, cfg.context_key) if cfg.context_key else row.get("persona"),
+        reference=_meta_value(row, cfg.reference_key), rubric=cfg.rubric_text(), documents=row.get("documents"),
+    ) for row in rows]
 
 
-def candidate_pairs(rows: list[dict], cfg) -> tuple[list[tuple], list[tuple[int, int, int]]]:
-    """Every pair of each row's candidates as pairwise items, and where each came from (row, a, b)."""
-    items, where = [], []
-    for r, row in enumerate(rows):
-        cands = row["candidates"] or []
-        for a, b in combinations(range(len(cands)), 2):
-            items.append((question(row, cfg), cands[a]["response"], cands[b]["response"],
-                          cands[a]["candidate_id"], cands[b]["candidate_id"], extras(row, cfg)))
-            where.append((r, a, b))
-    return items, where
-
-
-def settle_pairs(rows: list[dict], where: list[tuple[int, int, int]], results: list, stage: str,
-                 failed: dict[int, list[str]] | None = None) -> StageResult:
-    """Append each pair's judgments to its two candidates; rows with a failed call are quarantined whole."""
-    failed = {} if failed is None else failed
-    for (r, a, b), res in zip(where, results, strict=True):
-        if isinstance(res, tuple):
-            for c, js in ((a, res[0]), (b, res[1])):
-                cand = rows[r]["candidates"][c]
-                cand["judgments"] = list(cand.get("judgments") or []) + js
-        else:
-            failed.setdefault(r, []).append(f"candidates {a} vs {b}: {res.error}")
-    return finish(rows, failed, stage)
-
-
-def finish(rows: list[dict], failed: dict[int, list[str]], stage: str) -> StageResult:
-    good = [row for r, row in enumerate(rows) if r not in failed]
-    bad = [rows[r] for r in sorted(failed)]
-    return StageResult(
-        out=pa.Table.from_pylist(good, schema=PROMPT_ROW_WITH_CANDIDATES),
-        quarantined=quarantine_table(stage, bad, [f"{stage} call failed: " + "; ".join(failed[r]) for r in sorted(failed)]),
-    )
+def settle(rows: list[dict], outcomes: list[JudgeOutcome], stage: str) -> StageResult:
+    """Append each outcome's judgments to its row's candidates; a row with a failed call is quarantined whole."""
+    good, bad, reasons = [], [], []
+    for row, outcome in zip(rows, outcomes, strict=True):
+        if outcome.errors:
+            bad.append(row)
+            reasons.append(f"{stage} call failed: " + "; ".join(outcome.errors))
+            continue
+        for cand, judgments in zip(row["candidates"] or [], outcome.judgments, strict=True):
+            cand["judgments"] = list(cand.get("judgments") or []) + judgments
+        good.append(row)
+    return StageResult(out=pa.Table.from_pylist(good, schema=PROMPT_ROW_WITH_CANDIDATES),
+                       quarantined=quarantine_table(stage, bad, reasons))

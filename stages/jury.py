@@ -2,7 +2,7 @@
 temperatures) into one `jury` judgment per candidate, and flag prompts the judges disagree on.
 
 Each candidate gets a judgment of kind "jury" (judge = the jury's name) whose score is the aggregate (see
-judges/jury.py for mean, median, majority and borda) and whose feedback records the members' scores, so pairs
+judges/jury.py for mean, median, majority and borda) and whose `members` lists the member judges' scores, so pairs
 downstream can pick the jury (`judges: [jury]`) and still report the members' agreement. The prompt row gets
 `jury_agreement` (per candidate pair, the share of judges on the majority side, averaged) and `disagreement`
 (agreement under `disagreement_below`). Run-level inter-judge agreement (Cohen's kappa per pair of judges,
@@ -10,8 +10,6 @@ Krippendorff's alpha) is in the run's manifest.
 """
 
 from __future__ import annotations
-
-import json
 
 import pyarrow as pa
 from pydantic import Field
@@ -49,7 +47,8 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
         for cand, scores, score in zip(cands, members, aggregate(members, cfg.method), strict=True):
             cand["judgments"] = list(cand.get("judgments") or []) + [{
                 "judge": cfg.name, "kind": "jury", "aspect": cfg.output_aspect, "score": score, "verdict": None,
-                "feedback": json.dumps({"method": cfg.method, "members": scores}, sort_keys=True),
+                "feedback": f"{cfg.method} of {len(scores)} judges",
+                "members": [{"judge": k, "score": v} for k, v in sorted(scores.items())],
                 "position": None, "opponent": None, "parse_ok": score is not None,
                 "error": None if score is not None else "no member judge scored this candidate",
                 "strength": None, "judge_model": None}]

@@ -46,6 +46,22 @@ class TranscriptPair(BaseModel):
     rejected: str = "rejected"
 
 
+class ImagePairs(BaseModel):
+    """Image preference data: the candidates are images. Layouts:
+
+      pick_a_pic    `caption`, `jpg_0`, `jpg_1` (paths or bytes), `label_0` (1: image 0 preferred, 0: image 1,
+                    0.5: a tie, kept with no human choice); `model_0`/`model_1` name the generators when present
+      image_reward  `prompt`, `generations` (image paths), `ranking` (one rank per image, 1 = best)
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    layout: Literal["pick_a_pic", "image_reward"]
+    #: the folder relative image paths are read from (default: the data file's folder)
+    folder: Path | None = None
+
+    _exists = field_validator("folder")(existing_path)
+
+
 DOCUMENTS_PROMPT = ("Answer the user's question using only the documents below. Say so when they do not hold the "
                     "answer.\n\n{documents}")
 
@@ -90,6 +106,10 @@ class Config(StageConfig):
     #: existing responses to attach as candidates (joined on `id_field`; each file's answers are held as a
     #: dict keyed by id while loading, so these are side files, not the main stream)
     candidates: list[CandidateSource] = Field(default_factory=list)
+    #: image preference data (Pick-a-Pic, ImageReward layouts): each row's images become its candidates, each
+    #: carrying the image (path or bytes, and sha256) instead of a response; the human's choice goes to
+    #: `meta.human_chosen` as with `transcripts`
+    images: ImagePairs | None = None
 
     _exists = field_validator("path")(existing_path)
 
@@ -102,10 +122,17 @@ class Config(StageConfig):
         if self.conversation_field and (self.transcripts or self.candidates or self.messages_field):
             raise ValueError("`conversation_field` reads whole chat logs; it does not combine with `transcripts`, "
                              "`candidates` or `messages_field`")
+        if self.images and (self.transcripts or self.candidates or self.conversation_field):
+            raise ValueError("`images` bring their own candidates; they do not combine with `transcripts`, "
+                             "`candidates` or `conversation_field`")
         if "{documents}" not in self.documents_prompt:
             raise ValueError("`documents_prompt` must contain {documents}")
         return self
 
+
+#: the fields an image layout reads (kept out of `meta`: image bytes do not belong in a JSON column)
+IMAGE_FIELDS = {"pick_a_pic": {"caption", "jpg_0", "jpg_1", "label_0", "model_0", "model_1"},
+                "image_reward": {"prompt", "generations", "ranking"}}
 
 _TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
 
@@ -131,6 +158,44 @@ def transcript_pair(rec: dict, spec: TranscriptPair) -> tuple[list[dict], list[s
     if chats[0][:-1] != chats[1][:-1]:
         return [], [], "the two transcripts differ before their last Assistant turn"
     return chats[0][:-1], [chats[0][-1]["content"], chats[1][-1]["content"]], None
+
+
+def image_candidates(rec: dict, spec: ImagePairs, folder: Path) -> tuple[str | None, list[tuple], int | None, str | None]:
+    """(prompt, [(image, model)], index of the human's choice or None, problem) for one image-pair record."""
+    from schemas.images import image_ref
+
+    if spec.layout == "pick_a_pic":
+        prompt, values = rec.get("caption"), [rec.get("jpg_0"), rec.get("jpg_1")]
+        models = [rec.get("model_0"), rec.get("model_1")]
+        label = rec.get("label_0")
+        if label not in (0, 1, 0.5, 0.0, 1.0):
+            return None, [], None, f"label_0 is {label!r}, not 1, 0 or 0.5"
+        chosen = None if label == 0.5 else (0 if label == 1 else 1)
+    else:
+        prompt, values, ranking = rec.get("prompt"), rec.get("generations"), rec.get("ranking")
+        if not isinstance(values, list) or len(values) < 2:
+            return None, [], None, "generations is not a list of two or more images"
+        if not (isinstance(ranking, list) and len(ranking) == len(values)
+                and all(isinstance(r, int) for r in ranking)):
+            return None, [], None, "ranking is not one integer rank per generation"
+        best = min(ranking)
+        chosen = ranking.index(best) if ranking.count(best) == 1 else None
+        models = [None] * len(values)
+    if not isinstance(prompt, str) or not prompt.strip():
+        return None, [], None, "no prompt (caption) text"
+    images = []
+    for i, value in enumerate(values):
+        ref, problem = image_ref(value, folder)
+        if problem:
+            return None, [], None, f"image {i}: {problem}"
+        images.append((ref, models[i]))
+    return prompt, images, chosen, None
+
+
+def image_candidate(pid: str, i: int, image: dict, model: str | None) -> dict:
+    return {"candidate_id": hashlib.sha256(json.dumps([pid, i, image["sha256"]]).encode()).hexdigest()[:16],
+            "model": model or "image", "response": None, "finish_reason": None, "n_tokens": None,
+            "gen_params": json.dumps({"source": "image", "index": i}), "judgments": [], "image": image}
 
 
 def conversation(value: Any) -> tuple[list[dict] | None, str | None]:
@@ -172,7 +237,13 @@ def to_prompt_row(rec: Any, cfg: Config, source: str) -> tuple[dict | None, str 
         return None, f"row is {type(rec).__name__}, not an object"
     system = rec.get(cfg.system_field) if cfg.system_field else None
     answers: list[str] = []
-    if cfg.transcripts:
+    images: list[tuple] = []
+    if cfg.images:
+        text, images, human, problem = image_candidates(rec, cfg.images, cfg.images.folder or cfg.path.parent)
+        if problem:
+            return None, problem
+        messages = [{"role": "user", "content": text}]
+    elif cfg.transcripts:
         messages, answers, problem = transcript_pair(rec, cfg.transcripts)
         if problem:
             return None, problem
@@ -215,7 +286,7 @@ def to_prompt_row(rec: Any, cfg: Config, source: str) -> tuple[dict | None, str 
     if persona is not None and not isinstance(persona, str):
         persona = json.dumps(persona, ensure_ascii=False, sort_keys=True)
     mapped = {cfg.prompt_field, cfg.turns_field, cfg.messages_field, cfg.system_field, cfg.id_field,
-              cfg.persona_field, cfg.conversation_field, cfg.documents_field} | ({cfg.transcripts.chosen, cfg.transcripts.rejected} if cfg.transcripts else set())
+              cfg.persona_field, cfg.conversation_field, cfg.documents_field} | ({cfg.transcripts.chosen, cfg.transcripts.rejected} if cfg.transcripts else set()) | (IMAGE_FIELDS[cfg.images.layout] if cfg.images else set())
     keys = cfg.meta_fields if cfg.meta_fields is not None else [k for k in rec if k not in mapped]
     meta = {k: rec[k] for k in keys if k in rec}
     if cfg.turns_field and len(rec[cfg.turns_field]) > 1:
@@ -233,6 +304,11 @@ def to_prompt_row(rec: Any, cfg: Config, source: str) -> tuple[dict | None, str 
         "persona": persona,
         "documents": docs,
     }
+    if images:
+        row["candidates"] = [image_candidate(row["prompt_id"], i, im, model) for i, (im, model) in enumerate(images)]
+        if human is not None:
+            meta["human_chosen"] = row["candidates"][human]["candidate_id"]
+        row["meta"] = json.dumps(meta, ensure_ascii=False, default=str)
     if answers:
         row["candidates"] = [transcript_candidate(row["prompt_id"], label, text)
                              for label, text in zip(("chosen", "rejected"), answers, strict=True)]
@@ -288,7 +364,7 @@ def read(cfg: Config) -> Iterator[StageResult]:
     the file is accounted for); `limit` counts usable rows."""
     source = cfg.path.name
     answers = [(src, answer_table(src)) for src in cfg.candidates]
-    schema = PROMPT_ROW_WITH_CANDIDATES if answers or cfg.transcripts else PROMPT_ROW
+    schema = PROMPT_ROW_WITH_CANDIDATES if answers or cfg.transcripts or cfg.images else PROMPT_ROW
     good: list[dict] = []
     bad: list[Any] = []
     reasons: list[str] = []
@@ -343,7 +419,8 @@ STAGE = StageSpec(
     | ({"persona"} if cfg.persona_field or cfg.personas else set())
     | ({"documents"} if cfg.documents_field else set())
     | ({"candidates", "candidates.response", "candidates.model", "candidates.candidate_id"}
-       if cfg.candidates or cfg.transcripts else set()),
+       if cfg.candidates or cfg.transcripts else set())
+    | ({"candidates", "candidates.image", "candidates.model", "candidates.candidate_id"} if cfg.images else set()),
     doc="Read prompts (JSONL, JSON array, Parquet, saved `datasets`) into prompt rows; quarantine malformed rows.",
     source=read,
 )

@@ -134,6 +134,7 @@ def pair_row(row: dict, hi: tuple, lo: tuple, agree: float | None, cfg: Config) 
         "chosen_id": chosen["candidate_id"], "rejected_id": rejected["candidate_id"],
         "judge": ",".join(sorted(set(judges_c) | set(judges_r))), **safety(chosen, rejected, cfg.safety_aspect),
         **grounding(chosen, rejected, cfg.grounding_aspect),
+        **({"chosen_image": chosen["image"], "rejected_image": rejected["image"]} if chosen.get("image") else {}),
         **({"chosen_truncated": chosen.get("finish_reason") == "length",
             "rejected_truncated": rejected.get("finish_reason") == "length"} if cfg.allow_truncated else {}),
     }
@@ -230,8 +231,10 @@ STAGE = StageSpec(
     | ({"difficulty"} if cfg.easy_margin is not None else set())
     | ({"chosen_truncated", "rejected_truncated"} if cfg.allow_truncated else set())
     | ({"chosen_harmless", "rejected_harmless", "safer"} if cfg.safety_aspect else set())
-    | ({"chosen_grounded", "rejected_grounded"} if cfg.grounding_aspect else set()),
-    derived_from=PAIR_HEAD_CARRIED | {"strength": "candidates.judgments.strength", "disagreement": "disagreement"},
+    | ({"chosen_grounded", "rejected_grounded"} if cfg.grounding_aspect else set())
+    | {"chosen_image", "rejected_image"},
+    derived_from=PAIR_HEAD_CARRIED | {"strength": "candidates.judgments.strength", "disagreement": "disagreement",
+                                      "chosen_image": "candidates.image", "rejected_image": "candidates.image"},
     doc="Preference pairs per prompt (best_vs_worst, best_vs_random, all_pairs, top_k_vs_bottom_k) with min "
     "margin, tie policy, min jury agreement and easy/hard tags; every pair not kept carries a reason.",
     process=process,

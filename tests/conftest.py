@@ -30,6 +30,16 @@ def _isolated_env(tmp_path_factory):
     yield
 
 
+@pytest.fixture(scope="session")
+def hf_model(tmp_path_factory) -> Path:
+    """The embedded SmolLM2-135M converted to a Hugging Face folder (benchmarks/gguf_to_hf.py), once per session:
+    the transformers engine and the TRL trainers load it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gguf_to_hf import convert
+
+    return convert(tmp_path_factory.mktemp("models") / "smollm2-hf")
+
+
 @pytest.fixture
 def repo_data() -> Path:
     """The real upstream files under tests/data (see its README for sources and licences)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -15,14 +14,6 @@ import yaml
 from conftest import curate
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def hf_model(tmp_path_factory) -> Path:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from gguf_to_hf import convert
-
-    return convert(tmp_path_factory.mktemp("models") / "smollm2-hf")
 
 
 def test_transformers_engine_pipeline_is_reproducible(hf_model, tmp_path):

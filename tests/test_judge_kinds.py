@@ -124,7 +124,8 @@ def test_jury_stage_flags_disagreement_and_pairs_pick_the_jury_with_its_members_
     assert got["agree"]["jury_agreement"] == 1.0 and got["agree"]["disagreement"] is False
     assert got["split"]["jury_agreement"] == 2 / 3 and got["split"]["disagreement"] is True
     verdict = [j for j in got["split"]["candidates"][0]["judgments"] if j["kind"] == "jury"][0]
-    assert verdict["score"] == 1.0 and json.loads(verdict["feedback"])["members"] == {"x:t": 8, "y:t": 1, "z:t": 5}
+    assert verdict["score"] == 1.0 and verdict["members"] == [
+        {"judge": "x:t", "score": 8}, {"judge": "y:t", "score": 1}, {"judge": "z:t", "score": 5}]
     res = pairs.process(out, pairs.Config(judges=["jury"], min_margin=0.5), StageContext()).out.to_pylist()
     by = {r["prompt_id"]: r for r in res}
     assert by["split"]["chosen"] == "C" and by["split"]["judge"] == "jury"

@@ -1,0 +1,100 @@
+"""reward_model: score every candidate with a sequence-classification reward model (a local Hugging Face folder:
+Skywork-Reward-V2, ArmoRM-style single-output models, one trained with TRL's RewardTrainer), as distilabel does
+with its reward-model scorer and Skywork-Reward-V2 mixes reward models with human and LLM judgment.
+
+Each candidate gets one ordinary judgment (kind `reward_model`, aspect `reward`, `score` = the model's logit for the
+conversation the answering model saw plus the response), so `pairs`, `rank`, `jury` (a reward model and LLM
+judges in one jury: use `method: majority` or `borda`, which are scale-free) and the run's judge statistics use
+it unchanged. A conversation longer than `max_length` gets a judgment with no score and the reason (never a
+default). The model loads once per worker and stays for the stage.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import Field, field_validator
+
+from schemas.records import PROMPT_ROW_WITH_CANDIDATES
+from schemas.rows import chat
+from stages.base import StageConfig, StageContext, StageResult, StageSpec, existing_path
+
+
+class Config(StageConfig):
+    #: a local Hugging Face folder with a *ForSequenceClassification model (relative to the pipeline YAML)
+    model: Path
+    #: the judge's label on its judgments (default "<folder name>:reward")
+    name: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    #: (conversation, response) pairs per forward pass
+    batch_size: int = Field(8, ge=1)
+    #: longer conversations get no score (with the reason) instead of being cut
+    max_length: int = Field(4096, ge=16)
+
+    _exists = field_validator("model")(existing_path)
+
+    @field_validator("model")
+    @classmethod
+    def _is_reward_model(cls, value: Path) -> Path:
+        from engines.base import EngineUnavailable
+        from engines.reward_model import check_available
+
+        try:
+            check_available(str(value))
+        except EngineUnavailable as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+
+def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
+    from engines.reward_model import RewardModel
+
+    key = ("reward_model", str(cfg.model), cfg.device, cfg.dtype)
+    if key not in ctx.state:
+        ctx.state[key] = RewardModel(str(cfg.model), cfg.device, cfg.dtype, cfg.batch_size, cfg.max_length)
+    model = ctx.state[key]
+    rows = table.to_pylist()
+    where = [(r, c) for r, row in enumerate(rows) for c in range(len(row["candidates"] or []))]
+    scores = model.score([(chat(rows[r]), rows[r]["candidates"][c]["response"]) for r, c in where])
+    judge = cfg.name or f"{model.name}:reward_model"
+    stats = {"human_pairs": 0.0, "human_agree": 0.0}
+    for (r, c), s in zip(where, scores, strict=True):
+        cand = rows[r]["candidates"][c]
+        cand["judgments"] = list(cand.get("judgments") or []) + [{
+            "judge": judge, "kind": "reward_model", "aspect": "reward", "score": s.score, "verdict": None,
+            "feedback": None, "position": None, "opponent": None, "parse_ok": s.error is None, "error": s.error,
+            "strength": None, "judge_model": model.name}]
+    for row in rows:  # rows with a human's choice (HH-RLHF transcripts): does the reward model agree?
+        chosen = json.loads(row.get("meta") or "{}").get("human_chosen")
+        mine = {c["candidate_id"]: c["judgments"][-1]["score"] for c in row["candidates"] or []}
+        if chosen in mine and len(mine) == 2 and None not in mine.values():
+            (other,) = [v for k, v in mine.items() if k != chosen]
+            stats["human_pairs"] += 1
+            stats["human_agree"] += float(mine[chosen] > other) + 0.5 * float(mine[chosen] == other)
+    return StageResult(out=pa.Table.from_pylist(rows, schema=PROMPT_ROW_WITH_CANDIDATES), stats=stats)
+
+
+def summarize(stats: dict[str, float]) -> dict[str, float]:
+    """On prompts with a human's choice between two candidates: how often the reward model scores the human's
+    choice higher (ties count half), beside chance."""
+    if not stats.get("human_pairs"):
+        return {}
+    return {"human_ranking_accuracy": stats["human_agree"] / stats["human_pairs"], "chance": 0.5,
+            "human_pairs": int(stats["human_pairs"])}
+
+
+STAGE = StageSpec(
+    name="reward_model",
+    config=Config,
+    reads=lambda cfg: {"messages", "system", "candidates", "candidates.response"},
+    writes=lambda cfg: {"candidates.judgments", "candidates.judgments.score", "candidates.judgments.parse_ok"},
+    doc="Score every candidate with a local sequence-classification reward model (transformers, CPU or GPU, "
+    "batched); the scores are ordinary judgments (kind reward_model) for pairs, rank, jury and judge statistics.",
+    process=process,
+    keeps_model=True,
+    summarize=summarize,
+)
