@@ -1,0 +1,211 @@
+"""Image preference pairs, as a user builds DCPO data: real PNG files drawn here with Pillow, in the Pick-a-Pic and
+ImageReward layouts, through `curate run` (load -> pairs -> caption -> diffusion export), read back with
+`datasets` (Image feature). The vision-language path runs against a local OpenAI-compatible server that records
+each request and answers each image with a canned caption: no VLM runs on these machines, so this tests the
+protocol (images as content parts, retries, the cache keyed on image bytes), never caption quality."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import yaml
+
+from conftest import accounted, curate, send_json, serve_local
+
+SHAPES = [("a red circle on white", "red", "blue"), ("a green square on white", "green", "yellow"),
+          ("a black star on white", "black", "gray"), ("two orange dots", "orange", "purple")]
+
+
+def draw(path: Path, color: str, label: str) -> Path:
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", (64, 64), "white")
+    d = ImageDraw.Draw(im)
+    d.ellipse((8, 8, 56, 56), fill=color)
+    d.text((2, 2), label, fill="black")
+    im.save(path)
+    return path
+
+
+def pick_a_pic(folder: Path) -> Path:
+    """Four good pairs (one a tie), one with a missing image, one whose 'image' is text."""
+    (folder / "images").mkdir()
+    recs = []
+    for i, (caption, a, b) in enumerate(SHAPES):
+        draw(folder / "images" / f"{i}_0.png", a, f"{i}a")
+        draw(folder / "images" / f"{i}_1.png", b, f"{i}b")
+        recs.append({"caption": caption, "jpg_0": f"{i}_0.png", "jpg_1": f"{i}_1.png",
+                     "label_0": [1, 0, 1, 0.5][i], "model_0": "sdxl", "model_1": "sd15"})
+    (folder / "images" / "notes.png").write_text("not an image")
+    recs += [{"caption": "a lost picture", "jpg_0": "gone.png", "jpg_1": "0_0.png", "label_0": 1},
+             {"caption": "a broken picture", "jpg_0": "notes.png", "jpg_1": "0_0.png", "label_0": 1}]
+    data = folder / "pick.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    return data
+
+
+def load_export(folder: Path):
+    import datasets
+
+    return datasets.load_dataset("parquet", data_dir=str(folder), split="train")
+
+
+def test_dcpo_pairs_with_perturbed_captions_from_image_files(tmp_path):
+    data = pick_a_pic(tmp_path)
+    spec = tmp_path / "dcpo.yaml"
+    spec.write_text(yaml.safe_dump({"name": "dcpo", "cache_dir": str(tmp_path / "cache"), "stages": [
+        {"load": {"path": str(data), "images": {"layout": "pick_a_pic", "folder": "images"}}},
+        {"pairs": {"label_key": "human_chosen"}},
+        {"caption": {"method": "perturb", "level": "strong", "sampling": {"temperature": 0.7, "max_tokens": 48}}},
+        {"export": {"format": "diffusion"}}]}))
+    res = curate("run", spec, "--run-dir", tmp_path / "run")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    m = accounted(tmp_path / "run")
+    load, pairs, caption, export = m["stages"]
+    assert (load["in"], load["out"], load["quarantined"]) == (6, 4, 2)
+    reasons = [r["reason"] for r in pq.read_table(tmp_path / "run" / "_quarantined" / "01_load").to_pylist()]
+    assert any("gone.png" in r and "cannot be read" in r for r in reasons), reasons
+    assert any("notes.png" in r and "not a readable image" in r for r in reasons), reasons
+    assert pairs["out"] == 3 and pairs["quarantined"] + pairs["dropped"] == 1  # the tie has no human choice
+
+    ds = load_export(tmp_path / "run" / export["id"])
+    assert ds.num_rows == caption["out"] == 3 - caption["dropped"]
+    assert ds.features["jpg_0"].__class__.__name__ == "Image"
+    for row in ds:
+        i = next(n for n, (c, _, _) in enumerate(SHAPES) if c == row["caption"])
+        preferred = [1, 0, 1][i]  # label_0 1: image 0 preferred; 0: image 1
+        want = (tmp_path / "images" / f"{i}_{1 - preferred}.png")
+        assert row["jpg_0"].size == (64, 64) and row["label_0"] == 1.0
+        from PIL import Image
+
+        assert row["jpg_0"].convert("RGB").tobytes() == Image.open(want).convert("RGB").tobytes()  # the human's pick
+        assert row["caption_0"] == row["caption"]  # the preferred image keeps the prompt
+        assert row["caption_1"] and row["caption_1"].strip().casefold() != row["caption"].casefold()
+
+
+def test_image_reward_layout_ranks_and_exports_without_captions(tmp_path):
+    (tmp_path / "gen").mkdir()
+    recs = []
+    for i, (caption, a, b) in enumerate(SHAPES[:2]):
+        paths = [draw(tmp_path / "gen" / f"{i}_{k}.png", c, f"{i}{k}").name for k, c in enumerate((a, b, "pink"))]
+        recs.append({"prompt": caption, "generations": [f"gen/{p}" for p in paths], "ranking": [2, 1, 3]})
+    recs.append({"prompt": "ranks do not match", "generations": ["gen/0_0.png", "gen/0_1.png"], "ranking": [1]})
+    data = tmp_path / "ir.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+    spec = tmp_path / "ir.yaml"
+    spec.write_text(yaml.safe_dump({"name": "ir", "stages": [
+        {"load": {"path": str(data), "images": {"layout": "image_reward"}}},
+        {"pairs": {"label_key": "human_chosen"}},
+        {"export": {"format": "diffusion"}}]}))
+    res = curate("run", spec, "--run-dir", tmp_path / "run")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    m = accounted(tmp_path / "run")
+    assert m["stages"][0]["quarantined"] == 1
+    ds = load_export(tmp_path / "run" / m["stages"][-1]["id"])
+    assert ds.num_rows == 4 and "caption_0" not in ds.column_names  # rank 1 against each of the other two
+    best = [ds[i]["jpg_0"].convert("RGB").tobytes() for i in range(4)]
+    from PIL import Image
+
+    assert all(b == Image.open(tmp_path / "gen" / f"{i // 2}_1.png").convert("RGB").tobytes()
+               for i, b in enumerate(best))
+
+
+class VLM:
+    """A local OpenAI-compatible server standing in for a vision-language model: it records each request,
+    fails the first call once with a 500 (the client must retry), and answers each image with a canned
+    caption named by the image's bytes."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.failed_once = False
+        self.lock = threading.Lock()
+        vlm = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with vlm.lock:
+                    vlm.requests.append(body)
+                    fail = not vlm.failed_once
+                    vlm.failed_once = True
+                if fail:
+                    send_json(self, b'{"error": {"message": "warming up"}}', status=500)
+                    return
+                parts = body["messages"][-1]["content"]
+                urls = [p["image_url"]["url"] for p in parts if p.get("type") == "image_url"]
+                digest = hashlib.sha256(base64.b64decode(urls[0].split(",", 1)[1])).hexdigest()[:8]
+                reply = {"choices": [{"index": 0, "finish_reason": "stop",
+                                      "message": {"role": "assistant", "content": f"canned caption {digest}"}}],
+                         "usage": {"prompt_tokens": 10, "completion_tokens": 3}}
+                send_json(self, json.dumps(reply).encode())
+
+        self.server, self.url = serve_local(Handler)
+
+
+def test_vlm_captions_travel_as_content_parts_with_retries_and_an_image_keyed_cache(tmp_path):
+    data = pick_a_pic(tmp_path)
+    vlm = VLM()
+    try:
+        pipeline = {"name": "vlm", "cache_dir": str(tmp_path / "cache"),
+                    "engines": {"vlm": {"kind": "openai_http", "base_url": vlm.url, "model": "qwen2.5-vl",
+                                        "images": True, "backoff_base": 0.05}},
+                    "stages": [{"load": {"path": str(data), "images": {"layout": "pick_a_pic", "folder": "images"}}},
+                               {"pairs": {"label_key": "human_chosen"}},
+                               {"caption": {"method": "caption", "engine": "vlm"}},
+                               {"export": {"format": "diffusion"}}]}
+        spec = tmp_path / "vlm.yaml"
+        spec.write_text(yaml.safe_dump(pipeline))
+        res = curate("run", spec, "--run-dir", tmp_path / "a")
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        m = accounted(tmp_path / "a")
+        assert m["stages"][2]["model_calls"] == 6  # two images per pair, three pairs
+        assert len(vlm.requests) == 7  # and the one the server failed, asked again
+        for body in vlm.requests:
+            text, image = body["messages"][-1]["content"]
+            assert text["type"] == "text" and image["type"] == "image_url"
+            assert image["image_url"]["url"].startswith("data:image/png;base64,")
+        sent = {base64.b64decode(b["messages"][-1]["content"][1]["image_url"]["url"].split(",", 1)[1])
+                for b in vlm.requests}
+        on_disk = {p.read_bytes() for p in (tmp_path / "images").glob("[0-2]_*.png")}
+        assert sent == on_disk  # the exact bytes of each image of the three pairs, never re-encoded
+        from datasets import Image
+
+        ds = load_export(tmp_path / "a" / m["stages"][-1]["id"])
+        ds = ds.cast_column("jpg_0", Image(decode=False)).cast_column("jpg_1", Image(decode=False))
+        assert ds.num_rows == 3
+        for row in ds:
+            for col, img in (("caption_0", "jpg_0"), ("caption_1", "jpg_1")):
+                digest = hashlib.sha256(row[img]["bytes"]).hexdigest()[:8]
+                assert row[col] == f"canned caption {digest}"  # the server's caption of that very image
+
+        # the cache is keyed on the image bytes: a rerun asks nothing; a redrawn image is asked again
+        before = len(vlm.requests)
+        res = curate("run", spec, "--run-dir", tmp_path / "b")
+        assert res.returncode == 0 and len(vlm.requests) == before
+        draw(tmp_path / "images" / "0_1.png", "cyan", "new")
+        res = curate("run", spec, "--run-dir", tmp_path / "c")
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        assert len(vlm.requests) == before + 1
+    finally:
+        vlm.server.shutdown()
+
+
+def test_captioning_on_an_engine_that_reads_no_images_fails_validation(tmp_path):
+    data = pick_a_pic(tmp_path)
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(yaml.safe_dump({"name": "bad", "stages": [
+        {"load": {"path": str(data), "images": {"layout": "pick_a_pic", "folder": "images"}}},
+        {"pairs": {"label_key": "human_chosen"}},
+        {"caption": {"method": "hybrid"}}]}))
+    res = curate("validate", spec)
+    assert res.returncode == 2
+    assert "stages[2].caption.engine" in res.stderr and "images" in res.stderr
