@@ -27,8 +27,9 @@ LABELS = ["A", "B", "tie"]
 class JudgeEvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     engines: dict[str, EngineConfig] = Field(default_factory=lambda: {"default": LlamaCppConfig()})
-    #: judge stage configs (template, engine, sampling, retries, name, ...) or debate stage configs (those with
-    #: `debaters`); several make a jury
+    #: judge stage configs (template, engine, sampling, retries, name, ...), debate stage configs (those with
+    #: `debaters`) or reward_model stage configs (those with `model`: a local reward model folder); several make
+    #: a jury
     judges: list[dict[str, Any]] = Field(min_length=1)
     cache_dir: Path | None = None
 
@@ -37,6 +38,7 @@ def load_config(path: Path):
     from pipelines.config import ConfigError, describe_errors
     from stages.debate import Config as DebateConfig
     from stages.judge import Config as JudgeConfig
+    from stages.reward_model import Config as RewardConfig
 
     data = yaml.safe_load(path.read_text())
     try:
@@ -45,12 +47,15 @@ def load_config(path: Path):
         raise ConfigError(describe_errors(err, "", JudgeEvalConfig), str(path)) from None
     judges, problems = [], []
     for i, j in enumerate(cfg.judges):
-        kind = DebateConfig if isinstance(j, dict) and "debaters" in j else JudgeConfig
+        kind = (DebateConfig if isinstance(j, dict) and "debaters" in j
+                else RewardConfig if isinstance(j, dict) and "model" in j else JudgeConfig)
         try:
             judges.append(kind.model_validate(j, context={"base_dir": path.parent.resolve()}))
         except ValidationError as err:
             problems.extend(describe_errors(err, f"judges[{i}]", kind))
     for i, j in enumerate(judges):
+        if isinstance(j, RewardConfig):
+            continue  # a reward model is its own model, not an engine
         used = j.engine if isinstance(j, JudgeConfig) else [d.engine for d in j.debaters]
         for name in [used] if isinstance(used, str) else used:
             if name not in cfg.engines:
@@ -130,11 +135,18 @@ def run_judge(judge_cfg, engines: dict, pairs: list[tuple[str, str, str, str]]):
     """The judge's name, its verdict per pair, per pair whether a pairwise judge's (or debate's) verdict
     survived the position swap (None for judges that score responses), and per pair the judge's raw outputs.
     The pairs go through the same dispatch as the judge and debate stages (judges.items)."""
-    from judges.items import JudgeItem, judge_items
+    from judges.items import JudgeItem, JudgeOutcome, judge_items
+    from stages import reward_model
     from stages.debate import Config as DebateConfig
 
     items = [JudgeItem(q, [a, b], ["A", "B"], key=str(i)) for i, (q, a, b, _) in enumerate(pairs)]
-    if isinstance(judge_cfg, DebateConfig):
+    if isinstance(judge_cfg, reward_model.Config):
+        model = reward_model.model_of(judge_cfg, {})
+        name, pairwise = reward_model.judge_name(judge_cfg, model), False
+        judged = reward_model.score(judge_cfg, model, [[{"role": "user", "content": it.question}] for it in items],
+                                    [it.answers for it in items])
+        outcomes = [JudgeOutcome([[x] for x in j]) for j in judged]
+    elif isinstance(judge_cfg, DebateConfig):
         name, pairwise = judge_cfg.name, True
         outcomes = judge_cfg.run(engines.__getitem__, items)
     else:

@@ -564,9 +564,11 @@ def init_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    # "local": a run without --address (or RAY_ADDRESS) starts its own Ray, never joins whatever cluster a
+    # `ray start` on this machine left in /tmp/ray (Ray's default for an address of None)
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     kwargs: dict[str, Any] = dict(ignore_reinit_error=True, log_to_driver=False, logging_level=logging.ERROR)
-    if address is None:
+    if address == "local":
         kwargs |= dict(include_dashboard=False, num_cpus=os.cpu_count())
     ray.init(address=address, **kwargs)
     ctx = ray.data.DataContext.get_current()

@@ -50,27 +50,45 @@ class Config(StageConfig):
         return value
 
 
-def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
+def model_of(cfg: Config, state: dict):
+    """The reward model, loaded once per worker (it outlives the shard)."""
     from engines.reward_model import RewardModel
 
     key = ("reward_model", str(cfg.model), cfg.device, cfg.dtype)
-    if key not in ctx.state:
-        ctx.state[key] = RewardModel(str(cfg.model), cfg.device, cfg.dtype, cfg.batch_size, cfg.max_length)
-    model = ctx.state[key]
+    if key not in state:
+        state[key] = RewardModel(str(cfg.model), cfg.device, cfg.dtype, cfg.batch_size, cfg.max_length)
+    return state[key]
+
+
+def judge_name(cfg: Config, model) -> str:
+    return cfg.name or f"{model.name}:reward_model"
+
+
+def score(cfg: Config, model, convs: list[list[dict]], answers: list[list[str]]) -> list[list[dict]]:
+    """Per conversation, one judgment per answer: the reward model's score, or none with the reason (a
+    conversation over `max_length`). `curate judge-eval` scores its pairs through here too."""
+    where = [(n, a) for n, ans in enumerate(answers) for a in range(len(ans))]
+    scores = model.score([(convs[n], answers[n][a]) for n, a in where])
+    out: list[list[dict]] = [[] for _ in answers]
+    for (n, _), s in zip(where, scores, strict=True):
+        out[n].append({"judge": judge_name(cfg, model), "kind": "reward_model", "aspect": "reward", "score": s.score,
+                       "verdict": None, "feedback": None, "position": None, "opponent": None,
+                       "parse_ok": s.error is None, "error": s.error, "strength": None, "judge_model": model.name})
+    return out
+
+
+def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
+    model = model_of(cfg, ctx.state)
     rows = table.to_pylist()
-    where = [(r, c) for r, row in enumerate(rows) for c in range(len(row["candidates"] or []))]
-    scores = model.score([(chat(rows[r]), rows[r]["candidates"][c]["response"]) for r, c in where])
-    judge = cfg.name or f"{model.name}:reward_model"
+    judged = score(cfg, model, [chat(row) for row in rows], [[c["response"] for c in row["candidates"] or []]
+                                                             for row in rows])
     stats = {"human_pairs": 0.0, "human_agree": 0.0}
-    for (r, c), s in zip(where, scores, strict=True):
-        cand = rows[r]["candidates"][c]
-        cand["judgments"] = list(cand.get("judgments") or []) + [{
-            "judge": judge, "kind": "reward_model", "aspect": "reward", "score": s.score, "verdict": None,
-            "feedback": None, "position": None, "opponent": None, "parse_ok": s.error is None, "error": s.error,
-            "strength": None, "judge_model": model.name}]
-    for row in rows:  # rows with a human's choice (HH-RLHF transcripts): does the reward model agree?
+    for row, judgments in zip(rows, judged, strict=True):
+        for cand, j in zip(row["candidates"] or [], judgments, strict=True):
+            cand["judgments"] = list(cand.get("judgments") or []) + [j]
+        # rows with a human's choice (HH-RLHF transcripts): does the reward model agree?
         chosen = json.loads(row.get("meta") or "{}").get("human_chosen")
-        mine = {c["candidate_id"]: c["judgments"][-1]["score"] for c in row["candidates"] or []}
+        mine = {c["candidate_id"]: j["score"] for c, j in zip(row["candidates"] or [], judgments)}
         if chosen in mine and len(mine) == 2 and None not in mine.values():
             (other,) = [v for k, v in mine.items() if k != chosen]
             stats["human_pairs"] += 1

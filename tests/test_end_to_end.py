@@ -36,6 +36,9 @@ def manifest(run_dir: Path) -> dict:
 def first_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     pipeline = small_example(tmp)
+    data = yaml.safe_load(pipeline.read_text())
+    data["cache_dir"] = str(tmp / "cache")  # its own cache: the call counts below do not depend on test order
+    pipeline.write_text(yaml.safe_dump(data, sort_keys=False))
     res = curate("run", pipeline, "--limit", "4", "--run-dir", tmp / "run1")
     assert res.returncode == 0, res.stdout + res.stderr
     return tmp, pipeline, res
