@@ -129,6 +129,10 @@ def test_every_shipped_example_validates():
         if path.name == "judge_eval.yaml":  # a judge config for `curate judge-eval`, not a pipeline
             continue
         res = curate("validate", path)
+        if path.name == "reward_model_jury.yaml" and res.returncode:  # it names the user's reward model folder
+            lines = [line for line in res.stderr.splitlines() if line.strip()]
+            assert len(lines) == 1 and "stages[1].reward_model.model" in lines[0] and "not found" in lines[0], lines
+            continue
         if path.name in ("vllm_offline.yaml", "transformers.yaml", "ray_llm.yaml") and res.returncode:
             # they name a model folder of the user's (and vLLM an extra): here only the engine may be missing
             lines = [line for line in res.stderr.splitlines() if line.strip()]

@@ -89,31 +89,56 @@ def test_dcpo_pairs_with_perturbed_captions_from_image_files(tmp_path):
         assert row["caption_1"] and row["caption_1"].strip().casefold() != row["caption"].casefold()
 
 
-def test_image_reward_layout_ranks_and_exports_without_captions(tmp_path):
-    (tmp_path / "gen").mkdir()
-    recs = []
-    for i, (caption, a, b) in enumerate(SHAPES[:2]):
-        paths = [draw(tmp_path / "gen" / f"{i}_{k}.png", c, f"{i}{k}").name for k, c in enumerate((a, b, "pink"))]
-        recs.append({"prompt": caption, "generations": [f"gen/{p}" for p in paths], "ranking": [2, 1, 3]})
-    recs.append({"prompt": "ranks do not match", "generations": ["gen/0_0.png", "gen/0_1.png"], "ranking": [1]})
-    data = tmp_path / "ir.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in recs) + "\n")
+def test_image_reward_layout_on_its_real_rankings_exports_without_captions(tmp_path, copy_data):
+    """ImageReward's own test set (prompts, generation paths, human rankings; its images are not published with
+    it): stand-in images are drawn at the paths of the first three prompts' generations."""
+    data = copy_data("imagereward/test.json")
+    records = json.loads(data.read_text())[:3]
+    for r, rec in enumerate(records):
+        for k, rel in enumerate(rec["generations"]):
+            (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+            draw(tmp_path / rel, ["red", "blue", "green", "gray"][k], f"{r}{k}")
     spec = tmp_path / "ir.yaml"
     spec.write_text(yaml.safe_dump({"name": "ir", "stages": [
-        {"load": {"path": str(data), "images": {"layout": "image_reward"}}},
+        {"load": {"path": str(data), "images": {"layout": "image_reward"}, "limit": 3}},
         {"pairs": {"label_key": "human_chosen"}},
         {"export": {"format": "diffusion"}}]}))
     res = curate("run", spec, "--run-dir", tmp_path / "run")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     m = accounted(tmp_path / "run")
-    assert m["stages"][0]["quarantined"] == 1
+    assert (m["stages"][0]["out"], m["stages"][0]["quarantined"]) == (3, 0)
     ds = load_export(tmp_path / "run" / m["stages"][-1]["id"])
-    assert ds.num_rows == 4 and "caption_0" not in ds.column_names  # rank 1 against each of the other two
-    best = [ds[i]["jpg_0"].convert("RGB").tobytes() for i in range(4)]
+    assert "caption_0" not in ds.column_names  # no caption stage ran: no caption columns
+    assert ds.num_rows == sum(len(rec["generations"]) - 1 for rec in records)  # the best against each other one
     from PIL import Image
 
-    assert all(b == Image.open(tmp_path / "gen" / f"{i // 2}_1.png").convert("RGB").tobytes()
-               for i, b in enumerate(best))
+    for row in ds:
+        rec = next(rec for rec in records if rec["prompt"] == row["caption"])
+        best = rec["generations"][rec["ranking"].index(min(rec["ranking"]))]  # rank 1 is the best
+        assert row["jpg_0"].convert("RGB").tobytes() == Image.open(tmp_path / best).convert("RGB").tobytes()
+
+
+def test_pick_a_pic_parquet_with_embedded_bytes_keeps_them_exactly(tmp_path):
+    """Pick-a-Pic ships its images as bytes inside Parquet: they go to the export unchanged."""
+    import pyarrow as pa
+
+    pngs = [draw(tmp_path / f"{k}.png", c, str(k)).read_bytes() for k, c in enumerate(("red", "blue", "green"))]
+    table = pa.table({"caption": ["a red dot", "a green dot"], "jpg_0": [pngs[0], pngs[1]],
+                      "jpg_1": [pngs[1], pngs[2]], "label_0": [1.0, 0.0]})
+    pq.write_table(table, tmp_path / "pick.parquet")
+    spec = tmp_path / "pp.yaml"
+    spec.write_text(yaml.safe_dump({"name": "pp", "stages": [
+        {"load": {"path": str(tmp_path / "pick.parquet"), "images": {"layout": "pick_a_pic"}}},
+        {"pairs": {"label_key": "human_chosen"}},
+        {"export": {"format": "diffusion"}}]}))
+    res = curate("run", spec, "--run-dir", tmp_path / "run")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    m = accounted(tmp_path / "run")
+    from datasets import Image
+
+    ds = load_export(tmp_path / "run" / m["stages"][-1]["id"]).cast_column("jpg_0", Image(decode=False))
+    chosen = {row["caption"]: row["jpg_0"]["bytes"] for row in ds}
+    assert chosen == {"a red dot": pngs[0], "a green dot": pngs[2]}  # label 1: jpg_0 preferred; 0: jpg_1
 
 
 class VLM:
