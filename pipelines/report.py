@@ -17,7 +17,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from judges.stats import judgments, kappas, positions
-from pipelines.runner import manifest_parts
+from pipelines.runner import manifest_parts, side_parts
 
 
 def _stage_dirs(run_dir: Path, manifest: dict) -> list[tuple[str, list[Path], list[str]]]:
@@ -140,10 +140,7 @@ def reason_counts(run_dir: Path, manifest: dict, top: int = 8) -> list[tuple[str
     out = []
     for kind in ("dropped", "quarantined"):
         for s in manifest["stages"]:
-            # the side files of the shards the manifest lists (a stale one from an older run is not counted)
-            folder = run_dir / f"_{kind}" / s["id"]
-            files = [folder / f"{name}.parquet" for name in sorted(s.get("shard_sha256", {}))]
-            files = [f for f in files if f.exists()]
+            files = side_parts(run_dir, manifest, s["id"], kind)
             if not files:
                 continue
             # numbers become N, so "margin 0.5 < min_margin 1" and "margin 0 < min_margin 1" count together

@@ -240,7 +240,7 @@ class ShardWriter:
     _writers: dict[str, tuple[pq.ParquetWriter, Path, Path]] = field(default_factory=dict)
 
     def _target(self, kind: str) -> Path:
-        folder = self.run_dir / self.stage_id if kind == "out" else self.run_dir / f"_{kind}" / self.stage_id
+        folder = stage_folder(self.run_dir, self.stage_id, kind)
         return folder / f"{part_name(self.shard)}.parquet"
 
     def abort(self) -> None:
@@ -303,8 +303,7 @@ def prune_stage(run_dir: Path, stage_id: str, shards: set[int]) -> None:
     """The run directory is the truth: remove a stage's parts, side files and markers that no current shard owns
     (a rerun into the same directory with fewer rows, or a stage whose shards were cut anew), so readers that
     list the folder see exactly what the manifest lists."""
-    for folder in (run_dir / stage_id, run_dir / "_dropped" / stage_id, run_dir / "_quarantined" / stage_id,
-                   run_dir / "_done" / stage_id):
+    for folder in [stage_folder(run_dir, stage_id, kind) for kind in ("out", "dropped", "quarantined", "done")]:
         for f in folder.glob("part-*"):
             number = f.name.removeprefix("part-").split(".")[0]
             if number.isdigit() and int(number) not in shards:
@@ -315,6 +314,19 @@ class StaleRunDir(RuntimeError):
     """A run directory's files no longer match its manifest."""
 
 
+def stage_folder(run_dir: Path, stage_id: str, kind: str = "out") -> Path:
+    """Where a stage's parts of one kind live: its output (`out`), or the `dropped` / `quarantined` side files."""
+    return Path(run_dir) / stage_id if kind == "out" else Path(run_dir) / f"_{kind}" / stage_id
+
+
+def side_parts(run_dir: Path, manifest: dict, stage_id: str, kind: str) -> list[Path]:
+    """A stage's dropped or quarantined files for exactly the shards the manifest lists (a shard with nothing
+    dropped has no file; a stale file of an older run is never read)."""
+    stage = next((s for s in manifest["stages"] if s["id"] == stage_id), None)
+    names = sorted((stage or {}).get("shard_sha256", {}))
+    return [f for f in (stage_folder(run_dir, stage_id, kind) / f"{n}.parquet" for n in names) if f.exists()]
+
+
 def manifest_parts(run_dir: Path, manifest: dict, stage_id: str, *, verify: bool = True) -> list[Path]:
     """A stage's output parts exactly as the manifest lists them (readers never glob the folder); with `verify`,
     each checked against its recorded sha256, so what is exported or published is what the run made."""
@@ -323,7 +335,7 @@ def manifest_parts(run_dir: Path, manifest: dict, stage_id: str, *, verify: bool
         raise StaleRunDir(f"{run_dir}: the manifest has no stage {stage_id}")
     parts = []
     for name, sha in sorted(stage.get("shard_sha256", {}).items()):
-        path = Path(run_dir) / stage_id / f"{name}.parquet"
+        path = stage_folder(run_dir, stage_id) / f"{name}.parquet"
         if not path.exists() or (verify and sha is not None and file_sha256(path) != sha):
             raise StaleRunDir(f"{path} is missing or was changed after the run (its sha256 differs from the "
                               "manifest's): rerun with --resume to rebuild it")
