@@ -14,6 +14,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from engines.base import with_images
+
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 
 
@@ -61,12 +63,18 @@ class Template(BaseModel):
     #: moderator's prompt ({transcript})
     rebuttal: str | None = None
     moderator: str | None = None
+    #: the answers are images (image pairs' candidates): the prompt has no answer fields, and the images go to
+    #: the judge as content parts after the prompt, in the order shown (A then B); it needs an engine that
+    #: reads images
+    images: bool = False
 
     @model_validator(mode="after")
     def _fields_known(self):
         fields = {f for _, f, _, _ in string.Formatter().parse(self.prompt) if f}
-        answers = ANSWERS[self.kind]
-        unknown = fields - CONTEXT - answers
+        answers = set() if self.images else ANSWERS[self.kind]
+        if self.images and self.kind not in ("pointwise", "pairwise"):
+            raise ValueError("image templates are pointwise or pairwise")
+        unknown = fields - CONTEXT - (ANSWERS[self.kind] if self.images else answers)
         if unknown:
             raise ValueError(f"prompt uses unknown fields {sorted(unknown)}; allowed: "
                              f"{', '.join(sorted(CONTEXT | answers))}")
@@ -97,9 +105,13 @@ class Template(BaseModel):
                                              documents=numbered_documents(documents), **answers))
 
     def render(self, question: str, answer: str, **extra) -> list[dict[str, str]]:
+        if self.images:  # the answer is the image's data URL
+            return with_images(self.fill(question, **extra), [answer])
         return self.fill(question, answer=answer, **extra)
 
     def render_pair(self, question: str, answer_a: str, answer_b: str, **extra):
+        if self.images:
+            return with_images(self.fill(question, **extra), [answer_a, answer_b])
         return self.fill(question, answer_a=answer_a, answer_b=answer_b, **extra)
 
     def render_list(self, question: str, answers: list[str], **extra):
@@ -125,6 +137,10 @@ class Template(BaseModel):
     def with_reminder(self, messages: list[dict[str, str]]) -> list[dict[str, str]]:
         last = messages[-1]
         note = self.reminder or DEFAULT_REMINDERS[self.parser]
+        if isinstance(last["content"], list):  # content parts (an image template): the note joins the text part
+            parts = [dict(p) for p in last["content"]]
+            parts[0]["text"] = f"{parts[0]['text']}\n\n{note}"
+            return messages[:-1] + [{**last, "content": parts}]
         return messages[:-1] + [{**last, "content": f"{last['content']}\n\n{note}"}]
 
     def _chat(self, user: str) -> list[dict[str, str]]:

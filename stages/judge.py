@@ -1,7 +1,8 @@
 """judge: grade every candidate of every prompt as the template says: pointwise (a score per candidate, or one
 per aspect; MT-Bench single-v1 by default, HelpSteer2, Prometheus absolute), listwise (all candidates in one
 shuffled call; UltraFeedback's aspects) or pairwise (every pair of candidates, in both orders; MT-Bench pair-v2,
-Prometheus relative, preference strength -3..3).
+Prometheus relative, preference strength -3..3). Image templates (`image_*`) judge image candidates the same
+way, with the images sent as content parts to an engine that reads them.
 
 Judgments are appended to each candidate's `judgments` list, so several judge stages (other templates or
 models) accumulate on the same candidates. The judge sees the final user turn as the question.
@@ -51,13 +52,14 @@ class Config(JudgeInputs):
 
 def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
     rows = table.to_pylist()
-    return settle(rows, judge_items(cfg.judge(ctx.engine(cfg.engine)), items(rows, cfg)), "judge")
+    judge = cfg.judge(ctx.engine(cfg.engine))
+    return settle(rows, judge_items(judge, items(rows, cfg, images=judge.template.images)), "judge")
 
 
 STAGE = StageSpec(
     name="judge",
     config=Config,
-    reads=lambda cfg: cfg.reads(),
+    reads=lambda cfg: cfg.reads(images=cfg.resolved_template().images),
     writes=lambda cfg: {"candidates.judgments", "candidates.judgments.score", "candidates.judgments.parse_ok"}
     | ({"candidates.judgments.strength"} if cfg.resolved_template().parser == "strength_brackets" else set()),
     doc="Grade candidates: pointwise (MT-Bench single-v1 by default, HelpSteer2 attributes, Prometheus "
@@ -65,4 +67,5 @@ STAGE = StageSpec(
     "Prometheus relative, strength -3..3); unparsable outputs are kept with parse_ok=false, never given a score.",
     process=process,
     engines=lambda cfg: [cfg.engine],
+    needs=lambda cfg, engine: frozenset({"images"}) if cfg.resolved_template().images else frozenset(),
 )

@@ -43,8 +43,8 @@ class JudgeInputs(StageConfig):
     def rubric_text(self) -> str | None:
         return self.rubric.text() if isinstance(self.rubric, Rubric) else self.rubric
 
-    def reads(self) -> set[str]:
-        return {"prompt", "messages", "candidates", "candidates.response"} | (
+    def reads(self, images: bool = False) -> set[str]:
+        return {"prompt", "messages", "candidates", "candidates.image" if images else "candidates.response"} | (
             {"meta"} if self.reference_key or self.context_key else set())
 
 
@@ -64,10 +64,14 @@ def question(row: dict, cfg: JudgeInputs) -> str:
     return "\n\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in row["messages"])
 
 
-def items(rows: list[dict], cfg: JudgeInputs) -> list[JudgeItem]:
-    """Each row as what its judge is shown: the question, the candidates' responses, the extra fields."""
+def items(rows: list[dict], cfg: JudgeInputs, images: bool = False) -> list[JudgeItem]:
+    """Each row as what its judge is shown: the question, the candidates' responses (or, for an image template,
+    their images as data URLs), the extra fields."""
+    from schemas.images import data_url
+
     return [JudgeItem(
-        question=question(row, cfg), answers=[c["response"] for c in row["candidates"] or []],
+        question=question(row, cfg),
+        answers=[data_url(c["image"]) if images else c["response"] for c in row["candidates"] or []],
         ids=[c["candidate_id"] for c in row["candidates"] or []], key=row["prompt_id"],
         context=_meta_value(row, cfg.context_key) if cfg.context_key else row.get("persona"),
         reference=_meta_value(row, cfg.reference_key), rubric=cfg.rubric_text(), documents=row.get("documents"),

@@ -167,9 +167,16 @@ class VLM:
                     return
                 parts = body["messages"][-1]["content"]
                 urls = [p["image_url"]["url"] for p in parts if p.get("type") == "image_url"]
-                digest = hashlib.sha256(base64.b64decode(urls[0].split(",", 1)[1])).hexdigest()[:8]
+                digests = [hashlib.sha256(base64.b64decode(u.split(",", 1)[1])).hexdigest()[:8] for u in urls]
+                system = body["messages"][0]["content"] if body["messages"][0]["role"] == "system" else ""
+                if "image A" in system:  # a pairwise image judge: the image with the smaller digest wins
+                    text = "A canned verdict.\n\n" + ("[[A]]" if digests[0] < digests[1] else "[[B]]")
+                elif "Rating" in parts[0]["text"]:  # a pointwise image judge: a rating named by the bytes
+                    text = f"A canned rating.\n\nRating: [[{1 + int(digests[0][:2], 16) % 10}]]"
+                else:
+                    text = f"canned caption {digests[0]}"
                 reply = {"choices": [{"index": 0, "finish_reason": "stop",
-                                      "message": {"role": "assistant", "content": f"canned caption {digest}"}}],
+                                      "message": {"role": "assistant", "content": text}}],
                          "usage": {"prompt_tokens": 10, "completion_tokens": 3}}
                 send_json(self, json.dumps(reply).encode())
 
@@ -224,6 +231,47 @@ def test_vlm_captions_travel_as_content_parts_with_retries_and_an_image_keyed_ca
         vlm.server.shutdown()
 
 
+def test_image_judges_send_both_orders_and_their_verdicts_make_the_pairs(tmp_path):
+    data = pick_a_pic(tmp_path)
+    vlm = VLM()
+    vlm.failed_once = True  # no injected failure here
+    try:
+        spec = tmp_path / "judged.yaml"
+        spec.write_text(yaml.safe_dump({"name": "judged", "cache_dir": str(tmp_path / "cache"),
+                                        "engines": {"vlm": {"kind": "openai_http", "base_url": vlm.url,
+                                                            "model": "qwen2.5-vl", "images": True}},
+                                        "stages": [
+            {"load": {"path": str(data), "images": {"layout": "pick_a_pic", "folder": "images"}}},
+            {"judge": {"engine": "vlm", "template": "image_prompt_following"}},
+            {"judge": {"engine": "vlm", "template": "image_pair_v1"}},
+            {"pairs": {"judge_kind": "pairwise", "min_margin": 0.1}},
+            {"export": {"format": "diffusion"}}]}))
+        res = curate("run", spec, "--run-dir", tmp_path / "run")
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        m = accounted(tmp_path / "run")
+        assert m["stages"][1]["model_calls"] == 8 and m["stages"][2]["model_calls"] == 8  # 4 rows: 8 images, 4 pairs x 2
+        pairwise = [b for b in vlm.requests if "image A" in b["messages"][0]["content"]]
+        orders = {}
+        for b in pairwise:
+            urls = tuple(p["image_url"]["url"] for p in b["messages"][-1]["content"][1:])
+            orders.setdefault(frozenset(urls), set()).add(urls)
+        assert len(orders) == 4 and all(len(o) == 2 for o in orders.values())  # each pair shown in both orders
+        rows = pq.read_table(tmp_path / "run" / m["stages"][2]["id"]).to_pylist()
+        for row in rows:
+            for cand in row["candidates"]:
+                assert all(j["parse_ok"] for j in cand["judgments"]), cand["judgments"]
+        from datasets import Image
+
+        ds = load_export(tmp_path / "run" / m["stages"][-1]["id"])
+        ds = ds.cast_column("jpg_0", Image(decode=False)).cast_column("jpg_1", Image(decode=False))
+        assert ds.num_rows == 4  # the judge was position-consistent, so every pair has a winner
+        for row in ds:  # the canned judge prefers the smaller digest: the export's chosen is that image
+            a, b = (hashlib.sha256(row[c]["bytes"]).hexdigest()[:8] for c in ("jpg_0", "jpg_1"))
+            assert a < b
+    finally:
+        vlm.server.shutdown()
+
+
 def test_captioning_on_an_engine_that_reads_no_images_fails_validation(tmp_path):
     data = pick_a_pic(tmp_path)
     spec = tmp_path / "bad.yaml"
@@ -234,3 +282,8 @@ def test_captioning_on_an_engine_that_reads_no_images_fails_validation(tmp_path)
     res = curate("validate", spec)
     assert res.returncode == 2
     assert "stages[2].caption.engine" in res.stderr and "images" in res.stderr
+    spec.write_text(yaml.safe_dump({"name": "bad", "stages": [
+        {"load": {"path": str(data), "images": {"layout": "pick_a_pic", "folder": "images"}}},
+        {"judge": {"template": "image_pair_v1"}}]}))
+    res = curate("validate", spec)
+    assert res.returncode == 2 and "stages[1].judge.engine" in res.stderr and "images" in res.stderr
