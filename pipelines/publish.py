@@ -20,7 +20,7 @@ import yaml
 
 from pipelines.runner import StaleRunDir, manifest_parts
 
-CONFIG_NAMES = {"trl": "preference", "reward": "reward", "kto": "kto", "ranked": "ranked"}
+CONFIG_NAMES = {"trl": "preference", "reward": "reward", "kto": "kto", "ranked": "ranked", "diffusion": "diffusion"}
 
 
 class PublishError(RuntimeError):
@@ -61,8 +61,8 @@ def build_card(run_dir: Path, repo_id: str, files: dict[str, list[str]], license
     rows_out = sum(s["rows_out"] for s in manifest["stages"] if s["stage"] == "export")
     meta = {
         "license": license,
-        "task_categories": ["text-generation"],
-        "tags": ["preference", "dpo", "rlhf", "curate"],
+        "task_categories": ["text-to-image"] if "diffusion" in files else ["text-generation"],
+        "tags": ["preference", "dpo", "rlhf", "curate"] + (["diffusion-dpo", "dcpo"] if "diffusion" in files else []),
         "size_categories": [_size_category(rows_out)],
         "configs": [{"config_name": name, "data_files": [{"split": "train", "path": f"data/{name}/*.parquet"}]}
                     for name in files],
@@ -136,6 +136,9 @@ def build_card(run_dir: Path, repo_id: str, files: dict[str, list[str]], license
         body += ["", "from trl import DPOConfig, DPOTrainer",
                  'trainer = DPOTrainer(model=model, args=DPOConfig(output_dir="out"), train_dataset=ds, '
                  "processing_class=tokenizer)"]
+    elif first == "diffusion":
+        body += ["ds[0][\"jpg_0\"]  # the preferred image (PIL), `jpg_1` the other; `label_0` is 1.0",
+                 "# Diffusion-DPO / DCPO trainers read caption (or caption_0 / caption_1), jpg_0, jpg_1, label_0"]
     elif first == "kto":
         body += ["", "from trl import KTOConfig, KTOTrainer",
                  'trainer = KTOTrainer(model=model, args=KTOConfig(output_dir="out"), train_dataset=ds, '

@@ -156,3 +156,42 @@ def test_publish_refuses_a_part_changed_after_the_run(finished_run, hub, tmp_pat
     res = curate("publish", run, "--repo", "acme/changed", env=env)
     assert res.returncode == 1 and "was changed after the run" in res.stderr, res.stdout + res.stderr
     assert "acme/changed" not in server.state.repos  # checked before anything was sent
+
+
+def test_an_image_pair_dataset_publishes_with_its_images(hub, tmp_path):
+    """A diffusion export (images embedded) goes to the Hub and loads back with the Image feature, bytes intact."""
+    import hashlib
+
+    import pyarrow as pa
+    from PIL import Image
+
+    server, env = hub
+    pngs = []
+    for k, color in enumerate(("red", "blue", "green")):
+        Image.new("RGB", (32, 32), color).save(tmp_path / f"{k}.png")
+        pngs.append((tmp_path / f"{k}.png").read_bytes())
+    pq.write_table(pa.table({"caption": ["a red square", "a green square"], "jpg_0": [pngs[0], pngs[1]],
+                             "jpg_1": [pngs[1], pngs[2]], "label_0": [1.0, 0.0]}), tmp_path / "pick.parquet")
+    spec = tmp_path / "img.yaml"
+    spec.write_text(yaml.safe_dump({"name": "img", "stages": [
+        {"load": {"path": str(tmp_path / "pick.parquet"), "images": {"layout": "pick_a_pic"}}},
+        {"pairs": {"label_key": "human_chosen"}},
+        {"export": {"format": "diffusion"}}]}))
+    res = curate("run", spec, "--run-dir", tmp_path / "run")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    res = curate("publish", tmp_path / "run", "--repo", "acme/images", "--license", "apache-2.0", env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    card = server.state.repos["acme/images"].files["README.md"].decode()
+    assert "text-to-image" in card and "`jpg_0`" in card and "diffusion" in card
+    code = ("import datasets, hashlib, json; ds = datasets.load_dataset('acme/images', 'diffusion', split='train');"
+            "ds = ds.cast_column('jpg_0', datasets.Image(decode=False)); "
+            "print(json.dumps({'image': type(datasets.load_dataset('acme/images', 'diffusion', split='train')"
+            ".features['jpg_0']).__name__, 'chosen': {r['caption']: hashlib.sha256(r['jpg_0']['bytes']).hexdigest() "
+            "for r in ds}}))")
+    full = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["image"] == "Image"
+    assert got["chosen"] == {"a red square": hashlib.sha256(pngs[0]).hexdigest(),
+                             "a green square": hashlib.sha256(pngs[2]).hexdigest()}
