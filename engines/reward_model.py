@@ -82,3 +82,56 @@ class RewardModel:
             for i, value in zip(chunk, logits[:, 0].tolist(), strict=True):
                 out[i] = RewardScore(float(value))
         return out  # type: ignore[return-value]
+
+
+class ServedRewardModel:
+    """A reward model behind a server's classification endpoint: vLLM's `POST /classify` in its chat form
+    (`{"model", "messages"}`; `vllm serve Skywork/Skywork-Reward-V2-Qwen3-0.6B`), which applies the model's chat
+    template server-side and answers `data[0].probs`. A single-output reward model's score is its first
+    probability (vLLM applies the sigmoid: the order of the candidates is the logits' order).
+
+    Requests go out `concurrency` at a time; a 5xx, 429 or connection error is retried with backoff, and a
+    request that still fails raises, so the shard fails and `--resume` asks again (a dead endpoint is a failed
+    run, never a judgment without a score)."""
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, concurrency: int = 8,
+                 max_retries: int = 3, timeout: float = 120):
+        import httpx
+
+        self.url, self.model, self.name = base_url.rstrip("/") + "/classify", model, model.rsplit("/", 1)[-1]
+        self.concurrency, self.max_retries = concurrency, max_retries
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(headers=headers, timeout=timeout,
+                                    limits=httpx.Limits(max_connections=concurrency))
+        self._secret = api_key
+
+    def _one(self, messages: list[dict[str, str]], response: str) -> RewardScore:
+        import time
+
+        import httpx
+
+        body = {"model": self.model, "messages": [*messages, {"role": "assistant", "content": response}]}
+        for attempt in range(self.max_retries + 1):
+            try:
+                r = self._client.post(self.url, json=body)
+                if r.status_code < 500 and r.status_code != 429:
+                    break
+                why = f"HTTP {r.status_code}"
+            except httpx.TransportError as exc:
+                why = type(exc).__name__
+            if attempt == self.max_retries:
+                raise RuntimeError(f"reward model endpoint {self.url}: {why} after {attempt + 1} tries")
+            time.sleep(min(8.0, 0.5 * 2 ** attempt))
+        if r.status_code != 200:  # the server refused this request: no score, with its reason
+            text = r.text[:200].replace(self._secret, "[redacted]") if self._secret else r.text[:200]
+            return RewardScore(None, f"HTTP {r.status_code}: {text}")
+        try:
+            return RewardScore(float(r.json()["data"][0]["probs"][0]))
+        except (ValueError, KeyError, IndexError, TypeError):
+            return RewardScore(None, f"the endpoint's reply has no data[0].probs: {r.text[:200]}")
+
+    def score(self, items: list[tuple[list[dict[str, str]], str]]) -> list[RewardScore]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(self.concurrency) as pool:
+            return list(pool.map(lambda item: self._one(*item), items))

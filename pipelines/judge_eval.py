@@ -48,7 +48,7 @@ def load_config(path: Path):
     judges, problems = [], []
     for i, j in enumerate(cfg.judges):
         kind = (DebateConfig if isinstance(j, dict) and "debaters" in j
-                else RewardConfig if isinstance(j, dict) and "model" in j else JudgeConfig)
+                else RewardConfig if isinstance(j, dict) and ("model" in j or "endpoint" in j) else JudgeConfig)
         try:
             judges.append(kind.model_validate(j, context={"base_dir": path.parent.resolve()}))
         except ValidationError as err:

@@ -1,5 +1,6 @@
 """reward_model: score every candidate with a sequence-classification reward model (a local Hugging Face folder:
-Skywork-Reward-V2, ArmoRM-style single-output models, one trained with TRL's RewardTrainer), as distilabel does
+Skywork-Reward-V2, ArmoRM-style single-output models, one trained with TRL's RewardTrainer; or one served behind
+vLLM's /classify endpoint), as distilabel does
 with its reward-model scorer and Skywork-Reward-V2 mixes reward models with human and LLM judgment.
 
 Each candidate gets one ordinary judgment (kind `reward_model`, aspect `reward`, `score` = the model's logit for the
@@ -12,20 +13,36 @@ default). The model loads once per worker and stays for the stage.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from schemas.records import PROMPT_ROW_WITH_CANDIDATES
 from schemas.rows import chat
 from stages.base import StageConfig, StageContext, StageResult, StageSpec, existing_path
 
 
+class Endpoint(StageConfig):
+    """A served reward model (vLLM's /classify, chat form)."""
+
+    #: the server's root, e.g. http://127.0.0.1:8000 (vLLM serves /classify beside /v1)
+    base_url: str = Field(pattern=r"^https?://")
+    #: the served model's name
+    model: str
+    #: the NAME of the environment variable holding the API key; keys never go in YAML
+    api_key_env: str | None = None
+    concurrency: int = Field(8, ge=1)
+    max_retries: int = Field(3, ge=0)
+
+
 class Config(StageConfig):
     #: a local Hugging Face folder with a *ForSequenceClassification model (relative to the pipeline YAML)
-    model: Path
+    model: Path | None = None
+    #: or a served reward model (instead of `model`)
+    endpoint: Endpoint | None = None
     #: the judge's label on its judgments (default "<folder name>:reward")
     name: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -39,24 +56,39 @@ class Config(StageConfig):
 
     @field_validator("model")
     @classmethod
-    def _is_reward_model(cls, value: Path) -> Path:
+    def _is_reward_model(cls, value: Path | None) -> Path | None:
         from engines.base import EngineUnavailable
         from engines.reward_model import check_available
 
+        if value is None:
+            return value
         try:
             check_available(str(value))
         except EngineUnavailable as exc:
             raise ValueError(str(exc)) from None
         return value
 
+    @model_validator(mode="after")
+    def _one_model(self):
+        if (self.model is None) == (self.endpoint is None):
+            raise ValueError("give the reward model as `model` (a local folder) or `endpoint` (a served one)")
+        if self.endpoint and self.endpoint.api_key_env and not os.environ.get(self.endpoint.api_key_env):
+            raise ValueError(f"endpoint.api_key_env: the variable {self.endpoint.api_key_env} is not set")
+        return self
+
 
 def model_of(cfg: Config, state: dict):
     """The reward model, loaded once per worker (it outlives the shard)."""
-    from engines.reward_model import RewardModel
+    from engines.reward_model import RewardModel, ServedRewardModel
 
-    key = ("reward_model", str(cfg.model), cfg.device, cfg.dtype)
+    key = ("reward_model", str(cfg.model), cfg.endpoint, cfg.device, cfg.dtype)
     if key not in state:
-        state[key] = RewardModel(str(cfg.model), cfg.device, cfg.dtype, cfg.batch_size, cfg.max_length)
+        if cfg.endpoint is not None:
+            e = cfg.endpoint
+            state[key] = ServedRewardModel(e.base_url, e.model, os.environ.get(e.api_key_env or "") or None,
+                                           e.concurrency, e.max_retries)
+        else:
+            state[key] = RewardModel(str(cfg.model), cfg.device, cfg.dtype, cfg.batch_size, cfg.max_length)
     return state[key]
 
 
