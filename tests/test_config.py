@@ -63,7 +63,7 @@ def test_wrong_type_and_unknown_stage_are_all_reported_at_once(example):
     found = problems_of(write())
     assert found[0].startswith("stages[1].generate.models[0].k: Input should be a valid integer")
     assert found[1].startswith("stages[3]: unknown stage 'judgee' (did you mean 'judge'?); "
-                               "stages: load, generate, judge, jury, debate, pairs, rank, rationale, ")
+                               "stages: load, generate, judge, reward_model, jury, debate, pairs, rank, ")
 
 
 def test_missing_input_file_and_template(example):
