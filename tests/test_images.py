@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
 from conftest import accounted, curate, send_json, serve_local
@@ -268,6 +269,41 @@ def test_image_judges_send_both_orders_and_their_verdicts_make_the_pairs(tmp_pat
         for row in ds:  # the canned judge prefers the smaller digest: the export's chosen is that image
             a, b = (hashlib.sha256(row[c]["bytes"]).hexdigest()[:8] for c in ("jpg_0", "jpg_1"))
             assert a < b
+    finally:
+        vlm.server.shutdown()
+
+
+@pytest.mark.parametrize("name", ["image_prompt_following", "image_aesthetics", "image_fidelity",
+                                  "image_harmlessness", "image_pair_v1"])
+def test_every_image_template_sends_its_images_and_parses_the_judges_answer(name, tmp_path):
+    import pyarrow as pa
+
+    from engines.cache import ResponseCache
+    from engines.config import OpenAIHTTPConfig, build_engine
+    from judges.templates import load_template, template_path
+    from schemas.images import image_ref
+    from schemas.records import PROMPT_ROW_WITH_CANDIDATES
+    from stages import judge
+    from stages.base import StageContext
+    from stages.load import image_candidate
+
+    vlm = VLM()
+    vlm.failed_once = True
+    try:
+        images = [image_ref(str(draw(tmp_path / f"{c}.png", c, c)), None)[0] for c in ("red", "blue")]
+        row = {"prompt_id": "p", "prompt": "a red circle", "messages": [{"role": "user", "content": "a red circle"}],
+               "candidates": [image_candidate("p", i, im, None) for i, im in enumerate(images)]}
+        engine = build_engine(OpenAIHTTPConfig(base_url=vlm.url, model="vlm", images=True),
+                              ResponseCache(tmp_path / "cache"))
+        res = judge.process(pa.Table.from_pylist([row], schema=PROMPT_ROW_WITH_CANDIDATES),
+                            judge.Config(template=name, engine="vlm"), StageContext({"vlm": engine}))
+        assert res.quarantined.num_rows == 0
+        template = load_template(template_path(name))
+        for cand in res.out.to_pylist()[0]["candidates"]:
+            assert cand["judgments"] and all(j["parse_ok"] and j["score"] is not None for j in cand["judgments"])
+            assert all(j["aspect"] == template.aspect for j in cand["judgments"])
+        shown = [len([p for p in b["messages"][-1]["content"] if p["type"] == "image_url"]) for b in vlm.requests]
+        assert shown == ([2, 2] if template.kind == "pairwise" else [1, 1])  # both orders, or one image a call
     finally:
         vlm.server.shutdown()
 

@@ -58,7 +58,8 @@ def ctx(tmp_path_factory):
     return StageContext({"default": build_engine(LlamaCppConfig(), ResponseCache(tmp_path_factory.mktemp("c")))})
 
 
-@pytest.mark.parametrize("name", [n for n in builtin_names() if load_template(template_path(n)).kind not in OWN_STAGE])
+@pytest.mark.parametrize("name", [n for n in builtin_names() if load_template(template_path(n)).kind not in OWN_STAGE
+                                  and not load_template(template_path(n)).images])  # image ones: test_images.py
 def test_every_builtin_template_gives_parsed_scores_from_the_judges_own_output(name, ctx):
     template = load_template(template_path(name))
     answers = ("The capital of France is Paris.", INJECTED) + (() if template.pairwise_like else ("Lyon.",))
