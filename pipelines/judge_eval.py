@@ -135,6 +135,7 @@ def run_judge(judge_cfg, engines: dict, pairs: list[tuple[str, str, str, str]]):
     """The judge's name, its verdict per pair, per pair whether a pairwise judge's (or debate's) verdict
     survived the position swap (None for judges that score responses), and per pair the judge's raw outputs.
     The pairs go through the same dispatch as the judge and debate stages (judges.items)."""
+    from judges.calls import judge_name
     from judges.items import JudgeItem, JudgeOutcome, judge_items
     from stages import reward_model
     from stages.debate import Config as DebateConfig
@@ -151,7 +152,7 @@ def run_judge(judge_cfg, engines: dict, pairs: list[tuple[str, str, str, str]]):
         outcomes = judge_cfg.run(engines.__getitem__, items)
     else:
         judge = judge_cfg.judge(engines[judge_cfg.engine])
-        name = judge_cfg.name or f"{judge.engine.model_name}:{judge.template.name}"
+        name = judge_name(judge.engine, judge.template, judge_cfg.name)
         pairwise = judge.template.kind == "pairwise"
         outcomes = judge_items(judge, items)
     decided = [verdict(o, pairwise) for o in outcomes]

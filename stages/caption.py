@@ -58,8 +58,8 @@ def _same(a: str, b: str) -> bool:
     return " ".join(a.casefold().split()) == " ".join(b.casefold().split())
 
 
-def _describe(cfg: Config, image: dict) -> Request:
-    return Request(with_images([{"role": "user", "content": cfg.describe}], [data_url(image)]), cfg.sampling.sampling())
+def _describe(cfg: Config, url: str) -> Request:
+    return Request(with_images([{"role": "user", "content": cfg.describe}], [url]), cfg.sampling.sampling())
 
 
 def _perturb(cfg: Config, text: str) -> Request:
@@ -86,29 +86,29 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
                 got[r] = text
         return got
 
-    def need(side: str) -> dict[int, dict]:
-        images = {}
+    def need(side: str) -> dict[int, str]:
+        """Each live row's image of one side as a data URL, encoded once; a missing image, or a file changed or
+        gone since loading, quarantines its row with the reason."""
+        urls = {}
         for r, row in enumerate(rows):
             if row.get(f"{side}_image") is None:
                 failed[r] = f"{side}_image is missing: captioning needs image pairs (load's `images`)"
             elif r not in failed:
                 try:
-                    images[r] = row[f"{side}_image"]
-                    data_url(images[r])  # fails here, with the reason, for a file changed or gone since loading
+                    urls[r] = data_url(row[f"{side}_image"])
                 except (OSError, ValueError) as exc:
                     failed[r] = f"{side}_image: {exc}"
-                    images.pop(r)
-        return images
+        return urls
 
     if cfg.method == "caption":
-        chosen_imgs, rejected_imgs = need("chosen"), need("rejected")
-        chosen = ask(cfg.vision(), {r: _describe(cfg, im) for r, im in chosen_imgs.items()}, "chosen caption")
-        rejected = ask(cfg.vision(), {r: _describe(cfg, im) for r, im in rejected_imgs.items()}, "rejected caption")
+        chosen_urls, rejected_urls = need("chosen"), need("rejected")
+        chosen = ask(cfg.vision(), {r: _describe(cfg, u) for r, u in chosen_urls.items()}, "chosen caption")
+        rejected = ask(cfg.vision(), {r: _describe(cfg, u) for r, u in rejected_urls.items()}, "rejected caption")
     else:
         chosen = {r: row["prompt"] for r, row in enumerate(rows)}
         source = {r: row["prompt"] for r, row in enumerate(rows)}
         if cfg.method == "hybrid":
-            source = ask(cfg.vision(), {r: _describe(cfg, im) for r, im in need("rejected").items()},
+            source = ask(cfg.vision(), {r: _describe(cfg, u) for r, u in need("rejected").items()},
                          "rejected image's caption")
         rejected = ask(cfg.engine, {r: _perturb(cfg, text) for r, text in source.items()}, "perturbed caption")
     for r, row in enumerate(rows):
