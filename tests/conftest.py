@@ -28,6 +28,9 @@ def _isolated_env(tmp_path_factory):
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     yield
+    from flows.local_server import stop
+
+    stop()  # the local Prefect server a test's run started without PREFECT_API_URL (flows/local_server.py)
 
 
 @pytest.fixture(scope="session")
