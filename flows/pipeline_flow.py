@@ -19,9 +19,6 @@ from prefect.cache_policies import NONE
 from pipelines.config import load_pipeline
 from pipelines.runner import Progress, Run, default_run_dir
 
-#: set by the CLI for live progress bars; a deployment's runs go without
-progress: Progress | None = None
-
 
 def _run_name() -> str:
     from prefect.runtime import flow_run
@@ -46,8 +43,10 @@ def publish_run(run_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
 
 @flow(name="curate-pipeline", flow_run_name=_run_name, validate_parameters=True)
 def pipeline_flow(pipeline_path: str, run_dir: str | None = None, limit: int | None = None,
-                  address: str | None = None, run_root: str = "runs") -> dict[str, Any]:
-    """Run a pipeline YAML into a run directory; returns the manifest's summary."""
+                  address: str | None = None, run_root: str = "runs",
+                  progress: Progress | None = None) -> dict[str, Any]:
+    """Run a pipeline YAML into a run directory; returns the manifest's summary. `progress` gets the live
+    counts (the CLI's bars); a deployment's runs go without."""
     pipeline = load_pipeline(pipeline_path).with_limit(limit)
     run = Run(pipeline, Path(run_dir) if run_dir else default_run_dir(pipeline.name, run_root), address=address,
               progress=progress)

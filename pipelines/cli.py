@@ -184,13 +184,13 @@ def run(
 def _run_in(p, pipeline: Path, run_dir: Path, limit: int | None, address: str | None, verbose: bool) -> None:
     log_path = run_dir / "curate.log"
     console.print(f"[bold]{p.name}[/] -> {run_dir}")
-    with _libraries_log_to(log_path, enabled=not verbose), _Bars(p) as bars:
+    with _libraries_log_to(log_path, enabled=not verbose), _bars() as bars:
         try:
             with _services(address):
-                import flows.pipeline_flow as pf
+                from flows.pipeline_flow import pipeline_flow
 
-                pf.progress = bars
-                manifest = pf.pipeline_flow(str(pipeline), run_dir=str(run_dir), limit=limit, address=address)
+                manifest = pipeline_flow(str(pipeline), run_dir=str(run_dir), limit=limit, address=address,
+                                         progress=bars)
         except Exception as exc:
             bars.stop()
             err_console.print(f"[bold red]run failed:[/] {type(exc).__name__}: {escape(str(exc))}", soft_wrap=True)
@@ -317,6 +317,16 @@ def judge_eval(
 
 server_app = typer.Typer(help="the local Prefect server that runs share when no PREFECT_API_URL is set")
 app.add_typer(server_app, name="server")
+
+
+@server_app.command("start")
+def server_start() -> None:
+    """Start this machine's curate Prefect server now (the first run would start it otherwise), or show the
+    running one."""
+    from flows.local_server import connect
+
+    url, started = connect()
+    console.print(f"{'started' if started else 'already running'}: {url}", highlight=False)
 
 
 @server_app.command("status")
@@ -490,60 +500,63 @@ def _rate(rows_per_s: float) -> str:
     return f"{rows_per_s * 60:.1f} rows/min"
 
 
-class _Bars:
+def _bars():
     """One line per stage: a bar over its input rows, rows/s and the time left (rich); off a terminal, one line
-    per stage when it ends."""
+    per stage when it ends. (A `pipelines.runner.Progress`, made here so that `--help` imports no pydantic.)"""
+    import time
 
-    def __init__(self, pipeline):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+    from pydantic import PrivateAttr
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
 
-        self.progress = Progress(TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
+    from pipelines.runner import Progress as RunProgress
+
+    class Bars(RunProgress):
+        _bar: Progress = PrivateAttr()
+        _tasks: dict = PrivateAttr(default_factory=dict)
+        _started: dict = PrivateAttr(default_factory=dict)
+        _finished: dict = PrivateAttr(default_factory=dict)  # input rows of a stage's finished shards
+
+        def model_post_init(self, context) -> None:
+            self._bar = Progress(TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(),
                                  TaskProgressColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
                                  TextColumn("eta"), TimeRemainingColumn(), console=console, transient=False,
                                  disable=not sys.stdout.isatty() and not os.environ.get("CURATE_PROGRESS"))
-        self.tasks: dict[str, int] = {}
-        self.started: dict[str, float] = {}
-        self.finished: dict[str, int] = {}  # input rows of a stage's finished shards
 
-    def __enter__(self):
-        self.progress.start()
-        return self
+        def __enter__(self):
+            self._bar.start()
+            return self
 
-    def __exit__(self, *exc):
-        self.stop()
+        def __exit__(self, *exc):
+            self.stop()
 
-    def stop(self):
-        self.progress.stop()
+        def stop(self):
+            self._bar.stop()
 
-    def stage_start(self, stage_id, total_rows):
-        import time
+        def stage_start(self, stage_id, total_rows):
+            self._started[stage_id] = time.perf_counter()
+            self._tasks[stage_id] = self._bar.add_task(stage_id, total=total_rows or None, rate="")
 
-        self.started[stage_id] = time.perf_counter()
-        self.tasks[stage_id] = self.progress.add_task(stage_id, total=total_rows or None, rate="")
+        def shard_done(self, stage_id, rows):
+            self._finished[stage_id] = self._finished.get(stage_id, 0) + rows
+            self.rows_running(stage_id, 0)
 
-    def shard_done(self, stage_id, rows):
-        self.finished[stage_id] = self.finished.get(stage_id, 0) + rows
-        self.rows_running(stage_id, 0)
+        def rows_running(self, stage_id, rows):
+            done = self._finished.get(stage_id, 0) + rows
+            rate = done / max(time.perf_counter() - self._started[stage_id], 1e-9)
+            self._bar.update(self._tasks[stage_id], completed=done, rate=_rate(rate))
 
-    def rows_running(self, stage_id, rows):
-        import time
+        def stage_end(self, stage_id):
+            task = self._tasks[stage_id]
+            t = self._bar.tasks[task]
+            if t.total is None or t.total != t.completed:
+                self._bar.update(task, total=t.completed)
+            if self._bar.disable:
+                secs = time.perf_counter() - self._started[stage_id]
+                console.print(f"{stage_id}: {int(t.completed):,} rows in {secs:.1f} s "
+                              f"({_rate(t.completed / max(secs, 1e-9))})")
 
-        done = self.finished.get(stage_id, 0) + rows
-        rate = done / max(time.perf_counter() - self.started[stage_id], 1e-9)
-        self.progress.update(self.tasks[stage_id], completed=done, rate=_rate(rate))
-
-    def stage_end(self, stage_id):
-        import time
-
-        task = self.tasks[stage_id]
-        t = self.progress.tasks[task]
-        if t.total is None or t.total != t.completed:
-            self.progress.update(task, total=t.completed)
-        if self.progress.disable:
-            secs = time.perf_counter() - self.started[stage_id]
-            console.print(f"{stage_id}: {int(t.completed):,} rows in {secs:.1f} s "
-                          f"({_rate(t.completed / max(secs, 1e-9))})")
+    return Bars()
 
 
 def main() -> None:

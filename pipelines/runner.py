@@ -31,6 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from pydantic import BaseModel
+
 from pipelines.config import Pipeline, StageEntry
 
 CODE_DIRS = ("stages", "judges", "engines", "schemas")
@@ -636,8 +638,11 @@ class StageReport:
                    if self.stats else {})}
 
 
-class Progress:
-    """What the runner tells the caller as it goes (the CLI draws bars; tests pass nothing)."""
+class Progress(BaseModel):
+    """What the runner tells the caller as it goes (the CLI draws bars; tests and deployments pass nothing).
+
+    A pydantic model without fields so that it can be a parameter of the Prefect flow: Prefect records it as `{}`
+    while the caller's live object (its state in private attributes) reaches the run."""
 
     def stage_start(self, stage_id: str, total_rows: int | None) -> None: ...
     def shard_done(self, stage_id: str, rows: int) -> None: ...

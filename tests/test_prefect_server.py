@@ -15,7 +15,8 @@ from flows.local_server import _alive
 
 
 def _pipeline(tmp_path: Path) -> Path:
-    spec = {"name": "tiny", "stages": [{"load": {"path": str(EXAMPLES / "data" / "mt_bench_questions.jsonl")}},
+    spec = {"name": "tiny", "stages": [{"load": {"path": str(EXAMPLES / "data" / "mt_bench_questions.jsonl"),
+                                                 "turns_field": "turns"}},
                                        {"dedup": {"method": "exact"}}]}
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(spec))
