@@ -9,7 +9,9 @@ seeded lognormal delay per prompt, or at once with --instant), sent by
       same server (benchmarks/served_peers.py).
 Runs alternate (raw, curate, raw, curate, ...); medians are compared. Prints wall time, requests/s, the ratio to
 the raw client (target >= 0.90), the server's mean requests in flight and the TCP connections it accepted.
-curate's wall is the whole command (imports, Ray, Prefect, files); its stage time is shown beside it.
+curate's wall is the whole command (imports, Ray, Prefect, files); its stage time is shown beside it. With no
+PREFECT_API_URL (the README's setting) the command uses curate's local Prefect server; it is started once before
+the timed runs, as the first run on a user's machine would have (`curate server start`), and stopped at the end.
 
     python benchmarks/served_throughput.py [--n 4000] [--concurrency 64] [--modes lognormal,instant] [--repeats 1]
 """
@@ -99,9 +101,15 @@ def curate_pipeline(folder: Path, base: str, texts: list[str], concurrency: int,
     return path
 
 
+def curate_env(folder: Path) -> dict:
+    env = {**os.environ, "CURATE_CACHE_DIR": str(folder / "cache"), "PREFECT_HOME": str(folder / "prefect-home")}
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
 def run_curate(folder: Path, pipeline: Path, n: int) -> tuple[float, float]:
     run_dir = folder / f"run-{time.time_ns()}"
-    env = {**os.environ, "CURATE_CACHE_DIR": str(folder / "cache")}
+    env = curate_env(folder)
     start = time.perf_counter()
     res = subprocess.run([str(Path(sys.executable).parent / "curate"), "run", str(pipeline), "--run-dir",
                           str(run_dir)], capture_output=True, text=True, env=env)
@@ -148,6 +156,8 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="served-") as tmp:
                 folder = Path(tmp)
                 pipeline = curate_pipeline(folder, base, texts, args.concurrency, args.max_tokens)
+                curate = str(Path(sys.executable).parent / "curate")
+                subprocess.run([curate, "server", "start"], check=True, capture_output=True, env=curate_env(folder))
                 raw_walls, cur_walls, stage_walls = [], [], []
                 raw_stats, cur_stats = {}, {}
                 for _ in range(args.repeats):
@@ -170,6 +180,7 @@ def main() -> None:
                 rows.append([mode, "curate run (whole command)", cur, args.n / cur, raw / cur,
                              cur_stats["mean_in_flight"], cur_stats["connections"]])
                 rows.append([mode, "curate: generate stage alone", stage, args.n / stage, raw / stage, "", ""])
+                subprocess.run([curate, "server", "stop"], capture_output=True, env=curate_env(folder))
                 for peer in args.peers.split(",") if args.peer_python else ():
                     server(base, "/reset")
                     got = run_peer(peer, args.peer_python, base, folder / "prompts.jsonl", args.concurrency,
