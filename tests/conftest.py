@@ -28,9 +28,6 @@ def _isolated_env(tmp_path_factory):
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     yield
-    from flows.local_server import stop
-
-    stop()  # the local Prefect server a test's run started without PREFECT_API_URL (flows/local_server.py)
 
 
 @pytest.fixture(scope="session")
@@ -98,9 +95,22 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def prefect_server(_isolated_env, tmp_path_factory):
-    """A real local Prefect server for the whole session, so each `curate run` skips starting a temporary one
-    (a test that wants the temporary server unsets PREFECT_API_URL)."""
+def local_prefect_server(_isolated_env):
+    """The tests' runs go as a user's do with nothing configured: through curate's local Prefect server
+    (flows/local_server.py), started here once for the session (this process is its client until the end, so it
+    never stops for being idle) and stopped after the last test."""
+    from flows.local_server import connect, stop
+
+    os.environ.pop("PREFECT_API_URL", None)
+    url, _ = connect()
+    yield url
+    stop()
+
+
+@pytest.fixture(scope="session")
+def full_prefect_server(_isolated_env, tmp_path_factory):
+    """A real `prefect server start` (UI, scheduler and the other services) for the tests that need a team's
+    server, such as a served deployment's scheduled runs; started on first use."""
     port = free_port()
     log = open(tmp_path_factory.mktemp("prefect-server") / "server.log", "w")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
@@ -117,11 +127,16 @@ def prefect_server(_isolated_env, tmp_path_factory):
     else:
         os.killpg(proc.pid, signal.SIGTERM)
         pytest.fail("the local Prefect server did not answer /api/health in 90 s")
-    os.environ["PREFECT_API_URL"] = url
     yield url
-    os.environ.pop("PREFECT_API_URL", None)
     stop_group(proc)
     log.close()
+
+
+@pytest.fixture
+def prefect_server(full_prefect_server, monkeypatch):
+    """PREFECT_API_URL points at the full server for this test (and the processes it starts)."""
+    monkeypatch.setenv("PREFECT_API_URL", full_prefect_server)
+    return full_prefect_server
 
 
 def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:

@@ -32,13 +32,15 @@ def tiny_pipeline(tmp_path: Path) -> Path:
     return path
 
 
-async def find_deployment(name: str):
+async def find_deployment(name: str, url: str):
     from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    async with get_client() as client:
-        for dep in await client.read_deployments():
-            if dep.name == name:
-                return dep
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        async with get_client() as client:
+            for dep in await client.read_deployments():
+                if dep.name == name:
+                    return dep
     return None
 
 
@@ -54,7 +56,7 @@ def test_curate_deploy_serves_a_scheduled_deployment_that_runs(tmp_path, prefect
         dep = None
         while time.time() < deadline and dep is None:
             assert server.poll() is None, (tmp_path / "serve.log").read_text()
-            dep = asyncio.run(find_deployment("nightly"))
+            dep = asyncio.run(find_deployment("nightly", prefect_server))
             time.sleep(1)
         assert dep is not None, "the deployment never appeared on the server"
         assert [s.schedule.cron for s in dep.schedules] == ["0 3 * * *"]
