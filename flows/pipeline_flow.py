@@ -5,7 +5,8 @@ Parquet in the run directory. A task retry re-enters `Run.stage`, which skips th
 accounting table lands as a Prefect table artifact on the flow run.
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations`: a served deployment validates the flow's parameters against these
+# annotations where string forward references (`Progress`) cannot be resolved
 
 import re
 import time
