@@ -5,7 +5,10 @@ Each request's delay is drawn from a generator seeded by a hash of its body, so 
 for the same request whatever the order it sends them in. The server keeps a time-weighted mean of the requests
 in flight while it is busy: GET /stats returns it with the request and connection counts; POST /reset zeroes them.
 
-    python benchmarks/latency_server.py --port 8000 [--median 0.4 --sigma 0.8 --cap 8] [--instant]
+With --limit N it takes at most N requests at once, as a rate-limited API tier does: one that arrives while N
+are being served gets 429 with `Retry-After: 0` (counted as `throttled` in /stats).
+
+    python benchmarks/latency_server.py --port 8000 [--median 0.4 --sigma 0.8 --cap 8] [--instant] [--limit N]
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class Stats:
         self.busy = 0.0
         self.stamp = time.monotonic()
         self.connections = 0
+        self.throttled = 0
 
     def tick(self, delta: int) -> None:
         now = time.monotonic()
@@ -41,11 +45,11 @@ class Stats:
 
     def as_dict(self) -> dict:
         self.tick(0)
-        return {"requests": self.requests, "connections": self.connections,
+        return {"requests": self.requests, "connections": self.connections, "throttled": self.throttled,
                 "mean_in_flight": self.area / self.busy if self.busy else 0.0}
 
 
-def make_app(median: float, sigma: float, cap: float, instant: bool):
+def make_app(median: float, sigma: float, cap: float, instant: bool, limit: int | None = None):
     stats = Stats()
 
     async def read_body(receive) -> bytes:
@@ -87,6 +91,14 @@ def make_app(median: float, sigma: float, cap: float, instant: bool):
             await send_json(send, 404, {"error": {"message": "not found"}})
             return
         body = await read_body(receive)
+        if limit is not None and stats.in_flight >= limit:
+            stats.throttled += 1
+            payload = b'{"error": {"message": "rate limit: too many requests in flight", "type": "rate_limit"}}'
+            await send({"type": "http.response.start", "status": 429,
+                        "headers": [(b"content-type", b"application/json"), (b"retry-after", b"0"),
+                                    (b"content-length", str(len(payload)).encode())]})
+            await send({"type": "http.response.body", "body": payload})
+            return
         stats.requests += 1
         stats.tick(+1)
         try:
@@ -116,11 +128,12 @@ def main() -> None:
     ap.add_argument("--sigma", type=float, default=0.8)
     ap.add_argument("--cap", type=float, default=8.0)
     ap.add_argument("--instant", action="store_true")
+    ap.add_argument("--limit", type=int, help="answer 429 beyond this many requests in flight")
     args = ap.parse_args()
     import uvicorn
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
-    app = make_app(args.median, args.sigma, args.cap, args.instant)
+    app = make_app(args.median, args.sigma, args.cap, args.instant, args.limit)
 
     class Counting(H11Protocol):
         def connection_made(self, transport):

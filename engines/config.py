@@ -86,6 +86,9 @@ class OpenAIHTTPConfig(EngineBlock):
     #: headers whose values come from environment variables, by NAME (e.g. {x-api-key: ANTHROPIC_API_KEY})
     headers_env: dict[str, str] = Field(default_factory=dict)
     concurrency: int = Field(8, ge=1)
+    #: on 429s, fewer requests in flight (halved per 429, then back up by one per window of answers), never
+    #: more than `concurrency`; off: always `concurrency`, each 429 only pausing the stream
+    adaptive_concurrency: bool = True
     connect_timeout: float = Field(10, gt=0)
     read_timeout: float = Field(300, gt=0)
     max_retries: int = Field(5, ge=0)

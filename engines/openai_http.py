@@ -71,6 +71,56 @@ class _Budget:
                 await asyncio.sleep((amount - self.level) / self.rate)
 
 
+class _Window:
+    """At most `limit` requests in flight, the limit adapting to the server (additive increase, multiplicative
+    decrease, as TCP does): a 429 halves it, once per round (the requests already in flight when it was cut do not
+    cut it again), and every `limit` answers in a row raise it by one, up to the configured concurrency. A server
+    or API tier that takes fewer requests than configured then gets about what it takes, instead of a wave of
+    429s and retries each time the pause ends.
+
+    A semaphore of `cap` places; a cut keeps back the places of requests as they finish (`owed`) rather than
+    waking anyone, so only `acquire` waits and a cancelled request always gives its place back."""
+
+    def __init__(self, cap: int, adaptive: bool):
+        self.cap = self.limit = cap
+        self.adaptive = adaptive
+        self.round = 0
+        self._owed = 0
+        self._answers = 0
+        self._sem = asyncio.Semaphore(cap)
+
+    async def acquire(self) -> int:
+        """Wait for a free place; returns the round the request starts in."""
+        await self._sem.acquire()
+        return self.round
+
+    def release(self) -> None:
+        if self._owed:
+            self._owed -= 1  # this place is kept back: the window is smaller now
+        else:
+            self._sem.release()
+
+    def answered(self) -> None:
+        if not self.adaptive or self.limit >= self.cap:
+            return
+        self._answers += 1
+        if self._answers >= self.limit:
+            self._answers = 0
+            self.limit += 1
+            if self._owed:
+                self._owed -= 1
+            else:
+                self._sem.release()  # one of the places kept back
+
+    def throttled(self, started_in: int) -> None:
+        if self.adaptive and started_in == self.round:
+            cut = self.limit - max(1, self.limit // 2)
+            self.limit -= cut
+            self._owed += cut
+            self.round += 1
+            self._answers = 0
+
+
 def _estimated_tokens(r: Request) -> int:
     """Tokens a request may use, for the tokens_per_minute budget: prompt characters / 4 plus max_tokens, and
     about a thousand per image (vision encoders' usual count; the data URL's length says nothing of it)."""
@@ -142,7 +192,7 @@ class OpenAIHTTPEngine:
         self._clients = [httpx.AsyncClient(base_url=cfg.base_url.rstrip("/"), headers=headers, timeout=timeout,
                                            limits=limits) for _ in range(pools)]
         self._pool_load = [0] * pools
-        self._sem = asyncio.Semaphore(cfg.concurrency)
+        self._window = _Window(cfg.concurrency, cfg.adaptive_concurrency)
         self._rpm = _Budget(cfg.requests_per_minute) if cfg.requests_per_minute else None
         self._tpm = _Budget(cfg.tokens_per_minute) if cfg.tokens_per_minute else None
 
@@ -192,7 +242,8 @@ class OpenAIHTTPEngine:
         last = ""
         for attempt in range(cfg.max_retries + 1):
             wait = None
-            async with self._sem:
+            started_in = await self._window.acquire()
+            try:
                 await self._pace(r)
                 self._in_flight += 1
                 self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
@@ -206,6 +257,7 @@ class OpenAIHTTPEngine:
                 else:
                     connect_failed = False
                     if resp.status_code == 200:
+                        self._window.answered()
                         return self._completion(resp)
                     last = f"HTTP {resp.status_code}: {self._redact(resp.text)[:200]}"  # redacted, then cut
                     if resp.status_code in FATAL_STATUS:
@@ -217,9 +269,12 @@ class OpenAIHTTPEngine:
                     if resp.status_code == 429:  # the server is saturated: slow the whole stream, not one request
                         pause = wait if wait is not None else min(cfg.backoff_max, cfg.backoff_base * 2 ** attempt)
                         self._paused_until = max(self._paused_until, time.monotonic() + pause)
+                        self._window.throttled(started_in)
                 finally:
                     self._in_flight -= 1
                     self._pool_load[pool] -= 1
+            finally:
+                self._window.release()
             if attempt == cfg.max_retries:
                 break
             self.retries_done += 1

@@ -4,6 +4,7 @@ connections, and a request that always fails."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -256,21 +257,7 @@ def test_many_callers_share_one_window_and_one_connection_pool(tmp_path):
     latency server (canned answers; only the protocol and the timing are real)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from conftest import ROOT
-
-    port = free_port()
-    server = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "latency_server.py"), "--port", str(port),
-                               "--median", "0.2", "--sigma", "0.5", "--cap", "1.0"], start_new_session=True)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 30
-        while True:
-            try:
-                urllib.request.urlopen(base + "/v1/models", timeout=1)
-                break
-            except OSError:
-                assert time.time() < deadline, "the latency server did not start"
-                time.sleep(0.1)
+    with latency_server("--median", "0.2", "--sigma", "0.5", "--cap", "1.0") as base:
         engine = engine_for(base + "/v1", concurrency=16)
         batches = [[Request([{"role": "user", "content": f"q {b}-{i}"}], Sampling(max_tokens=4)) for i in range(60)]
                    for b in range(3)]
@@ -281,5 +268,57 @@ def test_many_callers_share_one_window_and_one_connection_pool(tmp_path):
         assert stats["requests"] == 180 and engine.peak_in_flight == 16
         assert stats["mean_in_flight"] > 12  # the window stays full across the three callers
         assert stats["connections"] <= 32  # kept alive, not one per request
+
+
+@contextlib.contextmanager
+def latency_server(*args: str):
+    """The benchmarks' latency server (canned answers; only the protocol and the timing are real): its base URL."""
+    from conftest import ROOT
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(ROOT / "benchmarks" / "latency_server.py"), "--port", str(port),
+                               *args], start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 30
+        while True:
+            try:
+                urllib.request.urlopen(base + "/v1/models", timeout=1)
+                break
+            except OSError:
+                assert time.time() < deadline, "the latency server did not start"
+                time.sleep(0.1)
+        yield base
     finally:
         stop_group(server)
+
+
+def test_concurrency_adapts_to_a_server_that_takes_fewer_requests(tmp_path):
+    """A rate-limited tier that takes 6 requests at once (429 beyond), asked with `concurrency: 48`: the window
+    shrinks on 429s and probes back up, so every row is answered with a fraction of the 429s that a fixed window
+    of 48 draws (each of its pauses ends in a new wave of 48)."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"question {i}: why is the sky blue?"}) + "\n"
+                               for i in range(240)))
+    with latency_server("--median", "0.05", "--sigma", "0.3", "--cap", "0.3", "--limit", "6") as base:
+        throttled = {}
+        for adaptive in (True, False):
+            spec = tmp_path / f"adaptive-{adaptive}.yaml"
+            spec.write_text(yaml.safe_dump({
+                "name": "rate_limited", "cache_dir": str(tmp_path / f"cache-{adaptive}"),
+                "engines": {"default": {"kind": "openai_http", "base_url": base + "/v1", "model": "bench",
+                                        "concurrency": 48, "backoff_base": 0.1, "max_retries": 8,
+                                        "adaptive_concurrency": adaptive}},
+                "stages": [{"load": {"path": str(prompts)}},
+                           {"generate": {"models": [{"k": 1, "max_tokens": 4}]}}]}))
+            urllib.request.urlopen(urllib.request.Request(base + "/reset", method="POST"), timeout=5)
+            res = curate("run", spec, "--run-dir", tmp_path / f"run-{adaptive}")
+            stats = json.loads(urllib.request.urlopen(base + "/stats", timeout=5).read())
+            throttled[adaptive] = stats["throttled"]
+            if adaptive:
+                assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+                gen = json.loads((tmp_path / f"run-{adaptive}" / "manifest.json").read_text())["stages"][1]
+                assert (gen["out"], gen["quarantined"], gen["model_calls"]) == (240, 0, 240)
+                assert stats["requests"] == 240 and stats["mean_in_flight"] > 3  # near what the tier takes
+    # measured here: 73 429s adaptive, 321 with the fixed window
+    assert throttled[True] < 240 and 2 * throttled[True] < throttled[False], throttled
