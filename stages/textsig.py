@@ -7,7 +7,6 @@ Not a stage: the helpers that stages/dedup.py and stages/decontaminate.py share.
 from __future__ import annotations
 
 import numpy as np
-import polars as pl
 
 MERSENNE = np.uint64((1 << 61) - 1)
 MAX_HASH = np.uint64((1 << 32) - 1)
@@ -16,6 +15,8 @@ _SEED = 0x5EED
 
 def word_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Normalized words (lowercase, punctuation dropped) hashed to uint64, flattened, with per-text offsets."""
+    import polars as pl  # here, not at the top: every pipeline loads this module (the stage registry), few use it
+
     words = (pl.Series("t", texts, dtype=pl.String).fill_null("").str.to_lowercase()
              .str.replace_all(r"[^\p{L}\p{N}\s]+", " ").str.split(" ")
              .list.eval(pl.element().filter(pl.element() != "")))
