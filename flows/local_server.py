@@ -77,6 +77,12 @@ def _read_state(folder: Path) -> dict | None:
         return None
 
 
+def _prefect_version() -> str:
+    from importlib.metadata import version
+
+    return version("prefect")
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -89,7 +95,10 @@ def connect(startup_timeout: float = 120.0) -> tuple[str, bool]:
     folder = state_dir()
     with _locked(folder):
         state = _read_state(folder)
-        started = not (state and _alive(state["pid"]) and _healthy(state["url"]))
+        # a server of another Prefect install (another venv sharing PREFECT_HOME) is left to itself: it stops when
+        # idle, and this install starts its own
+        started = not (state and state.get("prefect") == _prefect_version() and _alive(state["pid"])
+                       and _healthy(state["url"]))
         if started:
             state = _start(folder, startup_timeout)
         clients = folder / "clients"
@@ -116,7 +125,7 @@ def _start(folder: Path, timeout: float) -> dict:
             raise RuntimeError(f"the local Prefect server exited with code {proc.returncode} while starting; see "
                                f"{folder / 'server.log'}")
         if _healthy(url, timeout=1.0):
-            state = {"pid": proc.pid, "url": url, "idle_s": IDLE_S, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            state = {"pid": proc.pid, "url": url, "idle_s": IDLE_S, "prefect": _prefect_version(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             (folder / "server.json").write_text(json.dumps(state))
             return state
         time.sleep(0.1)
