@@ -44,6 +44,7 @@ def test_sigkill_mid_generation_then_resume(tmp_path):
     data = yaml.safe_load(pipeline.read_text())
     data["stages"][1]["concurrency"] = 2
     data["stages"][1]["generate"]["models"][0]["k"] = 1  # the shards are what this test is about, not k
+    data["engines"]["default"]["n_threads"] = 1  # two actors on two cores: one thread each, not two
     pipeline.write_text(yaml.safe_dump(data, sort_keys=False))
     killed_cache, clean_cache = tmp_path / "cache-killed", tmp_path / "cache-clean"
 
