@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+#: the `curate` command of this Python (benchmarks drive the CLI as a user does)
+CURATE = str(Path(sys.executable).parent / "curate")
 EXAMPLE = ROOT / "pipelines" / "examples" / "mt_bench_pairs.yaml"
 
 

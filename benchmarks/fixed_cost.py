@@ -31,10 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from _common import ROOT, free_port, print_table
-
-CURATE = str(Path(sys.executable).parent / "curate")
-
+from _common import CURATE, ROOT, free_port, print_table
 
 def pipeline(folder: Path, rows: int, shard_size: int) -> Path:
     src = (ROOT / "pipelines" / "examples" / "data" / "mt_bench_questions.jsonl").read_text().splitlines()

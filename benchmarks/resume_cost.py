@@ -20,10 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, example_pipeline, print_table
-
-CURATE = str(Path(sys.executable).parent / "curate")
-
+from _common import CURATE, ROOT, example_pipeline, print_table
 
 def cached(cache: Path) -> int:
     sys.path.insert(0, str(ROOT))

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from _common import ROOT, print_table
+from _common import CURATE, ROOT, print_table
 
 BENCH = ROOT / "pipelines/examples/data/mt_bench_questions.jsonl"
 
@@ -87,7 +87,7 @@ def run(folder: Path, spec: Path, label: str) -> dict:
     env = {**os.environ, "CURATE_CACHE_DIR": str(folder / "cache")}
     peak: dict[int, int] = {}
     start = time.perf_counter()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "curate"), "run", str(spec), "--run-dir",
+    proc = subprocess.Popen([CURATE, "run", str(spec), "--run-dir",
                              str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     stop = threading.Event()
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import yaml
 
-from _common import ROOT, free_port, print_table
+from _common import CURATE, ROOT, free_port, print_table
 
 HERE = Path(__file__).resolve().parent
 MODEL = "bench"
@@ -111,7 +111,7 @@ def run_curate(folder: Path, pipeline: Path, n: int) -> tuple[float, float]:
     run_dir = folder / f"run-{time.time_ns()}"
     env = curate_env(folder)
     start = time.perf_counter()
-    res = subprocess.run([str(Path(sys.executable).parent / "curate"), "run", str(pipeline), "--run-dir",
+    res = subprocess.run([CURATE, "run", str(pipeline), "--run-dir",
                           str(run_dir)], capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if res.returncode:
@@ -156,8 +156,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory(prefix="served-") as tmp:
                 folder = Path(tmp)
                 pipeline = curate_pipeline(folder, base, texts, args.concurrency, args.max_tokens)
-                curate = str(Path(sys.executable).parent / "curate")
-                subprocess.run([curate, "server", "start"], check=True, capture_output=True, env=curate_env(folder))
+                subprocess.run([CURATE, "server", "start"], check=True, capture_output=True, env=curate_env(folder))
                 raw_walls, cur_walls, stage_walls = [], [], []
                 raw_stats, cur_stats = {}, {}
                 for _ in range(args.repeats):
@@ -180,7 +179,7 @@ def main() -> None:
                 rows.append([mode, "curate run (whole command)", cur, args.n / cur, raw / cur,
                              cur_stats["mean_in_flight"], cur_stats["connections"]])
                 rows.append([mode, "curate: generate stage alone", stage, args.n / stage, raw / stage, "", ""])
-                subprocess.run([curate, "server", "stop"], capture_output=True, env=curate_env(folder))
+                subprocess.run([CURATE, "server", "stop"], capture_output=True, env=curate_env(folder))
                 for peer in args.peers.split(",") if args.peer_python else ():
                     server(base, "/reset")
                     got = run_peer(peer, args.peer_python, base, folder / "prompts.jsonl", args.concurrency,

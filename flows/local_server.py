@@ -125,7 +125,8 @@ def _start(folder: Path, timeout: float) -> dict:
             raise RuntimeError(f"the local Prefect server exited with code {proc.returncode} while starting; see "
                                f"{folder / 'server.log'}")
         if _healthy(url, timeout=1.0):
-            state = {"pid": proc.pid, "url": url, "idle_s": IDLE_S, "prefect": _prefect_version(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            state = {"pid": proc.pid, "url": url, "idle_s": IDLE_S, "prefect": _prefect_version(),
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             (folder / "server.json").write_text(json.dumps(state))
             return state
         time.sleep(0.1)
@@ -140,8 +141,7 @@ def status() -> dict | None:
     state = _read_state(folder)
     if not (state and _alive(state["pid"])):
         return None
-    state["clients"] = [int(p.name) for p in (folder / "clients").glob("*") if p.name.isdigit()
-                        and _alive(int(p.name))]
+    state["clients"] = _live_clients(folder)
     return state
 
 
@@ -164,23 +164,28 @@ def stop(timeout: float = 15.0) -> bool:
     return True
 
 
+def _live_clients(folder: Path) -> list[int]:
+    """The pids of the curate processes registered as clients that still run (the entries of dead ones, a run
+    that was killed, are removed)."""
+    live = []
+    for p in (folder / "clients").glob("*"):
+        if p.name.isdigit() and _alive(int(p.name)):
+            live.append(int(p.name))
+        else:
+            p.unlink(missing_ok=True)
+    return live
+
+
 def _idle(folder: Path, last_request: list[float]) -> bool:
     """No live client and no request for IDLE_S; then the server gives up its state file under the lock (a
     client that comes after starts a new server)."""
-    clients = folder / "clients"
-    alive = False
-    for p in clients.glob("*"):
-        if p.name.isdigit() and _alive(int(p.name)):
-            alive = True
-        else:
-            p.unlink(missing_ok=True)
-    if alive:
+    if _live_clients(folder):
         last_request[0] = time.monotonic()
         return False
     if time.monotonic() - last_request[0] < IDLE_S:
         return False
-    with _locked(folder):
-        if any(p.name.isdigit() and _alive(int(p.name)) for p in clients.glob("*")):
+    with _locked(folder):  # a client may have registered since: it holds this lock while it does
+        if _live_clients(folder):
             return False
         state = _read_state(folder)
         if state and state.get("pid") == os.getpid():

@@ -592,11 +592,7 @@ def main() -> None:
 
         traceback.print_exc()
         code[0] = 1
-    import threading
-
-    for thread in threading.enumerate():  # what the interpreter would wait for before its exit handlers
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
+    # returning, the interpreter joins the non-daemon threads, then runs the exit handlers, `end_now` last
 
 
 if __name__ == "__main__":

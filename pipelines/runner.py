@@ -30,7 +30,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
-
 from pydantic import BaseModel
 
 from pipelines.config import Pipeline, StageEntry
