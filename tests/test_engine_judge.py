@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from conftest import EXAMPLES
 from engines.base import Request, Sampling
 from engines.cache import ResponseCache, request_key
 from engines.config import LlamaCppConfig, build_engine
@@ -35,6 +38,23 @@ def test_same_seed_same_text_and_cache_answers_the_second_time(engine):
     # a fresh engine object (no cache) with the same seed reproduces the text
     fresh = build_engine(LlamaCppConfig(), None)
     assert fresh.complete([req])[0].text == first[0].text
+
+
+def test_an_answer_does_not_depend_on_what_the_engine_answered_before():
+    """A resumed run, or shards handed to actors in another order, must get the same candidates: llama.cpp's
+    reuse of the previous prompt's KV cache may not change an answer (it did, in the last bits of the logits)."""
+    questions = [json.loads(line)["turns"][0] for line in (EXAMPLES / "data" / "mt_bench_questions.jsonl")
+                 .read_text().splitlines()[:3]]
+    def ask(q, seed):
+        return Request([{"role": "user", "content": q}], Sampling(temperature=0.8, max_tokens=32, seed=seed))
+
+    wanted = [ask(q, seed) for q in questions for seed in (7, 8)]
+    alone = [build_engine(LlamaCppConfig(), None).complete([r])[0].text for r in wanted[:1]]
+    engine = build_engine(LlamaCppConfig(), None)
+    in_order = [c.text for c in engine.complete(wanted)]
+    reversed_ = [c.text for c in engine.complete(wanted[::-1])][::-1]
+    interleaved = [c.text for c in engine.complete([ask(questions[0], 3), wanted[2], ask(questions[2], 1), *wanted])]
+    assert in_order == reversed_ == interleaved[3:] and in_order[:1] == alone
 
 
 def test_cache_key_covers_everything_that_changes_the_answer(engine):
