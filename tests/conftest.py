@@ -19,6 +19,26 @@ TEST_DATA = ROOT / "tests" / "data"
 EXAMPLES = ROOT / "pipelines" / "examples"
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (`./scripts/test` runs two workers) each worker gets its own share of the CPUs, and
+    everything it starts inherits it: llama.cpp and Ray size themselves by the affinity mask
+    (`engines.base.usable_cpus`), so two model tests side by side never put two spinning threads on one core."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker and hasattr(os, "sched_setaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) >= count:
+            os.sched_setaffinity(0, cpus[int(worker.removeprefix("gw")) % count::count])
+
+
+def pytest_collection_modifyitems(items):
+    """With `--dist loadgroup`, a module's tests stay on one worker (its module fixtures run once) unless a
+    test names its own group: `xdist_group("ray")` holds the tests that start Ray clusters, because
+    `ray stop --force` stops every Ray process on the machine, the other worker's too."""
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_env(tmp_path_factory):
     """Keep caches, Prefect's home and Ray's temp files out of the user's home."""

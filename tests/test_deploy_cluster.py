@@ -19,6 +19,9 @@ import yaml
 from conftest import curate, free_port, stop_group
 from test_end_to_end import small_example
 
+# `ray stop --force` here stops every Ray process on the machine: the Ray tests share one worker
+pytestmark = pytest.mark.xdist_group("ray")
+
 BIN = Path(sys.executable).parent
 
 

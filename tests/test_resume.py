@@ -12,11 +12,15 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 import yaml
 
 from conftest import curate
 from engines.cache import ResponseCache
 from test_end_to_end import small_example
+
+# these runs start local Ray; the two-node cluster test stops Ray on the machine (tests/conftest.py)
+pytestmark = pytest.mark.xdist_group("ray")
 
 
 def pipeline_for_resume(tmp_path: Path) -> Path:
