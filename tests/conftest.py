@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -30,13 +31,22 @@ def pytest_configure(config):
             os.sched_setaffinity(0, cpus[int(worker.removeprefix("gw")) % count::count])
 
 
-def pytest_collection_modifyitems(items):
-    """With `--dist loadgroup`, a module's tests stay on one worker (its module fixtures run once) unless a
-    test names its own group: `xdist_group("ray")` holds the tests that start Ray clusters, because
-    `ray stop --force` stops every Ray process on the machine, the other worker's too."""
-    for item in items:
-        if not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+@contextlib.contextmanager
+def machine_lock(tmp_path_factory, name: str):
+    """Held by one pytest-xdist worker at a time (a file lock in the folder all workers' temp dirs share)."""
+    import fcntl
+
+    with open(tmp_path_factory.getbasetemp().parent / f"{name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield tmp_path_factory.getbasetemp().parent
+
+
+@pytest.fixture
+def ray_machine(tmp_path_factory):
+    """For the tests that start Ray: one at a time on the machine, since the two-node cluster test's
+    `ray stop --force` stops every Ray process here, the other worker's too."""
+    with machine_lock(tmp_path_factory, "ray"):
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -57,7 +67,8 @@ def hf_model(tmp_path_factory) -> Path:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from gguf_to_hf import convert
 
-    return convert(tmp_path_factory.mktemp("models") / "smollm2-hf")
+    with machine_lock(tmp_path_factory, "hf_model") as shared:  # once for both workers (convert skips a done one)
+        return convert(shared / "smollm2-hf")
 
 
 @pytest.fixture

@@ -19,9 +19,6 @@ import yaml
 from conftest import curate, free_port, stop_group
 from test_end_to_end import small_example
 
-# `ray stop --force` here stops every Ray process on the machine: the Ray tests share one worker
-pytestmark = pytest.mark.xdist_group("ray")
-
 BIN = Path(sys.executable).parent
 
 
@@ -80,7 +77,7 @@ def test_curate_deploy_serves_a_scheduled_deployment_that_runs(tmp_path, prefect
 
 
 @pytest.fixture
-def ray_cluster(tmp_path):
+def ray_cluster(tmp_path, ray_machine):
     """A head and one worker node, each its own set of processes on loopback, 1 CPU each."""
     port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token"}

@@ -16,7 +16,6 @@ from conftest import curate
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.xdist_group("hf_model")  # with the TRL tests: the hf_model fixture runs once
 def test_transformers_engine_pipeline_is_reproducible(hf_model, tmp_path):
     shutil.copytree(ROOT / "pipelines" / "examples" / "data", tmp_path / "data")
     text = (ROOT / "pipelines" / "examples" / "transformers.yaml").read_text()

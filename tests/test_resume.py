@@ -12,15 +12,11 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 import yaml
 
 from conftest import curate
 from engines.cache import ResponseCache
 from test_end_to_end import small_example
-
-# these runs start local Ray; the two-node cluster test stops Ray on the machine (tests/conftest.py)
-pytestmark = pytest.mark.xdist_group("ray")
 
 
 def pipeline_for_resume(tmp_path: Path) -> Path:
@@ -41,7 +37,7 @@ def sorted_rows(run_dir: Path, stage: str) -> list[dict]:
     return sorted(pq.read_table(run_dir / stage).to_pylist(), key=lambda r: r["prompt_id"])
 
 
-def test_sigkill_mid_generation_then_resume(tmp_path):
+def test_sigkill_mid_generation_then_resume(tmp_path, ray_machine):
     """Generation on two local Ray actors (`concurrency: 2`: more than one worker, so the run starts Ray), the
     whole process group killed mid-stage."""
     pipeline = pipeline_for_resume(tmp_path)

@@ -19,9 +19,6 @@ import yaml
 
 from conftest import EXAMPLES, accounted, curate
 
-# with the transformers engine test: one worker converts the embedded model once (the hf_model fixture)
-pytestmark = pytest.mark.xdist_group("hf_model")
-
 trl = pytest.importorskip("trl")
 
 HH = EXAMPLES / "data" / "hh_rlhf_harmless_40.jsonl"
