@@ -23,12 +23,20 @@ class Sampling:
 
 def usable_cpus() -> int:
     """The CPUs this process may run on: its affinity mask (taskset, a container's cpuset, a test worker's
-    share), which `os.cpu_count()` ignores. llama.cpp's threads busy-wait, so more threads than cores slows
-    every one of them."""
+    share) and a cgroup v2 CPU quota (`docker --cpus`), both of which `os.cpu_count()` ignores. llama.cpp's
+    threads busy-wait, so more threads than cores slows every one of them."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # no affinity API (macOS)
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as fh:
+            quota, period = fh.read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
 
 
 @dataclass(frozen=True)
