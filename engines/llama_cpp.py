@@ -73,11 +73,7 @@ def _reuse_whole_blocks(llm: Any) -> None:
     generate = llm.generate
 
     def aligned(tokens, *args, **kwargs):
-        common = 0
-        for have, want in zip(llm.input_ids[: llm.n_tokens], tokens):
-            if have != want:
-                break
-            common += 1
+        common = llm.longest_token_prefix(llm.input_ids[: llm.n_tokens], tokens)
         # at least one prompt token is always evaluated, so the logits to sample from come from this call
         llm.n_tokens = max(0, min(common, len(tokens) - 1)) // PREFIX_BLOCK * PREFIX_BLOCK
         return generate(tokens, *args, **kwargs)
