@@ -33,12 +33,16 @@ def pytest_configure(config):
 
 @contextlib.contextmanager
 def machine_lock(tmp_path_factory, name: str):
-    """Held by one pytest-xdist worker at a time (a file lock in the folder all workers' temp dirs share)."""
+    """Held by one pytest-xdist worker at a time; yields this session's folder, which both workers share (each
+    worker's temp dir is a folder inside it; without xdist it is the temp dir itself, never the parent
+    /tmp/pytest-of-<user> that earlier sessions share)."""
     import fcntl
 
-    with open(tmp_path_factory.getbasetemp().parent / f"{name}.lock", "w") as fh:
+    base = tmp_path_factory.getbasetemp()
+    session = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    with open(session / f"{name}.lock", "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
-        yield tmp_path_factory.getbasetemp().parent
+        yield session
 
 
 @pytest.fixture
