@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
+from pydantic import BaseModel, PrivateAttr
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 
@@ -42,16 +43,36 @@ def publish_run(run_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
                    config_name=spec["config_name"], license=spec["license"])
 
 
+class Started(BaseModel):
+    """A run the caller has already started (and set running ahead, `Run.run_ahead`), handed to the flow. Like
+    `Progress`, a model without fields, so that Prefect records the parameter as `{}` while the live object
+    reaches the flow."""
+
+    _run: Run | None = PrivateAttr(default=None)
+
+    @classmethod
+    def of(cls, run: Run) -> "Started":
+        started = cls()
+        started._run = run
+        return started
+
+
 @flow(name="curate-pipeline", flow_run_name=_run_name, validate_parameters=True)
 def pipeline_flow(pipeline_path: str, run_dir: str | None = None, limit: int | None = None,
                   address: str | None = None, run_root: str = "runs",
-                  progress: Progress | None = None) -> dict[str, Any]:
+                  progress: Progress | None = None, started: Started | None = None) -> dict[str, Any]:
     """Run a pipeline YAML into a run directory; returns the manifest's summary. `progress` gets the live
-    counts (the CLI's bars); a deployment's runs go without."""
-    pipeline = load_pipeline(pipeline_path).with_limit(limit)
-    run = Run(pipeline, Path(run_dir) if run_dir else default_run_dir(pipeline.name, run_root), address=address,
-              progress=progress)
-    run.start()
+    counts (the CLI's bars); a deployment's runs go without. `started`: the CLI's run of that pipeline, already
+    started and running ahead (its stages began while Prefect was being imported and this flow run opened);
+    each stage's task then takes over that stage's result, or runs it when the run ahead stopped before it."""
+    if started is not None and started._run is not None:
+        run = started._run
+        pipeline = run.pipeline
+    else:
+        pipeline = load_pipeline(pipeline_path).with_limit(limit)
+        run = Run(pipeline, Path(run_dir) if run_dir else default_run_dir(pipeline.name, run_root),
+                  address=address, progress=progress)
+        run.start()
     try:
         for st in pipeline.stages:
             stage_task = run_stage.with_options(name=f"stage-{st.name}", task_run_name=st.id, retries=st.run.retries,

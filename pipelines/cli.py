@@ -50,26 +50,42 @@ class _libraries_log_to:
 
 
 class _services:
-    """Start what a run needs at once rather than one after the other: the Prefect server (when no
-    PREFECT_API_URL is configured) in a thread, while this thread connects to the Ray cluster of --address /
-    RAY_ADDRESS. With nothing configured the run reuses this machine's curate Prefect server, started by the first
-    run and stopped when idle (flows/local_server.py); `CURATE_PREFECT_SERVER=temporary` asks for Prefect's own
-    temporary server instead (started for this run, stopped at exit). A local run starts no Ray here: the runner
-    starts it for the first stage that needs more than one worker (pipelines.runner.local_run). A configured
-    Prefect server or Ray cluster is used as it is."""
+    """Start what a run needs, overlapping what waits: the Prefect server (when no PREFECT_API_URL is configured)
+    is found or started in a thread, which also imports Prefect (~2 s of CPU here). With `--address` /
+    RAY_ADDRESS that thread starts at once, while this one connects to the cluster; a local run starts it with
+    `start_prefect` once its first stage (CPU-bound Python, which the import would only slow down) is done, so that
+    the import overlaps the stages that wait on a model. With nothing configured the run reuses this machine's
+    curate Prefect server, started by the first run and stopped when idle (flows/local_server.py);
+    `CURATE_PREFECT_SERVER=temporary` asks for Prefect's own temporary server instead (started for this run,
+    stopped at exit). A local run starts no Ray here: the runner starts it for the first stage that needs more
+    than one worker (pipelines.runner.local_run). A configured Prefect server or Ray cluster is used as it is."""
 
     def __init__(self, address: str | None):
         self.address = address
         self._settings = None
+        self._thread = None
+        self._server: dict = {}
 
     def __enter__(self):
-        import threading
-
         from pipelines.runner import init_ray, local_run
 
-        server: dict = {}
+        if not local_run(self.address):
+            self.start_prefect()
+            try:
+                init_ray(self.address)
+            except BaseException:
+                self._thread.join()
+                raise
+        return self
 
-        def start_prefect() -> None:  # importing prefect alone takes seconds here: it overlaps Ray's start too
+    def start_prefect(self) -> None:
+        import threading
+
+        if self._thread is not None:
+            return
+        server = self._server
+
+        def find_server() -> None:
             try:
                 if os.environ.get("PREFECT_API_URL"):
                     return
@@ -93,24 +109,33 @@ class _services:
             except Exception as exc:  # noqa: BLE001 - then Prefect starts its temporary server in the flow
                 server["error"] = exc
 
-        thread = threading.Thread(target=start_prefect, name="prefect-server", daemon=True)
-        thread.start()
-        try:
-            if not local_run(self.address):
-                init_ray(self.address)
-        finally:
-            thread.join()
+        self._thread = threading.Thread(target=find_server, name="prefect-server", daemon=True)
+        self._thread.start()
+
+    def prefect(self) -> None:
+        """Wait for the Prefect server (starting the search now if `start_prefect` was not called) and point this
+        process's Prefect settings at it."""
+        self.start_prefect()
+        self._thread.join()
+        server = self._server
         if server.get("error") is not None:
             print(f"curate: no local Prefect server ({server['error']}); Prefect starts a temporary one",
                   file=sys.stderr)
-        if server.get("url"):
-            from prefect.settings import PREFECT_API_URL, temporary_settings
+        if server.get("url") and self._settings is None:
+            from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
-            self._settings = temporary_settings(updates={PREFECT_API_URL: server["url"]})
+            updates: dict = {PREFECT_API_URL: server["url"]}
+            if not any(os.environ.get(f"PREFECT_{k}_HEARTBEAT_FREQUENCY") for k in ("FLOWS", "RUNNER")):
+                # flow-run heartbeats feed a team's zombie-run automations; curate's own server (no UI, no
+                # automations) has no one to read them, and ending the flow joins their thread, which sleeps in
+                # whole seconds: 0-1 s at the end of every run. A configured server keeps Prefect's default.
+                updates[PREFECT_FLOWS_HEARTBEAT_FREQUENCY] = None
+            self._settings = temporary_settings(updates=updates)
             self._settings.__enter__()
-        return self
 
     def __exit__(self, *exc):
+        if self._thread is not None:
+            self._thread.join()
         if self._settings is not None:
             self._settings.__exit__(*exc)
 
@@ -186,11 +211,8 @@ def _run_in(p, pipeline: Path, run_dir: Path, limit: int | None, address: str | 
     console.print(f"[bold]{p.name}[/] -> {run_dir}")
     with _libraries_log_to(log_path, enabled=not verbose), _bars() as bars:
         try:
-            with _services(address):
-                from flows.pipeline_flow import pipeline_flow
-
-                manifest = pipeline_flow(str(pipeline), run_dir=str(run_dir), limit=limit, address=address,
-                                         progress=bars)
+            with _services(address) as services:
+                manifest = _flow_run(p, pipeline, run_dir, limit, address, bars, services)
         except Exception as exc:
             bars.stop()
             err_console.print(f"[bold red]run failed:[/] {type(exc).__name__}: {escape(str(exc))}", soft_wrap=True)
@@ -202,6 +224,30 @@ def _run_in(p, pipeline: Path, run_dir: Path, limit: int | None, address: str | 
     if manifest.get("published"):
         pub = manifest["published"]
         console.print(f"published {pub['rows']} rows to {pub['repo']} commit {pub['commit']}")
+
+
+def _flow_run(p, pipeline: Path, run_dir: Path, limit: int | None, address: str | None, bars, services) -> dict:
+    """The run, as a Prefect flow run whose stages started before Prefect was up: the run starts its stages at
+    once (`Run.run_ahead`); once the first is done this thread looks for the Prefect server, imports the flow
+    (Prefect's import alone is ~2 s of CPU here) and opens the flow run, whose stage tasks take over the stages'
+    results, while the later stages run."""
+    from pipelines.runner import Run
+
+    run = Run(p, run_dir, address=address, progress=bars)
+    run.start()
+    try:
+        run.run_ahead()
+        run.wait_ahead(p.stages[0])  # see _services: Prefect's import would slow the first stage down
+        services.start_prefect()
+        services.prefect()
+        from flows.pipeline_flow import Started, pipeline_flow
+
+        return pipeline_flow(str(pipeline), run_dir=str(run_dir), limit=limit, address=address, progress=bars,
+                             started=Started.of(run))
+    except BaseException as exc:
+        if not run.finished:  # it failed before the flow run took the run over (no server, no flow run)
+            run.finish(exc)
+        raise
 
 
 @app.command()

@@ -16,11 +16,13 @@ killed run never leaves a half-written shard that counts as done.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import functools
 import hashlib
 import json
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -655,7 +657,10 @@ class Run:
     """One run of a pipeline into a run directory, stage by stage.
 
     The plain loop (`run_pipeline`) and the Prefect flow (flows/) drive the same object: `start`, then `stage`
-    for each stage (safe to call again after a failure: done shards are skipped), then `finish`.
+    for each stage (safe to call again after a failure: done shards are skipped), then `finish`. A caller whose
+    orchestration takes seconds to come up (the CLI: importing Prefect and opening the flow run, ~3 s) calls
+    `run_ahead` after `start`: the stages then start at once, in order, in a thread, and `stage` hands over each
+    one's result as the orchestration reaches it, so that start-up overlaps the stages instead of preceding them.
     """
 
     def __init__(self, pipeline: Pipeline, run_dir: Path, *, address: str | None = None,
@@ -668,6 +673,10 @@ class Run:
         self.markers: dict[str, list[dict[str, Any]]] = {}
         self.manifest: dict[str, Any] = {}
         self._lock = contextlib.ExitStack()
+        self._ahead: dict[str, concurrent.futures.Future] = {}  # stage id -> its result, from run_ahead's thread
+        self._state = threading.Lock()  # a stage's bookkeeping vs finish, which may run in another thread
+        self._finished = False
+        self._judges: dict[str, Any] | None = None  # the judge summary, when run_ahead computed it already
 
     def start(self) -> None:
         """Take the run directory (RunDirBusy when another run holds it) and write the config and manifest."""
@@ -688,7 +697,49 @@ class Run:
         }
         self._save()
 
+    def run_ahead(self) -> None:
+        """Run every stage now, in order, in a thread, up to the first that fails; `stage` collects the results.
+        A failed stage is handed over as its exception, and the stages after it are left to `stage` to run (so a
+        Prefect task retry of the failed one runs it again, in the caller's thread, skipping its done shards)."""
+        self._ahead = {st.id: concurrent.futures.Future() for st in self.pipeline.stages}
+
+        def work() -> None:
+            try:
+                for st in self.pipeline.stages:
+                    fut = self._ahead[st.id]
+                    if self._finished or not fut.set_running_or_notify_cancel():
+                        break
+                    try:
+                        report = self._stage(st)
+                    except BaseException as exc:  # noqa: BLE001 - handed to the caller's `stage`
+                        fut.set_exception(exc)
+                        break
+                    if st is self.pipeline.stages[-1]:  # the judge summary too, before the caller's `finish`
+                        with contextlib.suppress(Exception):  # (else `finish` computes it, and raises what it raises)
+                            self._judges = self._judge_summary()
+                    fut.set_result(report)
+            finally:
+                for fut in self._ahead.values():
+                    fut.cancel()  # the ones not started: `stage` runs them itself
+
+        threading.Thread(target=work, name="curate-stages", daemon=True).start()
+
+    def wait_ahead(self, st: StageEntry) -> None:
+        """Wait until `run_ahead` has run `st` (or stopped before it)."""
+        ahead = self._ahead.get(st.id)
+        if ahead is not None:
+            concurrent.futures.wait([ahead])
+
     def stage(self, st: StageEntry) -> StageReport:
+        ahead = self._ahead.pop(st.id, None)
+        if ahead is not None:
+            try:
+                return ahead.result()
+            except concurrent.futures.CancelledError:
+                pass  # run_ahead stopped before this stage
+        return self._stage(st)
+
+    def _stage(self, st: StageEntry) -> StageReport:
         start = time.perf_counter()
         if st.spec.source is not None:
             report, markers = _run_source(st, self.run_dir, self.progress)
@@ -696,21 +747,31 @@ class Run:
             upstream = self.markers[self.pipeline.stages[st.index - 1].id]
             report, markers = _run_stage(st, self.pipeline, upstream, self.run_dir, self.progress, self.address)
         report.seconds = time.perf_counter() - start
-        prune_stage(self.run_dir, st.id, {m["shard"] for m in markers})
-        self.reports[st.id], self.markers[st.id] = report, markers
-        self._save()
+        with self._state:
+            if self._finished:  # the run ended (failed) while this stage ran ahead: it may not write any more
+                raise StaleWorker(f"{self.run_dir}: the run ended while stage {st.id} was running")
+            prune_stage(self.run_dir, st.id, {m["shard"] for m in markers})
+            self.reports[st.id], self.markers[st.id] = report, markers
+            self._save()
         return report
 
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
     def finish(self, error: BaseException | None = None) -> dict[str, Any]:
+        with self._state:
+            self._finished = True  # a stage still running ahead (the run failed elsewhere) stops writing
+            return self._finish(error)
+
+    def _finish(self, error: BaseException | None) -> dict[str, Any]:
         if error is None:
             self.manifest["status"] = "ok"
             self.manifest["output"] = str(self.run_dir / self.pipeline.stages[-1].id)
-            self.manifest["stages"] = self._stages()  # the shard lists the judged parts are read from
-            judged = last_output_with(self.run_dir, self.manifest, {"candidates"})
-            if judged is not None:
-                from judges.stats import summary
-
-                self.manifest["judges"] = summary(judged)
+            self.manifest["stages"] = self._stages()
+            judges = self._judges if self._judges is not None else self._judge_summary()
+            if judges:
+                self.manifest["judges"] = judges
         else:
             self.manifest["status"] = "failed"
             self.manifest["error"] = f"{type(error).__name__}: {error}"
@@ -726,6 +787,16 @@ class Run:
             self._lock.close()
         return self.manifest
 
+    def _judge_summary(self) -> dict[str, Any]:
+        """What the judges of the last stage with candidates did (agreement, position consistency, ...); {} when
+        no stage has candidates."""
+        judged = last_output_with(self.run_dir, {"stages": self._stages()}, {"candidates"})
+        if judged is None or not any(judgment_count(part) for part in judged):
+            return {}  # candidates nobody judged (a generate-only pipeline): nothing for polars to summarize
+        from judges.stats import summary
+
+        return summary(judged)
+
     def record(self, key: str, value: Any) -> None:
         """Add a run-level result (e.g. where it was published) to the manifest."""
         self.manifest[key] = value
@@ -737,6 +808,14 @@ class Run:
     def _save(self) -> None:
         self.manifest["stages"] = self._stages()
         _atomic_write_json(self.manifest, self.run_dir / "manifest.json")
+
+
+def judgment_count(part: Path) -> int:
+    """How many judgments the candidates of one output part carry."""
+    import pyarrow.compute as pc
+
+    candidates = pc.list_flatten(pq.read_table(part, columns=["candidates"]).column("candidates"))
+    return pc.sum(pc.list_value_length(pc.struct_field(candidates, "judgments"))).as_py() or 0
 
 
 def last_output_with(run_dir: Path, manifest: dict, columns: set[str]) -> list[Path] | None:

@@ -251,6 +251,25 @@ def test_a_401_that_echoes_the_key_fails_the_run_and_leaks_nothing(proxy, tmp_pa
             assert SECRET.encode() not in f.read_bytes(), f
 
 
+def test_a_stage_with_retries_is_tried_again_by_the_flow_and_the_run_ends_ok(proxy, tmp_path):
+    """The server refuses the first two requests (a 401 while a key rotates): the generate stage fails, its
+    Prefect task retries it (`retries: 1`), and the run ends ok with every row accounted once. The stages run
+    ahead of the flow run (they start before Prefect is up): the retry still happens, in the flow's task."""
+    proxy.schedule = ["401", "401"]
+    path = served_pipeline(tmp_path, proxy.url, max_retries=0)
+    spec = yaml.safe_load(path.read_text())
+    spec["stages"][1].update(retries=1, retry_delay_s=0)
+    path.write_text(yaml.safe_dump(spec))
+    res = curate("run", path, "--run-dir", tmp_path / "run")
+    assert res.returncode == 0, res.stdout + res.stderr
+    m = accounted(tmp_path / "run")
+    gen = m["stages"][1]
+    assert m["status"] == "ok" and (gen["in"], gen["out"], gen["quarantined"]) == (2, 2, 0)
+    actions = [a for a, _ in proxy.seen]
+    assert actions[0] == "401" and actions.count("pass") == 2, actions  # refused, then both asked again
+    assert "answered 401" in (tmp_path / "run" / "curate.log").read_text()  # the failed attempt, in the log
+
+
 def test_many_callers_share_one_window_and_one_connection_pool(tmp_path):
     """Three threads (as a worker's batches and shards are) through one engine: never more than `concurrency`
     requests in flight, the window kept full, and no new connection per request. The server is the benchmark's
