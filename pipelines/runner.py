@@ -701,12 +701,12 @@ class Run:
         """Run every stage now, in order, in a thread, up to the first that fails; `stage` collects the results.
         A failed stage is handed over as its exception, and the stages after it are left to `stage` to run (so a
         Prefect task retry of the failed one runs it again, in the caller's thread, skipping its done shards)."""
-        self._ahead = {st.id: concurrent.futures.Future() for st in self.pipeline.stages}
+        futures = [concurrent.futures.Future() for _ in self.pipeline.stages]
+        self._ahead = {st.id: fut for st, fut in zip(self.pipeline.stages, futures, strict=True)}
 
-        def work() -> None:
+        def work() -> None:  # reads its own list: `stage` pops from self._ahead meanwhile
             try:
-                for st in self.pipeline.stages:
-                    fut = self._ahead[st.id]
+                for st, fut in zip(self.pipeline.stages, futures, strict=True):
                     if self._finished or not fut.set_running_or_notify_cancel():
                         break
                     try:
@@ -719,7 +719,7 @@ class Run:
                             self._judges = self._judge_summary()
                     fut.set_result(report)
             finally:
-                for fut in self._ahead.values():
+                for fut in futures:
                     fut.cancel()  # the ones not started: `stage` runs them itself
 
         threading.Thread(target=work, name="curate-stages", daemon=True).start()
