@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, task
-from pydantic import BaseModel, PrivateAttr
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
+from pydantic import BaseModel, PrivateAttr
 
 from pipelines.config import load_pipeline
 from pipelines.runner import Progress, Run, default_run_dir

@@ -238,8 +238,7 @@ def _flow_run(p, pipeline: Path, run_dir: Path, limit: int | None, address: str 
     try:
         run.run_ahead()
         run.wait_ahead(p.stages[0])  # see _services: Prefect's import would slow the first stage down
-        services.start_prefect()
-        services.prefect()
+        services.prefect()  # starts looking for the server (unless --address did already), then waits
         from flows.pipeline_flow import Started, pipeline_flow
 
         return pipeline_flow(str(pipeline), run_dir=str(run_dir), limit=limit, address=address, progress=bars,
