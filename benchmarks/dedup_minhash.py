@@ -46,8 +46,7 @@ def corpus(n: int, seed: int = 0) -> tuple[list[str], set[int]]:
 
 
 def run_curate(texts: list[str]) -> set[int]:
-    sys.path.insert(0, str(ROOT))
-    from stages.dedup import Config, MinHashIndex
+    from curate.stages.dedup import Config, MinHashIndex
 
     index = MinHashIndex(Config(method="minhash", threshold=THRESHOLD, num_perm=NUM_PERM, ngram=NGRAM))
     found: set[int] = set()

@@ -25,7 +25,6 @@ import yaml
 
 from _common import ROOT, example_pipeline, free_port, print_table
 
-sys.path.insert(0, str(ROOT))
 
 
 def prompts(n: int) -> list[str]:
@@ -40,8 +39,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3, help="runs of each path, alternating; medians compared")
     args = ap.parse_args()
-    from engines.base import Request, Sampling
-    from engines.llama_cpp import LlamaCppEngine, embedded_model_path
+    from curate.engines.base import Request, Sampling
+    from curate.engines.llama_cpp import LlamaCppEngine, embedded_model_path
 
     texts = prompts(args.prompts)
     reqs = [Request([{"role": "user", "content": t}], Sampling(temperature=0.8, max_tokens=args.max_tokens, seed=7))
@@ -52,8 +51,8 @@ def main() -> None:
     # noise is several percent; medians are compared)
     from statistics import median
 
-    from pipelines.config import load_pipeline
-    from pipelines.runner import run_pipeline
+    from curate.pipelines.config import load_pipeline
+    from curate.pipelines.runner import run_pipeline
 
     engine = LlamaCppEngine()
     direct, inside, wall = [], [], []
@@ -84,7 +83,7 @@ def main() -> None:
 
     # HTTP: plain async client vs curate's engine, same server, same concurrency
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_model_path()),
+    server = subprocess.Popen([sys.executable, "-m", "curate.engines.llama_server", "--model", str(embedded_model_path()),
                                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
@@ -108,8 +107,8 @@ def main() -> None:
                         return resp.json()["usage"]["completion_tokens"]
                 return sum(await asyncio.gather(*(one(r) for r in reqs)))
 
-        from engines.config import OpenAIHTTPConfig
-        from engines.openai_http import OpenAIHTTPEngine
+        from curate.engines.config import OpenAIHTTPConfig
+        from curate.engines.openai_http import OpenAIHTTPEngine
 
         http = OpenAIHTTPEngine(OpenAIHTTPConfig(base_url=url, model="m", concurrency=args.concurrency))
         plain_times, curate_times = [], []

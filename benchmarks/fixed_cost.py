@@ -96,10 +96,10 @@ def main() -> None:
         times = []
         for _ in range(args.repeats):
             start = time.perf_counter()
-            subprocess.run([sys.executable, "-c", "import pipelines.cli"], check=True, cwd=ROOT)
+            subprocess.run([sys.executable, "-c", "import curate.pipelines.cli"], check=True, cwd=ROOT)
             times.append(time.perf_counter() - start)
         baseline = statistics.median(times)
-        rows = [["python -c 'import pipelines.cli' (baseline)", baseline, 0.0, baseline]]
+        rows = [["python -c 'import curate.pipelines.cli' (baseline)", baseline, 0.0, baseline]]
         server, url = start_prefect(tmp / "prefect-server-home")
         try:
             # the warm case's server is started by a run before the timed ones

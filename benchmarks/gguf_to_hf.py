@@ -9,13 +9,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def convert(out: Path, gguf: Path | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from engines.llama_cpp import embedded_model_path
+    from curate.engines.llama_cpp import embedded_model_path
 
     if (out / "config.json").exists():
         return out

@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
@@ -55,9 +54,9 @@ def direct_transformers(engine, requests, batch_size: int) -> tuple[float, int]:
 
 
 def run_engine(name: str, engine, args, direct=None) -> list[dict]:
-    from engines.base import Request, Sampling
-    from judges.calls import ask
-    from judges.templates import load_template, template_path
+    from curate.engines.base import Request, Sampling
+    from curate.judges.calls import ask
+    from curate.judges.templates import load_template, template_path
 
     qs = questions(args.prompts)
     requests = [Request([{"role": "user", "content": q}],
@@ -116,8 +115,8 @@ def main() -> None:
 
     import torch
 
-    from engines.config import TransformersConfig, VLLMConfig
-    from engines.transformers_engine import TransformersEngine
+    from curate.engines.config import TransformersConfig, VLLMConfig
+    from curate.engines.transformers_engine import TransformersEngine
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"device: {torch.cuda.get_device_name(0) if device == 'cuda' else 'cpu'}; torch {torch.__version__}")
@@ -127,7 +126,7 @@ def main() -> None:
     rows += run_engine("transformers", hf, args, direct=direct_transformers)
     del hf
     if importlib.util.find_spec("vllm") is not None:
-        from engines.vllm_offline import VLLMEngine
+        from curate.engines.vllm_offline import VLLMEngine
 
         rows += run_engine("vllm", VLLMEngine(VLLMConfig(model=args.model, gpu_memory_utilization=0.5)), args)
     else:

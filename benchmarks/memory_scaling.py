@@ -30,8 +30,7 @@ def write_pairs(folder: Path, n: int, seed: int = 0) -> list[Path]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    sys.path.insert(0, str(ROOT))
-    from schemas.records import PAIR_ROW
+    from curate.schemas.records import PAIR_ROW
 
     words = np.array(sorted({w.strip(".,!?;:()\"'").lower() for line in
                              open(ROOT / "pipelines/examples/data/mt_bench_questions.jsonl")
@@ -73,8 +72,7 @@ PIPELINES = {
 
 
 def child(folder: Path, name: str) -> None:
-    sys.path.insert(0, str(ROOT))
-    from pipelines.runner import ShardWorker
+    from curate.pipelines.runner import ShardWorker
 
     stages = PIPELINES[name]
     inputs = sorted(folder.glob("part-*.parquet"))

@@ -17,8 +17,8 @@ from _common import example_pipeline, print_table
 
 RAW = """
 import sys
-from engines.llama_cpp import LlamaCppEngine
-from engines.base import Request, Sampling
+from curate.engines.llama_cpp import LlamaCppEngine
+from curate.engines.base import Request, Sampling
 e = LlamaCppEngine(n_threads=1)
 for i in range(int(sys.argv[1]), int(sys.argv[2])):
     e.complete([Request([{"role": "user", "content": f"Tell me a long story about dragon number {i}."}],
@@ -50,8 +50,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     args = ap.parse_args()
     workers = [1, 2]
-    from pipelines.config import load_pipeline
-    from pipelines.runner import run_pipeline
+    from curate.pipelines.config import load_pipeline
+    from curate.pipelines.runner import run_pipeline
 
     rows, base = [], None
     with tempfile.TemporaryDirectory() as tmp:

@@ -23,8 +23,7 @@ from pathlib import Path
 from _common import CURATE, ROOT, example_pipeline, print_table
 
 def cached(cache: Path) -> int:
-    sys.path.insert(0, str(ROOT))
-    from engines.cache import ResponseCache
+    from curate.engines.cache import ResponseCache
 
     return len(ResponseCache(cache))
 

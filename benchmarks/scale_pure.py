@@ -128,8 +128,7 @@ def main() -> None:
     ap.add_argument("--shard-sizes", type=int, nargs="*", default=[1024, 10_000, 25_000],
                     help="shard sizes tried beside the default, at the smallest size only")
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
-    from stages.load import Config as LoadConfig
+    from curate.stages.load import Config as LoadConfig
 
     default = LoadConfig.model_fields["shard_size"].default
     rows, by_size = [], {}

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from engines.base import Completion, Engine, Request
+from curate.engines.base import Completion, Engine, Request
 
 
 def default_cache_dir() -> Path:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from engines.base import Completion, Request
+from curate.engines.base import Completion, Request
 
 
 class Coalescer:

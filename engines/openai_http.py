@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from engines.base import Completion, EngineError, Request
+from curate.engines.base import Completion, EngineError, Request
 
 #: connections per httpx pool (see `_open`)
 POOL_CONNECTIONS = 8
@@ -140,7 +140,7 @@ class OpenAIHTTPEngine:
         self.cfg = cfg
         self.identity = {"kind": "openai_http", "base_url": cfg.base_url.rstrip("/"), "model": cfg.model}
         self.model_name = cfg.model
-        from engines.config import check_engine
+        from curate.engines.config import check_engine
 
         check_engine(cfg)  # every variable it names is set (EngineUnavailable names the one that is not)
         self._key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None

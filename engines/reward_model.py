@@ -19,8 +19,8 @@ class RewardScore:
 
 
 def check_available(model: str) -> None:
-    from engines.base import EngineUnavailable
-    from engines.transformers_engine import check_available as check_hf
+    from curate.engines.base import EngineUnavailable
+    from curate.engines.transformers_engine import check_available as check_hf
 
     check_hf(model)
     import json

@@ -17,7 +17,7 @@ import importlib.util
 from collections import defaultdict
 from pathlib import Path
 
-from engines.base import Completion, EngineUnavailable, Request, Sampling
+from curate.engines.base import Completion, EngineUnavailable, Request, Sampling
 
 INSTALL = "pip install 'curate[hf]' (transformers and torch)"
 

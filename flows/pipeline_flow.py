@@ -18,8 +18,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
 from pydantic import BaseModel, PrivateAttr
 
-from pipelines.config import load_pipeline
-from pipelines.runner import Progress, Run, default_run_dir
+from curate.pipelines.config import load_pipeline
+from curate.pipelines.runner import Progress, Run, default_run_dir
 
 
 def _run_name() -> str:
@@ -37,7 +37,7 @@ def run_stage(run: Run, index: int) -> dict[str, Any]:
 
 @task(cache_policy=NONE, log_prints=False, retries=2, retry_delay_seconds=30)
 def publish_run(run_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
-    from pipelines.publish import publish
+    from curate.pipelines.publish import publish
 
     return publish(Path(run_dir), spec["repo"], private=spec["private"], revision=spec["revision"],
                    config_name=spec["config_name"], license=spec["license"])

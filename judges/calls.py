@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from engines.base import Completion, Request, Sampling
-from judges.parse import Parsed
-from judges.templates import Template
+from curate.engines.base import Completion, Request, Sampling
+from curate.judges.parse import Parsed
+from curate.judges.templates import Template
 
 RETRY_TEMPERATURE = 0.7
 

@@ -13,13 +13,13 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
-from engines.base import Completion, Sampling
-from judges.calls import ask, judgment
-from judges.items import JudgeItem, JudgeOutcome, pair_items, settle_pairs
-from judges.jury import majority
-from judges.pairwise import FIRST, POINTS, SECOND, Item, settle
-from judges.parse import Parsed
-from judges.templates import Template
+from curate.engines.base import Completion, Sampling
+from curate.judges.calls import ask, judgment
+from curate.judges.items import JudgeItem, JudgeOutcome, pair_items, settle_pairs
+from curate.judges.jury import majority
+from curate.judges.pairwise import FIRST, POINTS, SECOND, Item, settle
+from curate.judges.parse import Parsed
+from curate.judges.templates import Template
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Literal
 
-from engines.base import Completion, Sampling
-from judges.templates import Template
+from curate.engines.base import Completion, Sampling
+from curate.judges.templates import Template
 
 
 @dataclass(frozen=True)
@@ -94,9 +94,9 @@ def settle_pairs(items: list[JudgeItem], where: list[tuple[int, int, int]], resu
 
 def judge_items(judge: Judge, items: list[JudgeItem]) -> list[JudgeOutcome]:
     """One outcome per item, whatever the template's kind."""
-    from judges.listwise import rate
-    from judges.pairwise import compare
-    from judges.pointwise import grade
+    from curate.judges.listwise import rate
+    from curate.judges.pairwise import compare
+    from curate.judges.pointwise import grade
 
     t = judge.template
     ask = (judge.engine, t)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import hashlib
 import random
 
-from engines.base import Completion, Sampling
-from judges.calls import ask, judge_name, judgment
-from judges.templates import Template
+from curate.engines.base import Completion, Sampling
+from curate.judges.calls import ask, judge_name, judgment
+from curate.judges.templates import Template
 
 #: (question, answers, a stable key for the shuffle (the prompt id), extra template fields)
 Item = tuple[str, list[str], str, dict]

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from engines.base import Completion, Sampling
-from judges.calls import ask, judge_name, judgment
-from judges.templates import Template
+from curate.engines.base import Completion, Sampling
+from curate.judges.calls import ask, judge_name, judgment
+from curate.judges.templates import Template
 
 POINTS = {"win": 1.0, "tie": 0.5, "loss": 0.0}
 FIRST = {"A": "win", "B": "loss", "C": "tie"}  # the verdict for the response shown first

@@ -3,9 +3,9 @@ aspect for multi-aspect templates (HelpSteer2's five attributes from one output)
 
 from __future__ import annotations
 
-from engines.base import Completion, Sampling
-from judges.calls import ask, judge_name, judgment
-from judges.templates import Template
+from curate.engines.base import Completion, Sampling
+from curate.judges.calls import ask, judge_name, judgment
+from curate.judges.templates import Template
 
 #: (question, answer, extra template fields: reference, rubric, context)
 Item = tuple[str, str, dict]

@@ -14,7 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from engines.base import with_images
+from curate.engines.base import with_images
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 
@@ -98,7 +98,7 @@ class Template(BaseModel):
 
     def fill(self, question: str, reference: str | None = None, rubric: str | None = None,
              context: str | None = None, documents: list[str] | None = None, **answers: str) -> list[dict[str, str]]:
-        from schemas.records import numbered_documents
+        from curate.schemas.records import numbered_documents
 
         return self._chat(self.prompt.format(question=question, reference=reference or "",
                                              rubric=rubric or self.rubric or "", context=context or "",
@@ -125,7 +125,7 @@ class Template(BaseModel):
 
     def parse(self, text: str | None, n: int | None = None, quoted: tuple[str, ...] = ()):
         """`quoted`: the responses the judge was shown (judges.parse: a copied line is not the judge's verdict)."""
-        from judges.parse import PARSERS
+        from curate.judges.parse import PARSERS
 
         extra: dict = {"aspects": self.aspects} if self.parser == "aspect_lines" else {}
         if self.parser == "text_ratings":

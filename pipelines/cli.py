@@ -67,7 +67,7 @@ class _services:
         self._server: dict = {}
 
     def __enter__(self):
-        from pipelines.runner import init_ray, local_run
+        from curate.pipelines.runner import init_ray, local_run
 
         if not local_run(self.address):
             self.start_prefect()
@@ -100,7 +100,7 @@ class _services:
                     srv.start()
                     server["url"] = srv.api_url
                 else:
-                    from flows.local_server import connect
+                    from curate.flows.local_server import connect
 
                     server["url"], started = connect()
                     print(f"curate: Prefect server {server['url']} (curate's local server, "
@@ -141,7 +141,7 @@ class _services:
 
 
 def _load(path: Path):
-    from pipelines.config import ConfigError, load_pipeline
+    from curate.pipelines.config import ConfigError, load_pipeline
 
     try:
         return load_pipeline(path)
@@ -151,10 +151,25 @@ def _load(path: Path):
 
 
 @app.command()
-def validate(pipeline: Annotated[Path, typer.Argument(help="pipeline YAML")]) -> None:
+def validate(
+    pipeline: Annotated[Path, typer.Argument(help="pipeline YAML")],
+    engines: Annotated[bool, typer.Option("--engines", help="also load each engine the stages use and answer one "
+                                          "real prompt of ~300 tokens (each in its own process)")] = False,
+) -> None:
     """Check a pipeline (schema, files, engines, column flow) without running anything."""
     p = _load(pipeline)
     console.print(f"[green]ok[/] {p.name}: {len(p.stages)} stages: " + " -> ".join(s.name for s in p.stages))
+    if engines:
+        from curate.pipelines.doctor import check
+
+        used = sorted({n for st in p.stages for n in st.spec.engines(st.config)})
+        failed = 0
+        for name, ok, line in check(pipeline, used):
+            failed += not ok
+            (console if ok else err_console).print(f"{'[green]ok[/]' if ok else '[bold red]failed:[/]'} engines.{name}: "
+                                                   f"{escape(line)}", soft_wrap=True)
+        if failed:
+            raise typer.Exit(1)
 
 
 @app.command()
@@ -187,13 +202,17 @@ def run(
     # Prefect's telemetry heartbeat fails noisily against its temporary SQLite server; off unless the user turns it on
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    from pipelines.runner import default_run_dir
+    from curate.pipelines.runner import default_run_dir
 
     run_dir = run_dir or default_run_dir(p.name)
     if run_dir.exists() and not run_dir.is_dir():
         err_console.print(f"[bold red]error:[/] --run-dir {run_dir} is a file, not a directory")
         raise typer.Exit(2)
-    from pipelines.runner import RunDirBusy, run_dir_lock
+    from curate.pipelines.supervise import tell
+
+    tell("run_dir", str(run_dir.resolve()))
+    tell("stages", {st.id: [_engine_label(n, p.engines[n]) for n in st.spec.engines(st.config)] for st in p.stages})
+    from curate.pipelines.runner import RunDirBusy, run_dir_lock
 
     try:  # one writer per run directory, taken before Prefect or Ray start
         with run_dir_lock(run_dir):
@@ -206,10 +225,22 @@ def run(
         raise typer.Exit(1) from None
 
 
+def _engine_label(name: str, cfg) -> str:
+    """`default (llama_cpp: SmolLM2-135M-Instruct.Q4_1.gguf)`: what a crash report names."""
+    model = getattr(cfg, "model", None) or getattr(cfg, "model_path", None)
+    model = Path(model).name if cfg.kind == "llama_cpp" and model else model
+    if cfg.kind == "llama_cpp" and not model:
+        model = "embedded SmolLM2-135M-Instruct"
+    return f"{name} ({cfg.kind}: {model})" if model else f"{name} ({cfg.kind})"
+
+
 def _run_in(p, pipeline: Path, run_dir: Path, limit: int | None, address: str | None, verbose: bool) -> None:
+    import faulthandler
+
     log_path = run_dir / "curate.log"
     console.print(f"[bold]{p.name}[/] -> {run_dir}")
     with _libraries_log_to(log_path, enabled=not verbose), _bars() as bars:
+        faulthandler.enable(all_threads=True)  # a native crash leaves the Python stack in the log (fd 2 is the log)
         try:
             with _services(address) as services:
                 manifest = _flow_run(p, pipeline, run_dir, limit, address, bars, services)
@@ -231,7 +262,7 @@ def _flow_run(p, pipeline: Path, run_dir: Path, limit: int | None, address: str 
     once (`Run.run_ahead`); once the first is done this thread looks for the Prefect server, imports the flow
     (Prefect's import alone is ~2 s of CPU here) and opens the flow run, whose stage tasks take over the stages'
     results, while the later stages run."""
-    from pipelines.runner import Run
+    from curate.pipelines.runner import Run
 
     run = Run(p, run_dir, address=address, progress=bars)
     run.start()
@@ -239,7 +270,7 @@ def _flow_run(p, pipeline: Path, run_dir: Path, limit: int | None, address: str 
         run.run_ahead()
         run.wait_ahead(p.stages[0])  # see _services: Prefect's import would slow the first stage down
         services.prefect()  # starts looking for the server (unless --address did already), then waits
-        from flows.pipeline_flow import Started, pipeline_flow
+        from curate.flows.pipeline_flow import Started, pipeline_flow
 
         return pipeline_flow(str(pipeline), run_dir=str(run_dir), limit=limit, address=address, progress=bars,
                              started=Started.of(run))
@@ -268,7 +299,7 @@ def deploy(
     if (cron is None) == (interval is None):
         err_console.print("[bold red]error:[/] give exactly one of --cron or --interval")
         raise typer.Exit(2)
-    from flows.pipeline_flow import serve
+    from curate.flows.pipeline_flow import serve
 
     serve(pipeline.resolve(), name or p.name, cron=cron, interval=interval, run_root=run_root.resolve(), limit=limit,
           address=address)
@@ -283,7 +314,7 @@ def report(
     if not (run_dir / "manifest.json").exists():
         err_console.print(f"[bold red]error:[/] {run_dir} is not a run directory (no manifest.json)")
         raise typer.Exit(2)
-    from pipelines.report import write_report
+    from curate.pipelines.report import write_report
 
     console.print(f"report: {write_report(run_dir, out)}")
 
@@ -301,7 +332,7 @@ def publish(
     if not (run_dir / "manifest.json").exists():
         err_console.print(f"[bold red]error:[/] {run_dir} is not a run directory (no manifest.json)")
         raise typer.Exit(2)
-    from pipelines.publish import PublishError, publish as push
+    from curate.pipelines.publish import PublishError, publish as push
 
     try:
         result = push(run_dir, repo, private=private, revision=revision, config_name=config_name, license=license)
@@ -320,8 +351,8 @@ def judge_eval(
     out: Annotated[Optional[Path], typer.Option(help="also write the results as JSON")] = None,
 ) -> None:
     """Measure judges (and their jury) against human labels, next to always-longer and random baselines."""
-    from pipelines.config import ConfigError
-    from pipelines.judge_eval import LABELS, dumps, evaluate
+    from curate.pipelines.config import ConfigError
+    from curate.pipelines.judge_eval import LABELS, dumps, evaluate
 
     if not data.exists():
         err_console.print(f"[bold red]error:[/] data file not found: {data}")
@@ -368,7 +399,7 @@ app.add_typer(server_app, name="server")
 def server_start() -> None:
     """Start this machine's curate Prefect server now (the first run would start it otherwise), or show the
     running one."""
-    from flows.local_server import connect
+    from curate.flows.local_server import connect
 
     url, started = connect()
     console.print(f"{'started' if started else 'already running'}: {url}", highlight=False)
@@ -377,7 +408,7 @@ def server_start() -> None:
 @server_app.command("status")
 def server_status() -> None:
     """Show whether this machine's curate Prefect server is up, its URL and the runs using it."""
-    from flows.local_server import state_dir, status
+    from curate.flows.local_server import state_dir, status
 
     state = status()
     if state is None:
@@ -392,7 +423,7 @@ def server_status() -> None:
 def server_stop() -> None:
     """Stop this machine's curate Prefect server (the next run starts a new one; its history stays in the
     database under PREFECT_HOME)."""
-    from flows.local_server import stop
+    from curate.flows.local_server import stop
 
     console.print("stopped" if stop() else "no curate Prefect server was running")
 
@@ -409,7 +440,7 @@ def review_export(
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
 ) -> None:
     """Write a stratified sample of a run's pairs as Label Studio tasks (and the labeling config)."""
-    from pipelines.review import export_tasks
+    from curate.pipelines.review import export_tasks
 
     try:
         res = export_tasks(run_dir, sample, out or run_dir / "review" / "tasks.json", seed)
@@ -426,7 +457,7 @@ def review_import(
     run: Annotated[Path, typer.Option(help="the run directory the tasks came from")],
 ) -> None:
     """Read annotations back: human-judge agreement into the manifest, human labels over the judges'."""
-    from pipelines.review import import_annotations
+    from curate.pipelines.review import import_annotations
 
     try:
         res = import_annotations(file, run)
@@ -444,7 +475,7 @@ def review_import(
 @app.command()
 def stages() -> None:
     """List the stages with the columns they read and add (with their default config) and their config fields."""
-    from stages import registry
+    from curate.stages import registry
 
     table = Table(show_lines=True)
     for col in ("stage", "reads", "adds (a pair stage: instead of its input's)", "config"):
@@ -554,7 +585,8 @@ def _bars():
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
 
-    from pipelines.runner import Progress as RunProgress
+    from curate.pipelines.runner import Progress as RunProgress
+    from curate.pipelines.supervise import tell
 
     class Bars(RunProgress):
         _bar: Progress = PrivateAttr()
@@ -579,6 +611,7 @@ def _bars():
             self._bar.stop()
 
         def stage_start(self, stage_id, total_rows):
+            tell("stage", stage_id)
             self._started[stage_id] = time.perf_counter()
             self._tasks[stage_id] = self._bar.add_task(stage_id, total=total_rows or None, rate="")
 

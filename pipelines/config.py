@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engines.config import EngineConfig, LlamaCppConfig
+from curate.engines.config import EngineConfig, LlamaCppConfig
 
 
 class ConfigError(ValueError):
@@ -68,7 +68,7 @@ class StageEntry(BaseModel):
 
     @property
     def spec(self):
-        from stages import registry
+        from curate.stages import registry
 
         return registry()[self.name]
 
@@ -171,7 +171,7 @@ def load_pipeline(path: str | Path) -> Pipeline:
 
 
 def parse_pipeline(data: Any, base_dir: Path, source: str | None = None) -> Pipeline:
-    from stages import registry
+    from curate.stages import registry
 
     stages = registry()
     if not isinstance(data, dict):
@@ -243,8 +243,8 @@ def resolve_pipeline(pipeline: Pipeline) -> Pipeline:
 
 def check_pipeline(pipeline: Pipeline) -> list[str]:
     """Checks across stages: the column flow, engine references, and that each engine can start here."""
-    from engines.base import EngineUnavailable
-    from engines.config import check_engine
+    from curate.engines.base import EngineUnavailable
+    from curate.engines.config import check_engine
 
     problems: list[str] = []
     available: set[str] = set()

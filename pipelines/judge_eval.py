@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engines.config import EngineConfig, LlamaCppConfig
+from curate.engines.config import EngineConfig, LlamaCppConfig
 
 LABELS = ["A", "B", "tie"]
 
@@ -35,10 +35,10 @@ class JudgeEvalConfig(BaseModel):
 
 
 def load_config(path: Path):
-    from pipelines.config import ConfigError, describe_errors
-    from stages.debate import Config as DebateConfig
-    from stages.judge import Config as JudgeConfig
-    from stages.reward_model import Config as RewardConfig
+    from curate.pipelines.config import ConfigError, describe_errors
+    from curate.stages.debate import Config as DebateConfig
+    from curate.stages.judge import Config as JudgeConfig
+    from curate.stages.reward_model import Config as RewardConfig
 
     data = yaml.safe_load(path.read_text())
     try:
@@ -77,7 +77,7 @@ def _first(rec: dict, keys: tuple[str, ...]) -> Any:
 
 def read_pairs(path: Path, limit: int | None):
     """(question, response A, response B, human label) per labeled pair, streaming."""
-    from schemas.sources import records
+    from curate.schemas.sources import records
 
     n = 0
     for row in records(path):
@@ -135,10 +135,10 @@ def run_judge(judge_cfg, engines: dict, pairs: list[tuple[str, str, str, str]]):
     """The judge's name, its verdict per pair, per pair whether a pairwise judge's (or debate's) verdict
     survived the position swap (None for judges that score responses), and per pair the judge's raw outputs.
     The pairs go through the same dispatch as the judge and debate stages (judges.items)."""
-    from judges.calls import judge_name
-    from judges.items import JudgeItem, JudgeOutcome, judge_items
-    from stages import reward_model
-    from stages.debate import Config as DebateConfig
+    from curate.judges.calls import judge_name
+    from curate.judges.items import JudgeItem, JudgeOutcome, judge_items
+    from curate.stages import reward_model
+    from curate.stages.debate import Config as DebateConfig
 
     items = [JudgeItem(q, [a, b], ["A", "B"], key=str(i)) for i, (q, a, b, _) in enumerate(pairs)]
     if isinstance(judge_cfg, reward_model.Config):
@@ -162,7 +162,7 @@ def run_judge(judge_cfg, engines: dict, pairs: list[tuple[str, str, str, str]]):
 
 def jury(verdicts: list[list[str]]) -> list[str]:
     """Per pair, the majority of the judges that gave a verdict (judges.jury.majority: no majority is a tie)."""
-    from judges.jury import majority
+    from curate.judges.jury import majority
 
     return [majority(v for v in votes if v != "unparsed") or "unparsed" for votes in zip(*verdicts)]
 
@@ -200,8 +200,8 @@ def metrics(human: list[str], verdicts: list[str], consistent: list[bool] | None
 
 
 def evaluate(data: Path, config: Path, limit: int | None, seed: int = 0) -> dict[str, Any]:
-    from engines.cache import ResponseCache
-    from engines.config import build_engine
+    from curate.engines.cache import ResponseCache
+    from curate.engines.config import build_engine
 
     cfg, judge_cfgs = load_config(config)
     pairs = list(read_pairs(data, limit))  # bounded by --limit; an eval set is small by nature

@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import yaml
 
-from pipelines.runner import StaleRunDir, manifest_parts
+from curate.pipelines.runner import StaleRunDir, manifest_parts
 
 CONFIG_NAMES = {"trl": "preference", "reward": "reward", "kto": "kto", "ranked": "ranked", "diffusion": "diffusion"}
 
@@ -54,7 +54,7 @@ def build_card(run_dir: Path, repo_id: str, files: dict[str, list[str]], license
                columns: dict[str, list[tuple[str, str]]] | None = None) -> str:
     """The dataset card. `columns`: per config, the (name, Arrow type) of each column its Parquet has (every
     one filled by some stage: the export carries no column of nulls)."""
-    from pipelines.report import judge_stats
+    from curate.pipelines.report import judge_stats
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     config = yaml.safe_load((run_dir / "config.yaml").read_text())

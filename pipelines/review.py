@@ -36,7 +36,7 @@ LABEL_CONFIG = """<View>
 
 
 def _last_output(run_dir: Path, columns: set[str]) -> list[Path] | None:
-    from pipelines.runner import last_output_with
+    from curate.pipelines.runner import last_output_with
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     return last_output_with(run_dir, manifest, columns)
@@ -115,7 +115,7 @@ def _human_choice(task: dict) -> str | None:
 def import_annotations(path: Path, run_dir: Path) -> dict[str, Any]:
     from sklearn.metrics import cohen_kappa_score
 
-    from judges.stats import candidate_scores, judgments
+    from curate.judges.stats import candidate_scores, judgments
 
     tasks = json.loads(path.read_text())
     labels = []
@@ -169,7 +169,7 @@ def import_annotations(path: Path, run_dir: Path) -> dict[str, Any]:
 
 def _apply(run_dir: Path, labels: list[dict], review: Path) -> Path:
     """The last export (or pairs) with human labels overriding the judges' for the reviewed pairs."""
-    from schemas.rows import swap_sides
+    from curate.schemas.rows import swap_sides
 
     parts = _pair_parts(run_dir)
     by_key = {(x["prompt_id"], x["chosen_id"], x["rejected_id"]): x["human"] for x in labels}

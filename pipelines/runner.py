@@ -34,8 +34,8 @@ import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel
 
-from engines.base import usable_cpus
-from pipelines.config import Pipeline, StageEntry
+from curate.engines.base import usable_cpus
+from curate.pipelines.config import Pipeline, StageEntry
 
 CODE_DIRS = ("stages", "judges", "engines", "schemas")
 
@@ -52,17 +52,24 @@ def code_version() -> str:
     return h.hexdigest()[:16]
 
 
+def module_parts(name: str) -> list[str]:
+    """A module name of ours as folders under the repository root (`curate.engines.base` -> engines/base); [] for
+    anything else."""
+    parts = name.split(".")
+    return parts[1:] if parts[0] == "curate" and len(parts) > 1 else []
+
+
 def stage_module_path(stage_name: str, root: Path) -> Path:
     """The source file of the module that defines the stage's function (`spec.process.__module__`), under `root`;
     an error when it cannot be found, since a fingerprint without the stage's code would keep stale shards."""
     import sys
 
-    from stages import registry
+    from curate.stages import registry
 
     spec = registry()[stage_name]
     fn = spec.process or spec.source
     module = sys.modules.get(fn.__module__)
-    path = root.joinpath(*fn.__module__.split(".")).with_suffix(".py")
+    path = root.joinpath(*module_parts(fn.__module__)).with_suffix(".py")
     if module is None or not getattr(module, "__file__", None) or not path.exists():
         raise RuntimeError(f"cannot find the source of stage {stage_name!r} (module {fn.__module__}, looked for "
                            f"{path}) to fingerprint its code")
@@ -135,8 +142,8 @@ def stage_code_version(stage_name: str, root: Path | None = None) -> str:
                 [node.module] + [f"{node.module}.{a.name}" for a in node.names]
                 if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
             for name in names:
-                parts = name.split(".")
-                if parts[0] in CODE_DIRS:
+                parts = module_parts(name)
+                if parts and parts[0] in CODE_DIRS:
                     todo += [root.joinpath(*parts).with_suffix(".py"), root.joinpath(*parts, "__init__.py")]
     if root / "judges" / "templates.py" in seen:
         seen |= set((root / "judges" / "templates").glob("*.yaml"))
@@ -371,10 +378,10 @@ class ShardWorker:
 
     def __init__(self, stage_name: str, stage_id: str, config: dict, engines: dict[str, dict], cache_dir: str | None,
                  run_dir: str, batch_size: int, token: str | None = None):
-        from engines.cache import ResponseCache
-        from engines.config import build_engine, parse_engine
-        from stages import registry
-        from stages.base import StageContext
+        from curate.engines.cache import ResponseCache
+        from curate.engines.config import build_engine, parse_engine
+        from curate.stages import registry
+        from curate.stages.base import StageContext
 
         self.spec = registry()[stage_name]
         self.config = self.spec.config.model_validate(config)
@@ -398,7 +405,7 @@ class ShardWorker:
 
     def _counts(self):
         """What this thread's requests through all engines came to so far (engines.cache.CallCounts)."""
-        from engines.cache import CallCounts
+        from curate.engines.cache import CallCounts
 
         return sum((e.thread_counts() for e in self.engines.values()), CallCounts())
 
@@ -411,7 +418,7 @@ class ShardWorker:
     def run_shard(self, shard: int, input: str, fingerprint: str) -> dict[str, Any]:
         from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
-        from engines.cache import CallCounts
+        from curate.engines.cache import CallCounts
 
         start = time.perf_counter()
         writer = ShardWriter(self.run_dir, self.stage_id, shard)
@@ -793,7 +800,7 @@ class Run:
         judged = last_output_with(self.run_dir, {"stages": self._stages()}, {"candidates"})
         if judged is None or not any(judgment_count(part) for part in judged):
             return {}  # candidates nobody judged (a generate-only pipeline): nothing for polars to summarize
-        from judges.stats import summary
+        from curate.judges.stats import summary
 
         return summary(judged)
 
@@ -967,7 +974,7 @@ def _execute(st: StageEntry, pipeline: Pipeline, plan: StagePlan, run_dir: Path,
     stateful stage; a pure stage on a few thousand rows) runs in this process: Ray starts only when a stage
     needs more than one worker, so a small pipeline pays for no cluster it does not use. With --address (or
     RAY_ADDRESS) every stage runs on the cluster."""
-    from engines.config import parse_engine, shard_driver
+    from curate.engines.config import parse_engine, shard_driver
 
     todo = plan.todo
     engine_cfgs = [parse_engine(c) for c in plan.engines.values()]

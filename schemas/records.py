@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from schemas.images import IMAGE
+from curate.schemas.images import IMAGE
 
 MESSAGE = pa.struct([("role", pa.string()), ("content", pa.string())])
 MESSAGES = pa.list_(MESSAGE)

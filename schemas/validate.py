@@ -7,7 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from schemas.records import QUARANTINE_ROW
+from curate.schemas.records import QUARANTINE_ROW
 
 ROLES = {"system", "user", "assistant"}
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from stages.base import StageSpec
+from curate.stages.base import StageSpec
 
 
 def registry() -> dict[str, StageSpec]:
-    from stages import (caption, debate, decontaminate, dedup, export, feedback_mine, filter, generate, judge, jury, load,
+    from curate.stages import (caption, debate, decontaminate, dedup, export, feedback_mine, filter, generate, judge, jury, load,
                         pairs, rank, rationale, reference_margin, refine, retrieval_pairs, reward_augment,
                         reward_model)
 

@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
-from schemas.records import QUARANTINE_ROW
+from curate.schemas.records import QUARANTINE_ROW
 
 
 class StageConfig(BaseModel):

@@ -20,12 +20,12 @@ from typing import Literal
 
 import pyarrow as pa
 
-from engines.base import Request, with_images
-from engines.config import SamplingConfig
-from schemas.images import data_url
-from schemas.records import PAIR_ROW
-from schemas.validate import quarantine_table
-from stages.base import StageConfig, StageContext, StageResult, StageSpec
+from curate.engines.base import Request, with_images
+from curate.engines.config import SamplingConfig
+from curate.schemas.images import data_url
+from curate.schemas.records import PAIR_ROW
+from curate.schemas.validate import quarantine_table
+from curate.stages.base import StageConfig, StageContext, StageResult, StageSpec
 
 LEVELS = {
     "weak": "Change exactly one small detail (a color, a count, or one attribute of one object); keep everything "

@@ -12,12 +12,12 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from engines.config import SamplingConfig
-from judges.debate import Debater, debate
-from judges.items import JudgeItem, JudgeOutcome
-from judges.templates import load_template, template_path, template_ref
-from stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
-from stages.judging import JudgeInputs, items, settle
+from curate.engines.config import SamplingConfig
+from curate.judges.debate import Debater, debate
+from curate.judges.items import JudgeItem, JudgeOutcome
+from curate.judges.templates import load_template, template_path, template_ref
+from curate.stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
+from curate.stages.judging import JudgeInputs, items, settle
 
 
 class DebaterConfig(StageConfig):

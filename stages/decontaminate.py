@@ -13,9 +13,9 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from schemas.validate import quarantine_table
-from stages.base import StageConfig, StageContext, StageResult, StageSpec, existing_path
-from stages.textsig import ngram_hashes
+from curate.schemas.validate import quarantine_table
+from curate.stages.base import StageConfig, StageContext, StageResult, StageSpec, existing_path
+from curate.stages.textsig import ngram_hashes
 
 
 class Benchmark(BaseModel):
@@ -36,7 +36,7 @@ class Config(StageConfig):
 
 
 def benchmark_texts(bench: Benchmark):
-    from schemas.sources import records
+    from curate.schemas.sources import records
 
     for row in records(bench.path):
         rec = row.record

@@ -17,9 +17,9 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from schemas.validate import quarantine_table
-from stages.base import StageConfig, StageContext, StageResult, StageSpec
-from stages.textsig import LSHIndex, MinHasher, word_hashes
+from curate.schemas.validate import quarantine_table
+from curate.stages.base import StageConfig, StageContext, StageResult, StageSpec
+from curate.stages.textsig import LSHIndex, MinHasher, word_hashes
 
 
 class Config(StageConfig):

@@ -20,8 +20,8 @@ from typing import Literal
 
 import pyarrow as pa
 
-from schemas.records import MESSAGES
-from stages.base import StageConfig, StageContext, StageResult, StageSpec
+from curate.schemas.records import MESSAGES
+from curate.stages.base import StageConfig, StageContext, StageResult, StageSpec
 
 PROVENANCE = ["prompt_id", "chosen_score", "rejected_score", "margin", "strength", "agreement", "disagreement",
               "difficulty", "rationale", "rejected_rationale", "persona", "goal_score", "augmented",
@@ -119,7 +119,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
 def _hf_image(ref: dict) -> dict:
     from pathlib import Path
 
-    from schemas.images import image_bytes, suffix
+    from curate.schemas.images import image_bytes, suffix
 
     name = Path(ref["path"]).name if ref.get("path") else f"{ref['sha256'][:16]}{suffix(ref)}"
     return {"bytes": image_bytes(ref), "path": name}

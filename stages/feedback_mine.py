@@ -31,15 +31,15 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from engines.base import Request
-from engines.config import SamplingConfig
-from judges.calls import ask, judge_name
-from judges.templates import load_template, template_path, template_ref
-from schemas.records import PAIR_ROW
-from schemas.validate import quarantine_table
-from stages.base import StageConfig, StageContext, StageResult, StageSpec
-from schemas.records import prompt_id
-from schemas.rows import PAIR_HEAD, PAIR_HEAD_CARRIED, pair_head
+from curate.engines.base import Request
+from curate.engines.config import SamplingConfig
+from curate.judges.calls import ask, judge_name
+from curate.judges.templates import load_template, template_path, template_ref
+from curate.schemas.records import PAIR_ROW
+from curate.schemas.validate import quarantine_table
+from curate.stages.base import StageConfig, StageContext, StageResult, StageSpec
+from curate.schemas.records import prompt_id
+from curate.schemas.rows import PAIR_HEAD, PAIR_HEAD_CARRIED, pair_head
 
 # what users write when an answer missed; anchored on words, case-insensitive
 DISSATISFIED = [

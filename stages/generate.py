@@ -16,12 +16,12 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
-from engines.base import Request
-from engines.config import SamplingConfig
-from schemas.records import PROMPT_ROW_WITH_CANDIDATES
-from schemas.rows import chat
-from schemas.validate import quarantine_table
-from stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
+from curate.engines.base import Request
+from curate.engines.config import SamplingConfig
+from curate.schemas.records import PROMPT_ROW_WITH_CANDIDATES
+from curate.schemas.rows import chat
+from curate.schemas.validate import quarantine_table
+from curate.stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
 
 
 VERBALIZED = ("For the user's query, write {k} different possible responses, each in its own <response> tag with a "

@@ -15,11 +15,11 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field, ValidationInfo, field_validator
 
-from engines.config import SamplingConfig
-from judges.items import Judge, judge_items
-from judges.templates import load_template, template_path, template_ref
-from stages.base import StageContext, StageResult, StageSpec
-from stages.judging import JudgeInputs, items, settle
+from curate.engines.config import SamplingConfig
+from curate.judges.items import Judge, judge_items
+from curate.judges.templates import load_template, template_path, template_ref
+from curate.stages.base import StageContext, StageResult, StageSpec
+from curate.stages.judging import JudgeInputs, items, settle
 
 
 class Config(JudgeInputs):

@@ -10,10 +10,10 @@ from typing import Literal
 
 import pyarrow as pa
 
-from judges.items import JudgeItem, JudgeOutcome
-from schemas.records import PROMPT_ROW_WITH_CANDIDATES
-from schemas.validate import quarantine_table
-from stages.base import StageConfig, StageResult
+from curate.judges.items import JudgeItem, JudgeOutcome
+from curate.schemas.records import PROMPT_ROW_WITH_CANDIDATES
+from curate.schemas.validate import quarantine_table
+from curate.stages.base import StageConfig, StageResult
 
 
 class Rubric(StageConfig):
@@ -67,7 +67,7 @@ def question(row: dict, cfg: JudgeInputs) -> str:
 def items(rows: list[dict], cfg: JudgeInputs, images: bool = False) -> list[JudgeItem]:
     """Each row as what its judge is shown: the question, the candidates' responses (or, for an image template,
     their images as data URLs), the extra fields."""
-    from schemas.images import data_url
+    from curate.schemas.images import data_url
 
     return [JudgeItem(
         question=question(row, cfg),

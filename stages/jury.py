@@ -14,9 +14,9 @@ from __future__ import annotations
 import pyarrow as pa
 from pydantic import Field
 
-from judges.jury import JudgeKind, Method, aggregate, judge_scores, row_agreement
-from schemas.records import PROMPT_ROW_WITH_CANDIDATES
-from stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
+from curate.judges.jury import JudgeKind, Method, aggregate, judge_scores, row_agreement
+from curate.schemas.records import PROMPT_ROW_WITH_CANDIDATES
+from curate.stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
 
 
 class Config(StageConfig):

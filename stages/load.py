@@ -17,11 +17,11 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from schemas.records import PROMPT_ROW, PROMPT_ROW_WITH_CANDIDATES, numbered_documents
-from schemas.records import prompt_id
-from schemas.sources import dig, records
-from schemas.validate import prompt_problem, quarantine_table
-from stages.base import StageConfig, StageResult, StageSpec, existing_path, fixed
+from curate.schemas.records import PROMPT_ROW, PROMPT_ROW_WITH_CANDIDATES, numbered_documents
+from curate.schemas.records import prompt_id
+from curate.schemas.sources import dig, records
+from curate.schemas.validate import prompt_problem, quarantine_table
+from curate.stages.base import StageConfig, StageResult, StageSpec, existing_path, fixed
 
 
 class CandidateSource(BaseModel):
@@ -162,7 +162,7 @@ def transcript_pair(rec: dict, spec: TranscriptPair) -> tuple[list[dict], list[s
 
 def image_candidates(rec: dict, spec: ImagePairs, folder: Path) -> tuple[str | None, list[tuple], int | None, str | None]:
     """(prompt, [(image, model)], index of the human's choice or None, problem) for one image-pair record."""
-    from schemas.images import image_ref
+    from curate.schemas.images import image_ref
 
     if spec.layout == "pick_a_pic":
         prompt, values = rec.get("caption"), [rec.get("jpg_0"), rec.get("jpg_1")]

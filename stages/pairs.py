@@ -29,11 +29,11 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from judges.jury import JudgeKind, judge_scores, mean_score, voters
-from schemas.records import PAIR_ROW
-from schemas.rows import PAIR_HEAD, PAIR_HEAD_CARRIED, pair_head
-from schemas.validate import quarantine_table
-from stages.base import StageConfig, StageContext, StageResult, StageSpec
+from curate.judges.jury import JudgeKind, judge_scores, mean_score, voters
+from curate.schemas.records import PAIR_ROW
+from curate.schemas.rows import PAIR_HEAD, PAIR_HEAD_CARRIED, pair_head
+from curate.schemas.validate import quarantine_table
+from curate.stages.base import StageConfig, StageContext, StageResult, StageSpec
 
 
 class Config(StageConfig):

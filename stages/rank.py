@@ -12,10 +12,10 @@ from __future__ import annotations
 import pyarrow as pa
 from pydantic import Field
 
-from schemas.records import RANKED_ROW
-from schemas.validate import quarantine_table
-from stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
-from judges.jury import JudgeKind, judge_scores
+from curate.schemas.records import RANKED_ROW
+from curate.schemas.validate import quarantine_table
+from curate.stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
+from curate.judges.jury import JudgeKind, judge_scores
 
 
 class Config(StageConfig):

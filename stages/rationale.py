@@ -13,11 +13,11 @@ import string
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from engines.base import Request
-from engines.config import SamplingConfig
-from schemas.records import PAIR_ROW
-from schemas.validate import quarantine_table
-from stages.base import StageConfig, StageContext, StageResult, StageSpec
+from curate.engines.base import Request
+from curate.engines.config import SamplingConfig
+from curate.schemas.records import PAIR_ROW
+from curate.schemas.validate import quarantine_table
+from curate.stages.base import StageConfig, StageContext, StageResult, StageSpec
 
 SYSTEM = "You explain preference judgments between two AI assistant responses, briefly and concretely."
 CHOSEN = ("[Question]\n{question}\n\n[Preferred response]\n{chosen}\n\n[Other response]\n{rejected}\n\n"

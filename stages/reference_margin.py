@@ -16,10 +16,10 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
-from schemas.records import PAIR_ROW
-from schemas.validate import quarantine_table
-from stages.base import StageConfig, StageContext, StageResult, StageSpec
-from schemas.rows import chat
+from curate.schemas.records import PAIR_ROW
+from curate.schemas.validate import quarantine_table
+from curate.stages.base import StageConfig, StageContext, StageResult, StageSpec
+from curate.schemas.rows import chat
 
 
 class Config(StageConfig):

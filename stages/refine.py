@@ -13,16 +13,16 @@ import difflib
 import pyarrow as pa
 from pydantic import Field
 
-from engines.base import Request
-from engines.config import SamplingConfig
-from judges.jury import mean_score
-from judges.pairwise import compare
-from judges.templates import load_template, template_path
-from schemas.records import PAIR_ROW
-from schemas.validate import quarantine_table
-from stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
-from schemas.rows import chat
-from schemas.rows import PAIR_HEAD, PAIR_HEAD_CARRIED, pair_head
+from curate.engines.base import Request
+from curate.engines.config import SamplingConfig
+from curate.judges.jury import mean_score
+from curate.judges.pairwise import compare
+from curate.judges.templates import load_template, template_path
+from curate.schemas.records import PAIR_ROW
+from curate.schemas.validate import quarantine_table
+from curate.stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
+from curate.schemas.rows import chat
+from curate.schemas.rows import PAIR_HEAD, PAIR_HEAD_CARRIED, pair_head
 
 CRITIQUE = ("Here is a response to the user's last message:\n\n[Response]\n{response}\n\n"
             "List the response's most important problems (errors, missing parts, unclear wording) in a few short "

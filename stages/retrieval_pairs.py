@@ -18,11 +18,11 @@ from pathlib import Path
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from judges.jury import mean_score
-from schemas.records import PAIR_ROW
-from schemas.rows import PAIR_HEAD, PAIR_HEAD_CARRIED, pair_head
-from schemas.validate import quarantine_table
-from stages.base import StageConfig, StageContext, StageResult, StageSpec, existing_path, fixed
+from curate.judges.jury import mean_score
+from curate.schemas.records import PAIR_ROW
+from curate.schemas.rows import PAIR_HEAD, PAIR_HEAD_CARRIED, pair_head
+from curate.schemas.validate import quarantine_table
+from curate.stages.base import StageConfig, StageContext, StageResult, StageSpec, existing_path, fixed
 
 
 class Pool(StageConfig):
@@ -53,8 +53,8 @@ def _pool(cfg: Config, ctx: StageContext):
     """(pool vectors, pool records) for this worker, built once."""
     import numpy as np
 
-    from engines import embed
-    from schemas.sources import dig, records as source_rows
+    from curate.engines import embed
+    from curate.schemas.sources import dig, records as source_rows
 
     key = ("retrieval_pool", str(cfg.pool.path), cfg.model)
     if key not in ctx.state:
@@ -91,7 +91,7 @@ def chosen_candidate(row: dict, cfg: Config) -> dict | None:
 def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
     import numpy as np
 
-    from engines import embed
+    from curate.engines import embed
 
     model, pool_vecs, pool = _pool(cfg, ctx)
     rows = table.to_pylist()

@@ -19,10 +19,10 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from schemas.records import PAIR_ROW
-from schemas.rows import swap_sides
-from schemas.validate import quarantine_table
-from stages.base import StageConfig, StageContext, StageResult, StageSpec
+from curate.schemas.records import PAIR_ROW
+from curate.schemas.rows import swap_sides
+from curate.schemas.validate import quarantine_table
+from curate.stages.base import StageConfig, StageContext, StageResult, StageSpec
 
 TEMPLATE = "Generate a response that would receive an overall score of {score} out of {max_score}."
 

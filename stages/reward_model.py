@@ -20,9 +20,9 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field, field_validator, model_validator
 
-from schemas.records import PROMPT_ROW_WITH_CANDIDATES
-from schemas.rows import chat
-from stages.base import StageConfig, StageContext, StageResult, StageSpec, existing_path
+from curate.schemas.records import PROMPT_ROW_WITH_CANDIDATES
+from curate.schemas.rows import chat
+from curate.stages.base import StageConfig, StageContext, StageResult, StageSpec, existing_path
 
 
 class Endpoint(StageConfig):
@@ -57,8 +57,8 @@ class Config(StageConfig):
     @field_validator("model")
     @classmethod
     def _is_reward_model(cls, value: Path | None) -> Path | None:
-        from engines.base import EngineUnavailable
-        from engines.reward_model import check_available
+        from curate.engines.base import EngineUnavailable
+        from curate.engines.reward_model import check_available
 
         if value is None:
             return value
@@ -79,7 +79,7 @@ class Config(StageConfig):
 
 def model_of(cfg: Config, state: dict):
     """The reward model, loaded once per worker (it outlives the shard)."""
-    from engines.reward_model import RewardModel, ServedRewardModel
+    from curate.engines.reward_model import RewardModel, ServedRewardModel
 
     key = ("reward_model", str(cfg.model), cfg.endpoint, cfg.device, cfg.dtype)
     if key not in state:

@@ -134,7 +134,7 @@ def local_prefect_server(_isolated_env):
     """The tests' runs go as a user's do with nothing configured: through curate's local Prefect server
     (flows/local_server.py), started here once for the session (this process is its client until the end, so it
     never stops for being idle) and stopped after the last test."""
-    from flows.local_server import connect, stop
+    from curate.flows.local_server import connect, stop
 
     os.environ.pop("PREFECT_API_URL", None)
     url, _ = connect()

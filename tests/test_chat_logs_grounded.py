@@ -38,7 +38,7 @@ def test_chat_logs_become_pairs_where_the_user_complained(tmp_path):
     pairs = pq.read_table(tmp_path / "run" / "02_feedback_mine").to_pylist()
     assert pairs and mine["out"] >= 6
     logs = [json.loads(line) for line in lines]
-    from stages.load import parse_transcript
+    from curate.stages.load import parse_transcript
 
     chats = [parse_transcript(rec["chosen"]) for rec in logs]
     for p in pairs:
@@ -56,11 +56,11 @@ def test_chat_logs_become_pairs_where_the_user_complained(tmp_path):
 
 
 def test_llm_feedback_detector_reads_its_own_verdict_and_checks_the_quote():
-    from engines.cache import ResponseCache
-    from engines.config import LlamaCppConfig, build_engine
-    from schemas.records import PROMPT_ROW
-    from stages import feedback_mine
-    from stages.base import StageContext
+    from curate.engines.cache import ResponseCache
+    from curate.engines.config import LlamaCppConfig, build_engine
+    from curate.schemas.records import PROMPT_ROW
+    from curate.stages import feedback_mine
+    from curate.stages.base import StageContext
     import tempfile
 
     chat = [{"role": "user", "content": "What is the capital of Australia?"},
@@ -92,9 +92,9 @@ def test_llm_feedback_detector_reads_its_own_verdict_and_checks_the_quote():
 
 
 def test_grounded_prompts_carry_documents_to_the_judge_pairs_and_export(tmp_path):
-    from stages import load, pairs
-    from schemas.records import PROMPT_ROW_WITH_CANDIDATES
-    from judges.templates import load_template, template_path
+    from curate.stages import load, pairs
+    from curate.schemas.records import PROMPT_ROW_WITH_CANDIDATES
+    from curate.judges.templates import load_template, template_path
 
     src = tmp_path / "docs.jsonl"
     good = json.loads((DATA / "pandalm_grounded_10.jsonl").read_text().splitlines()[0])

@@ -10,7 +10,7 @@ from conftest import curate
 
 
 def test_cli_module_imports_no_heavy_library():
-    code = ("import sys, pipelines.cli; heavy = [m for m in ('ray', 'pyarrow', 'llama_cpp', 'prefect', 'datasets', "
+    code = ("import sys, curate.pipelines.cli; heavy = [m for m in ('ray', 'pyarrow', 'llama_cpp', 'prefect', 'datasets', "
             "'polars') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from conftest import EXAMPLES, curate
-from pipelines.config import ConfigError, load_pipeline
+from curate.pipelines.config import ConfigError, load_pipeline
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def test_the_example_validates_without_loading_a_model(example):
     pipeline = load_pipeline(write())
     assert [s.name for s in pipeline.stages] == ["load", "generate", "judge", "pairs", "export"]
     # in a fresh interpreter (other tests in this process may have imported engines)
-    probe = ("import sys; from pipelines.config import load_pipeline; load_pipeline(sys.argv[1]); "
+    probe = ("import sys; from curate.pipelines.config import load_pipeline; load_pipeline(sys.argv[1]); "
              "print('llama_cpp' in sys.modules)")
     res = subprocess.run([sys.executable, "-c", probe, str(write())], capture_output=True, text=True, timeout=120,
                          cwd=EXAMPLES.parent.parent)

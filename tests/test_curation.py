@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import yaml
 
 from conftest import curate
-from schemas.records import PAIR_ROW
-from stages import filter as filter_stage
-from stages.base import StageContext
+from curate.schemas.records import PAIR_ROW
+from curate.stages import filter as filter_stage
+from curate.stages.base import StageContext
 
 
 def planted_corpus(tmp_path: Path, repo_data: Path) -> tuple[Path, dict]:
@@ -131,7 +131,7 @@ def test_thresholds_lengths_language_and_refusals(repo_data):
 
 def test_filters_and_dedup_pass_an_empty_shard_through(repo_data):
     """A shard can be empty (every row dropped upstream); the stages still write an empty, typed output."""
-    from stages import decontaminate, dedup
+    from curate.stages import decontaminate, dedup
 
     empty = pa.Table.from_pylist([], schema=PAIR_ROW)
     for stage, cfg in [(dedup, dedup.Config(field="chosen")), (filter_stage, filter_stage.Config(max_longer_share=0.5)),

@@ -54,8 +54,8 @@ def test_row_sampler_draws_each_row_from_its_own_seeded_top_p_distribution():
     a greedy row in the same batch keeps its scores."""
     import torch
 
-    from engines.base import Sampling
-    from engines.transformers_engine import RowSampler
+    from curate.engines.base import Sampling
+    from curate.engines.transformers_engine import RowSampler
 
     logits = torch.randn(1, 40, generator=torch.Generator().manual_seed(3))
     n = 8000
@@ -85,9 +85,9 @@ def test_ray_llm_gate_sends_each_round_of_all_running_shards_as_one_batch():
     the engine as one batch once every shard waits or is done. The batches here go to the embedded llama.cpp."""
     import threading
 
-    from engines.base import Request, Sampling
-    from engines.llama_cpp import LlamaCppEngine
-    from engines.ray_llm import Gate
+    from curate.engines.base import Request, Sampling
+    from curate.engines.llama_cpp import LlamaCppEngine
+    from curate.engines.ray_llm import Gate
 
     class Recording:
         def __init__(self):
@@ -128,9 +128,9 @@ def test_coalescer_merges_the_calls_of_concurrent_batches_into_one_engine_call()
     in its own order (here on the real embedded llama.cpp model, greedy, so answers can be compared)."""
     import threading
 
-    from engines.base import Request, Sampling
-    from engines.coalesce import Coalescer
-    from engines.llama_cpp import LlamaCppEngine
+    from curate.engines.base import Request, Sampling
+    from curate.engines.coalesce import Coalescer
+    from curate.engines.llama_cpp import LlamaCppEngine
 
     engine = LlamaCppEngine(n_ctx=512)
     asks = [[Request([{"role": "user", "content": f"Say the number {i}{j}."}], Sampling(temperature=0, max_tokens=4))

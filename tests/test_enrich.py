@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from conftest import accounted, curate, example_pipeline
-from schemas.records import PAIR_ROW
-from stages import reward_augment
-from stages.base import StageContext
-from stages.load import Config as LoadConfig, read
+from curate.schemas.records import PAIR_ROW
+from curate.stages import reward_augment
+from curate.stages.base import StageContext
+from curate.stages.load import Config as LoadConfig, read
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "pipelines" / "examples"
 

@@ -278,14 +278,14 @@ def test_image_judges_send_both_orders_and_their_verdicts_make_the_pairs(tmp_pat
 def test_every_image_template_sends_its_images_and_parses_the_judges_answer(name, tmp_path):
     import pyarrow as pa
 
-    from engines.cache import ResponseCache
-    from engines.config import OpenAIHTTPConfig, build_engine
-    from judges.templates import load_template, template_path
-    from schemas.images import image_ref
-    from schemas.records import PROMPT_ROW_WITH_CANDIDATES
-    from stages import judge
-    from stages.base import StageContext
-    from stages.load import image_candidate
+    from curate.engines.cache import ResponseCache
+    from curate.engines.config import OpenAIHTTPConfig, build_engine
+    from curate.judges.templates import load_template, template_path
+    from curate.schemas.images import image_ref
+    from curate.schemas.records import PROMPT_ROW_WITH_CANDIDATES
+    from curate.stages import judge
+    from curate.stages.base import StageContext
+    from curate.stages.load import image_candidate
 
     vlm = VLM()
     vlm.failed_once = True

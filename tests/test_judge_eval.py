@@ -6,7 +6,7 @@ import json
 
 
 from conftest import EXAMPLES, curate
-from pipelines.judge_eval import jury, metrics, read_pairs
+from curate.pipelines.judge_eval import jury, metrics, read_pairs
 
 
 def test_pandalm_labels_are_the_annotators_majority(copy_data):

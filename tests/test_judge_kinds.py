@@ -11,14 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import curate
-from engines.cache import ResponseCache
-from engines.config import LlamaCppConfig, build_engine
-from judges.jury import aggregate, row_agreement
-from judges.parse import aspect_lines, result_ab, result_tag, strength_brackets, text_ratings
-from judges.templates import OWN_STAGE, builtin_names, load_template, template_path
-from schemas.records import PROMPT_ROW_WITH_CANDIDATES
-from stages import judge, jury, pairs
-from stages.base import StageContext
+from curate.engines.cache import ResponseCache
+from curate.engines.config import LlamaCppConfig, build_engine
+from curate.judges.jury import aggregate, row_agreement
+from curate.judges.parse import aspect_lines, result_ab, result_tag, strength_brackets, text_ratings
+from curate.judges.templates import OWN_STAGE, builtin_names, load_template, template_path
+from curate.schemas.records import PROMPT_ROW_WITH_CANDIDATES
+from curate.stages import judge, jury, pairs
+from curate.stages.base import StageContext
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "pipelines" / "examples"
 # a candidate that writes every judge format into its answer, hoping to grade itself
@@ -149,7 +149,7 @@ def test_strength_judgments_set_the_pair_strength():
 
 def test_bias_probes_on_real_parquet(tmp_path):
     """Judge 'big' prefers its own model's answers where the other judge does not, and prefers length."""
-    from judges.stats import summary
+    from curate.judges.stats import summary
 
     rows = []
     for i in range(6):
@@ -254,8 +254,8 @@ judges:
 
 
 def test_debate_shows_the_whole_conversation_when_asked():
-    from stages import debate
-    from stages.judging import question
+    from curate.stages import debate
+    from curate.stages.judging import question
 
     row = {"prompt": "And in winter?", "messages": [
         {"role": "user", "content": "Where do swallows live?"}, {"role": "assistant", "content": "In Europe."},
@@ -297,7 +297,7 @@ class CopyingJudge:
 def test_a_marker_the_judge_merely_copies_from_a_candidate_is_not_its_score(tmp_path):
     """Free-text judging (no grammar): a candidate answering "[10]" is copied by the judge; the single-bracket
     fallback must not read that as 10. A fallback on the judge's own final line still counts."""
-    from engines.config import OpenAIHTTPConfig
+    from curate.engines.config import OpenAIHTTPConfig
 
     server = CopyingJudge()
     try:

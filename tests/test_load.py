@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from stages.load import Config, read
+from curate.stages.load import Config, read
 
 
 def load_all(**cfg):

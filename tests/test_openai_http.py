@@ -18,11 +18,11 @@ import yaml
 import pyarrow.parquet as pq
 
 from conftest import accounted, curate, free_port, send_json, serve_local, stop_group
-from engines.base import Request, Sampling
-from engines.config import OpenAIHTTPConfig, parse_engine
-from engines.llama_cpp import embedded_model_path
-from engines.openai_http import OpenAIHTTPEngine
-from pipelines.config import ConfigError, parse_pipeline
+from curate.engines.base import Request, Sampling
+from curate.engines.config import OpenAIHTTPConfig, parse_engine
+from curate.engines.llama_cpp import embedded_model_path
+from curate.engines.openai_http import OpenAIHTTPEngine
+from curate.pipelines.config import ConfigError, parse_pipeline
 
 SECRET = "sk-test-3f9a1c-never-print-me"
 ORG_SECRET = "org-7d2e-also-secret"
@@ -32,7 +32,7 @@ ORG_SECRET = "org-7d2e-also-secret"
 def llama_server(tmp_path_factory):
     port = free_port()
     log = open(tmp_path_factory.mktemp("llama-server") / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_model_path()),
+    proc = subprocess.Popen([sys.executable, "-m", "curate.engines.llama_server", "--model", str(embedded_model_path()),
                              "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"

@@ -7,9 +7,9 @@ import json
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.records import PAIR_ROW, PROMPT_ROW_WITH_CANDIDATES
-from stages import export, pairs
-from stages.base import StageContext
+from curate.schemas.records import PAIR_ROW, PROMPT_ROW_WITH_CANDIDATES
+from curate.stages import export, pairs
+from curate.stages.base import StageContext
 
 
 def judgment(score, ok=True, judge="m:t"):

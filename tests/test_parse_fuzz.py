@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
-from judges.parse import PARSERS
+from curate.judges.parse import PARSERS
 
 MARKERS = ["[[", "]]", "[[A]]", "[[B]]", "[[C]]", "[RESULT]", "Rating:", "#### Output for Text 1", "Signal:",
            "Evidence:", "Helpfulness:", "[[-", "[[–2]]", "[[—1]]", "[[−3]]", "[[1e309]]", "[[99999999999999999999]]",

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from conftest import EXAMPLES, curate
-from flows.local_server import _alive
+from curate.flows.local_server import _alive
 
 
 def _pipeline(tmp_path: Path) -> Path:

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from conftest import curate
-from schemas.records import PROMPT_ROW_WITH_CANDIDATES
-from stages import rank
-from stages.base import StageContext
+from curate.schemas.records import PROMPT_ROW_WITH_CANDIDATES
+from curate.stages import rank
+from curate.stages.base import StageContext
 from test_pairs_export import candidate, judgment, prompt_row
 
 MODELS = ["gpt-4-0314", "gpt-4-0613", "gpt-3.5-turbo-0125"]

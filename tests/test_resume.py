@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from conftest import curate
-from engines.cache import ResponseCache
+from curate.engines.cache import ResponseCache
 from test_end_to_end import small_example
 
 
@@ -125,7 +125,7 @@ def test_an_edit_redoes_only_the_stages_whose_code_it_touches(tmp_path):
     too): an edit to the llama.cpp engine changes generate's and judge's versions, not dedup's or export's."""
     import shutil
 
-    from pipelines.runner import CODE_DIRS, stage_code_version
+    from curate.pipelines.runner import CODE_DIRS, stage_code_version
 
     root = Path(__file__).resolve().parent.parent
     for d in CODE_DIRS:
