@@ -570,6 +570,8 @@ def _actor_shards(todo: list[dict], worker_kwargs: dict, actors: int, shards_per
                 except ray.exceptions.RayTaskError as exc:  # the shard's own error, not Ray's wrapping of it
                     cause = getattr(exc, "cause", None)
                     raise (cause if isinstance(cause, BaseException) else exc) from None
+                except ray.exceptions.RayActorError as exc:  # the actor's process died (a signal, OOM, a node)
+                    raise WorkerDied.of(worker_kwargs, exc) from None
                 yield json.loads(result["marker"])
                 if queue:
                     submit(actor)
@@ -578,6 +580,17 @@ def _actor_shards(todo: list[dict], worker_kwargs: dict, actors: int, shards_per
     finally:
         for actor in pool:
             ray.kill(actor)
+
+
+class WorkerDied(RuntimeError):
+    """A stage's worker process died under it (a native crash in an engine, the OOM killer, a lost node)."""
+
+    @classmethod
+    def of(cls, worker_kwargs: dict, exc: BaseException) -> "WorkerDied":
+        engines = ", ".join(f"{n} ({c.get('kind', 'llama_cpp')})" for n, c in worker_kwargs["engines"].items())
+        detail = " ".join(str(exc).split())  # Ray's message spans lines; its first sentences say what it knows
+        where = f"running engine {engines}" if engines else "(no model engine)"
+        return cls(f"stage {worker_kwargs['stage_id']}: its Ray worker process {where} died: {detail[:300]}")
 
 
 def init_ray(address: str | None) -> None:
