@@ -219,3 +219,33 @@ def dig(rec: Any, path: str) -> Any:
         except (KeyError, IndexError, TypeError, ValueError):
             return None
     return rec
+
+
+PART_SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet", ".pq")
+
+
+def files_of(spec: str | Path) -> list[Path]:
+    """The files one `path` names: a file; a folder of parts (an export folder: its JSONL/JSON/Parquet files, in
+    name order; a folder `datasets` saved is one source of its own); or a glob (`data/*.jsonl`). Empty when
+    nothing matches."""
+    import glob
+
+    path = Path(spec)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+            return [path]
+        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in PART_SUFFIXES
+                      and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts))
+    return [Path(p) for p in sorted(glob.glob(str(spec), recursive=True)) if Path(p).is_file()]
+
+
+def hub_records(name: str, config: str | None, split: str, revision: str | None) -> Iterator[SourceRow]:
+    """A dataset on the Hugging Face Hub (or HF_ENDPOINT's server), streamed: rows arrive as the files are read,
+    so a dataset of any size is never held in memory. Uses the user's HF cache and token."""
+    import datasets
+
+    ds = datasets.load_dataset(name, config, split=split, revision=revision, streaming=True)
+    for n, rec in enumerate(ds, 1):
+        yield SourceRow(n, rec)

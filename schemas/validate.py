@@ -51,17 +51,20 @@ def quarantine_table(
     records: list[Any],
     reasons: list[str],
     *,
-    source: str | None = None,
+    source: str | list[str] | None = None,
     lines: list[int | None] | None = None,
 ) -> pa.Table:
-    """Rows for the dropped/quarantined files: the record as text plus a reason, whatever its shape."""
+    """Rows for the dropped/quarantined files: the record as text plus a reason, whatever its shape. `source`
+    names the source of every row, or of each row (a list: rows of several sources, whose own fields may hold
+    a `source` of another meaning)."""
     rows = []
     for i, (rec, reason) in enumerate(zip(records, reasons, strict=True)):
         pid = rec.get("prompt_id") if isinstance(rec, dict) else None
         rows.append(
             {
                 "stage": stage,
-                "source": (rec.get("source") if isinstance(rec, dict) else None) or source,
+                "source": source[i] if isinstance(source, list) else
+                (rec.get("source") if isinstance(rec, dict) else None) or source,
                 "line": lines[i] if lines else None,
                 "prompt_id": pid if isinstance(pid, str) else None,
                 "reason": reason,

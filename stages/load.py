@@ -1,15 +1,20 @@
-"""load: read prompts from JSONL, JSON arrays, Parquet or a `datasets` dataset saved to disk into prompt rows.
+"""load: read prompts, or existing preference data in any published layout, into prompt rows.
 
-Reads stream (line by line, Parquet row groups, Arrow record batches), so a large file never becomes one Python
-list. A malformed row (broken JSON, no prompt, a non-string or empty prompt) is quarantined with the reason and
-its source line; the rest of the file goes on.
+Prompts come from JSONL, JSON arrays, Parquet or a `datasets` dataset saved to disk. Existing preference data
+names its layout (`layout: trl`, `ultrafeedback`, `pku_saferlhf`, ...: schemas/layouts/) or maps its fields
+(`mapping:`): its responses become candidates and its labels judgments named after the source. Several sources
+(files, folders of parts, globs, Hub datasets by name) load in one stage with `sources:`; every row keeps its
+source, and the manifest accounts for each source apart.
+
+Reads stream (line by line, Parquet row groups, Arrow record batches, Hub datasets streamed), so a large source
+never becomes one Python list. A malformed row is quarantined with the reason, its source and its line; the rest
+goes on.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -17,9 +22,11 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from curate.schemas.layouts import Layout, Mapped, candidate_id, layout as named_layout, reader as layout_reader
+from curate.schemas.messages import parse_transcript
 from curate.schemas.records import PROMPT_ROW, PROMPT_ROW_WITH_CANDIDATES, numbered_documents
 from curate.schemas.records import prompt_id
-from curate.schemas.sources import dig, records
+from curate.schemas.sources import SourceRow, dig, files_of, hub_records, records
 from curate.schemas.validate import prompt_problem, quarantine_table
 from curate.stages.base import StageConfig, StageResult, StageSpec, existing_path, fixed
 
@@ -62,12 +69,84 @@ class ImagePairs(BaseModel):
     _exists = field_validator("folder")(existing_path)
 
 
+class Source(BaseModel):
+    """One source of a `load` stage: a file, a folder of parts or a glob (`path`), or a Hub dataset (`hf`), read
+    as prompts or, with a `layout` or `mapping`, as existing preference data."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: a file, a folder of JSONL/JSON/Parquet parts (an export folder), a saved `datasets` folder, or a glob
+    path: str | None = None
+    #: a dataset on the Hugging Face Hub by name (`ORG/NAME`), streamed; with its `config`, `split`, `revision`
+    hf: str | None = None
+    config: str | None = None
+    split: str = "train"
+    revision: str | None = None
+    format: Literal["auto", "jsonl", "json", "parquet", "hf"] = "auto"
+    #: a named layout (schemas/layouts/: trl, ultrafeedback, helpsteer2, pku_saferlhf, nectar, oasst, ...)
+    layout: str | None = None
+    #: or a layout of your own: which fields hold the prompt, the responses and the labels (schemas/layouts.py)
+    mapping: Layout | None = None
+    #: the source's name on every row, in the accounting, the judges of its labels and the card (default: the
+    #: Hub name, or the file or folder name)
+    source: str | None = None
+    #: at most this many usable rows of this source
+    limit: int | None = Field(None, ge=0)
+    #: keep this share of the source's rows (a seeded, reproducible sample; the rest are dropped with a reason)
+    weight: float = Field(1.0, gt=0, le=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_place(self):
+        if (self.path is None) == (self.hf is None):
+            raise ValueError("a source is a `path` or an `hf` dataset name (one of them)")
+        if self.layout is not None and self.mapping is not None:
+            raise ValueError("give a source's `layout` by name or its `mapping`, not both")
+        if self.layout is not None:
+            named_layout(self.layout)  # an unknown name fails here, naming the layouts there are
+        return self
+
+    @property
+    def name(self) -> str:
+        if self.source:
+            return self.source
+        return self.hf if self.hf else Path(self.path).name
+
+    @property
+    def shape(self) -> Layout | None:
+        return self.mapping or (named_layout(self.layout) if self.layout else None)
+
+
+def resolve_source(src: Source, base: Path | None) -> Source:
+    """The source with its path made absolute (against the YAML's folder); a path that names nothing fails."""
+    if src.path is None:
+        return src
+    path = Path(src.path).expanduser()
+    if not path.is_absolute() and base is not None:
+        path = Path(base) / path
+    if not files_of(path):
+        raise ValueError(f"no file found at {path}" + (" (a folder with no JSONL, JSON or Parquet part)"
+                                                       if path.is_dir() else ""))
+    return src.model_copy(update={"path": str(path.resolve()) if path.exists() else str(path)})
+
+
 DOCUMENTS_PROMPT = ("Answer the user's question using only the documents below. Say so when they do not hold the "
                     "answer.\n\n{documents}")
 
 
 class Config(StageConfig):
-    path: Path
+    #: a prompt file (JSONL, JSON array, Parquet, a saved `datasets` folder); or, for existing preference data, a
+    #: file, folder of parts or glob read with `layout`/`mapping` (one source: the fields of `Source` below work
+    #: here too; several: `sources`)
+    path: Path | None = None
+    hf: str | None = None
+    config: str | None = None
+    split: str = "train"
+    revision: str | None = None
+    layout: str | None = None
+    mapping: Layout | None = None
+    source: str | None = None
+    #: several sources in one stage, each with its own layout, name, limit and weight
+    sources: list[Source] = Field(default_factory=list)
     format: Literal["auto", "jsonl", "json", "parquet", "hf"] = "auto"
     #: the field holding the prompt text (Arena-Hard: `prompt`)
     prompt_field: str = "prompt"
@@ -111,10 +190,54 @@ class Config(StageConfig):
     #: `meta.human_chosen` as with `transcripts`
     images: ImagePairs | None = None
 
-    _exists = field_validator("path")(existing_path)
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path(cls, value: Any, info) -> Any:
+        """A prompt file must exist; a layout's `path` may also be a folder of parts or a glob (checked with
+        the sources)."""
+        if value is None or any(ch in str(value) for ch in "*?["):
+            return value
+        return existing_path(value, info)
+
+    @field_validator("sources", mode="after")
+    @classmethod
+    def _sources(cls, value: list[Source], info) -> list[Source]:
+        base = (info.context or {}).get("base_dir")
+        return [resolve_source(src, base) for src in value]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_or_sources(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("sources") and (data.get("path") or data.get("hf")):
+            raise ValueError("give `sources:` or one `path`/`hf`, not both")
+        if isinstance(data, dict) and not data.get("sources") and not data.get("path") and not data.get("hf"):
+            raise ValueError("`load` needs a `path`, an `hf` dataset name, or `sources`")
+        return data
+
+    def all_sources(self, base: Path | None = None) -> list[Source]:
+        """The stage's sources: `sources`, or the one source its own fields describe (None for a plain prompt
+        file, which the prompt reader handles)."""
+        if self.sources:  # `limit` (curate run --limit) caps each source
+            return [src if self.limit is None else src.model_copy(update={"limit": min(
+                n for n in (src.limit, self.limit) if n is not None)}) for src in self.sources]
+        if self.path is not None and self.layout is None and self.mapping is None and self.hf is None:
+            return []
+        fields = dict(path=None if self.path is None else str(self.path), hf=self.hf, config=self.config,
+                      split=self.split, revision=self.revision, format=self.format, layout=self.layout,
+                      mapping=self.mapping, source=self.source, limit=self.limit)
+        return [resolve_source(Source(**fields), base)]
+
+    @property
+    def existing_data(self) -> bool:
+        return any(src.shape is not None for src in self.all_sources())
 
     @model_validator(mode="after")
     def _join_key(self):
+        if (self.layout or self.mapping or self.sources or self.hf) and (
+                self.transcripts or self.candidates or self.images or self.conversation_field or self.personas):
+            raise ValueError("`layout`/`mapping`/`sources`/`hf` read whole sources; `transcripts`, `candidates`, "
+                             "`images`, `conversation_field` and `personas` belong to a prompt file")
+        self.all_sources()  # a layout source's path (a folder, a glob) must name files
         if self.candidates and not self.id_field:
             raise ValueError("`candidates` are joined on the prompts' id: set `id_field`")
         if self.candidates and self.transcripts:
@@ -133,18 +256,6 @@ class Config(StageConfig):
 #: the fields an image layout reads (kept out of `meta`: image bytes do not belong in a JSON column)
 IMAGE_FIELDS = {"pick_a_pic": {"caption", "jpg_0", "jpg_1", "label_0", "model_0", "model_1"},
                 "image_reward": {"prompt", "generations", "ranking"}}
-
-_TURN = re.compile(r"\n\n(Human|Assistant):[ ]?")
-
-
-def parse_transcript(text: str) -> list[dict[str, str]] | None:
-    """"\n\nHuman: hi\n\nAssistant: hello" -> messages; None when it is not in that layout."""
-    parts = _TURN.split(text)
-    if len(parts) < 3 or parts[0].strip():
-        return None
-    roles = {"Human": "user", "Assistant": "assistant"}
-    return [{"role": roles[r], "content": c.strip()} for r, c in zip(parts[1::2], parts[2::2], strict=True)]
-
 
 def transcript_pair(rec: dict, spec: TranscriptPair) -> tuple[list[dict], list[str], str | None]:
     """(shared conversation, [chosen last turn, rejected last turn], problem)."""
@@ -360,8 +471,155 @@ def attach_candidates(row: dict, answers: list[tuple[CandidateSource, dict]]) ->
 
 
 def read(cfg: Config) -> Iterator[StageResult]:
-    """Shards of prompt rows, each with the rows it quarantined (and the blank lines it dropped: every line of
-    the file is accounted for); `limit` counts usable rows."""
+    """Shards of prompt rows: from one prompt file, or from the stage's sources (existing data, Hub datasets,
+    several files)."""
+    sources = cfg.all_sources()
+    yield from (read_sources(cfg, sources) if sources else read_prompts(cfg))
+
+
+class Shard:
+    """One shard's rows being collected, with every input row's fate and each source's counts."""
+
+    def __init__(self, schema: pa.Schema):
+        self.schema = schema
+        self.good: list[dict] = []
+        self.side = {"dropped": ([], [], [], []), "quarantined": ([], [], [], [])}  # records, reasons, lines, sources
+        self.seen = self.kept = 0
+        self.stats: dict[str, float] = {}
+
+    def count(self, source: str, what: str, n: int = 1) -> None:
+        key = f"source:{source}:{what}"
+        self.stats[key] = self.stats.get(key, 0) + n
+
+    def put(self, kind: str, source: str, label: str, rec: Any, reason: str, line: int | None) -> None:
+        for column, value in zip(self.side[kind], (rec, reason, line, label), strict=True):
+            column.append(value)
+        self.count(source, kind)
+
+    def flush(self) -> StageResult:
+        (dr, dre, dl, ds), (qr, qre, ql, qs) = self.side["dropped"], self.side["quarantined"]
+        result = StageResult(out=pa.Table.from_pylist(self.good, schema=self.schema),
+                             dropped=quarantine_table("load", dr, dre, source=ds, lines=dl),
+                             quarantined=quarantine_table("load", qr, qre, source=qs, lines=ql),
+                             rows_in=self.seen, out_sources=self.kept, stats=self.stats)
+        self.__init__(self.schema)
+        return result
+
+
+def source_rows(src: Source) -> Iterator[tuple[str, SourceRow]]:
+    """(where, row) for every row of a source; `where` names the file within a source of several files."""
+    if src.hf is not None:
+        for row in hub_records(src.hf, src.config, src.split, src.revision):
+            yield src.name, row
+        return
+    files = files_of(src.path)
+    for path in files:
+        where = src.name if len(files) == 1 else f"{src.name}/{path.name}"
+        for row in records(path, src.format if len(files) == 1 else "auto"):
+            yield where, row
+
+
+def sampled(src: Source, where: str, number: int) -> bool:
+    """Whether a row is in the source's `weight` sample: a hash of the seed, the file and the row number, so the
+    sample does not depend on shards or on the other sources."""
+    h = hashlib.sha256(f"{src.seed}:{where}:{number}".encode()).hexdigest()[:8]
+    return int(h, 16) / 0x100000000 < src.weight
+
+
+def mapped_row(m: Mapped, rec: dict, shape: Layout, source: str, where: str, number: int) -> dict:
+    """A prompt row from what a layout read: the responses as candidates carrying the source's judgments."""
+    pid = prompt_id(m.messages, m.system)
+    ids = [r["candidate_id"] or candidate_id(pid, source, i, r["text"]) for i, r in enumerate(m.responses)]
+    fields = shape.fields()
+    extra = {k: v for k, v in rec.items() if k not in fields} if isinstance(rec, dict) else {}
+    cands = []
+    for i, (resp, judged) in enumerate(zip(m.responses, m.judgments, strict=True)):
+        params = {"source": source, "layout": shape.name, "index": i, "row": number, "file": where}
+        cands.append({"candidate_id": ids[i], "model": resp["model"], "response": resp["text"],
+                      "finish_reason": None, "n_tokens": None, "image": None,
+                      "gen_params": json.dumps(params | ({"fields": extra} if shape.group else {}),
+                                               ensure_ascii=False, default=str),
+                      "judgments": [j | {"opponent": None if j["opponent"] is None else ids[j["opponent"]]}
+                                    for j in judged]})
+    return {"prompt_id": pid, "prompt": m.messages[-1]["content"], "messages": m.messages, "system": m.system,
+            "source": source, "source_id": m.source_id, "persona": None, "documents": None,
+            "meta": json.dumps({} if shape.group else extra, ensure_ascii=False, default=str), "candidates": cands}
+
+
+def regroup(pending: dict, row: dict, source: str) -> bool:
+    """Add a one-response row to the pending row of the same prompt (grouped layouts: HelpSteer2, KTO); False
+    when it is another prompt. A response the source gave no id gets one by its place in the group."""
+    if pending["prompt_id"] != row["prompt_id"]:
+        return False
+    (cand,) = row["candidates"]
+    position = len(pending["candidates"])
+    if json.loads(cand["gen_params"])["index"] == 0 and cand["candidate_id"] == candidate_id(
+            row["prompt_id"], source, 0, cand["response"]):
+        cand = cand | {"candidate_id": candidate_id(row["prompt_id"], source, position, cand["response"])}
+    pending["candidates"].append(cand)
+    return True
+
+
+def read_sources(cfg: Config, sources: list[Source]) -> Iterator[StageResult]:
+    """Every source in turn, each row becoming a prompt row (a layout's rows carry candidates and judgments);
+    a grouped layout's rows of one prompt become one row, never split across shards."""
+    schema = PROMPT_ROW_WITH_CANDIDATES if any(src.shape for src in sources) else PROMPT_ROW
+    shard = Shard(schema)
+    for src in sources:
+        name, shape = src.name, src.shape
+        convert = layout_reader(shape, name) if shape else None
+        usable, pending, pending_rows = 0, None, 0
+        for where, row in source_rows(src):
+            if src.limit is not None and usable >= src.limit:
+                break
+            shard.seen += 1
+            shard.count(name, "in")
+            if row.blank:
+                shard.put("dropped", name, where, "", "blank line", row.number)
+                continue
+            if src.weight < 1 and not sampled(src, where, row.number):
+                shard.put("dropped", name, where, row.record, f"not in the source's sample (weight {src.weight:g})",
+                          row.number)
+                continue
+            if row.error:
+                shard.put("quarantined", name, where, row.record, row.error, row.number)
+                continue
+            if shape is None:
+                got, error = to_prompt_row(row.record, cfg, name)
+                rows = [] if got is None else [got]
+            else:
+                mapped, error = convert(row.record)
+                rows = [mapped_row(m, row.record, shape, name, where, row.number) for m in mapped]
+            if error:
+                shard.put("quarantined", name, where, row.record, error, row.number)
+                continue
+            usable += 1
+            shard.count(name, "out")
+            if shape is not None and shape.group:
+                if pending is not None and regroup(pending, rows[0], name):
+                    pending_rows += 1
+                    continue
+                if pending is not None:
+                    shard.good.append(pending)
+                    shard.kept += pending_rows
+                pending, pending_rows = rows[0], 1
+            else:
+                shard.good.extend(rows)
+                shard.kept += 1
+            if len(shard.good) >= cfg.shard_size or len(shard.side["quarantined"][0]) >= 4096:
+                carry = pending_rows if pending is not None else 0  # a pending group's rows count in its shard
+                shard.seen -= carry
+                yield shard.flush()
+                shard.seen += carry
+        if pending is not None:
+            shard.good.append(pending)
+            shard.kept += pending_rows
+    yield shard.flush()
+
+
+def read_prompts(cfg: Config) -> Iterator[StageResult]:
+    """Shards of prompt rows from one prompt file, each with the rows it quarantined (and the blank lines it
+    dropped: every line of the file is accounted for); `limit` counts usable rows."""
     source = cfg.path.name
     answers = [(src, answer_table(src)) for src in cfg.candidates]
     schema = PROMPT_ROW_WITH_CANDIDATES if answers or cfg.transcripts or cfg.images else PROMPT_ROW
@@ -416,11 +674,17 @@ STAGE = StageSpec(
     config=Config,
     reads=fixed(),
     writes=lambda cfg: {"prompt_id", "prompt", "messages", "system", "source", "source_id", "meta"}
+    | ({"candidates", "candidates.response", "candidates.model", "candidates.candidate_id", "candidates.judgments",
+        "candidates.judgments.score"} if cfg.existing_data else set())
+    | ({"candidates.judgments.strength"} if any(lab.type == "strength" for src in cfg.all_sources() if src.shape
+                                                 for lab in src.shape.labels) else set())
     | ({"persona"} if cfg.persona_field or cfg.personas else set())
     | ({"documents"} if cfg.documents_field else set())
     | ({"candidates", "candidates.response", "candidates.model", "candidates.candidate_id"}
        if cfg.candidates or cfg.transcripts else set())
     | ({"candidates", "candidates.image", "candidates.model", "candidates.candidate_id"} if cfg.images else set()),
-    doc="Read prompts (JSONL, JSON array, Parquet, saved `datasets`) into prompt rows; quarantine malformed rows.",
+    doc="Read prompts (JSONL, JSON array, Parquet, saved `datasets`), or existing preference data in a named layout "
+    "or a mapping (labels become judgments), from files, folders, globs and Hub datasets; several sources at once; "
+    "quarantine malformed rows.",
     source=read,
 )
