@@ -21,7 +21,9 @@ from itertools import combinations
 from typing import Literal
 
 Method = Literal["mean", "median", "majority", "borda"]
-JudgeKind = Literal["pointwise", "listwise", "pairwise", "reward_model", "jury", "debate"]
+#: rank, strength and safety judgments come from existing data's labels (schemas/layouts.py); safety judgments
+#: (PKU-SafeRLHF's safer choice and safe flags) never mix into a helpfulness score unless asked for by kind
+JudgeKind = Literal["pointwise", "listwise", "pairwise", "reward_model", "jury", "debate", "rank", "strength", "safety"]
 
 
 def majority(votes: Iterable[str | None], tie: str = "tie") -> str | None:
@@ -37,7 +39,8 @@ def majority(votes: Iterable[str | None], tie: str = "tie") -> str | None:
 def judge_scores(cand: dict, aspect: str | None = None, kind: str | None = None,
                  judges: Iterable[str] | None = None, exclude_aspects: Iterable[str | None] = ()) -> dict[str, float]:
     """Each judge's mean parsed score for a candidate over the judgments selected by aspect, kind and judge
-    name (None: any); a pairwise judge's score is its mean points against the candidate's opponents."""
+    name (None: any, but safety labels only when asked for by kind or name); a pairwise judge's score is its
+    mean points against the candidate's opponents."""
     wanted = set(judges) if judges is not None else None
     per: dict[str, list[float]] = {}
     for j in cand.get("judgments") or []:
@@ -48,6 +51,8 @@ def judge_scores(cand: dict, aspect: str | None = None, kind: str | None = None,
         if j["aspect"] in exclude_aspects:
             continue
         if kind is not None and j["kind"] != kind:
+            continue
+        if j["kind"] == "safety" and kind is None and judges is None and aspect is None:
             continue
         if wanted is not None and j["judge"] not in wanted:
             continue
