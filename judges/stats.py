@@ -146,6 +146,43 @@ def self_preference(j: pl.DataFrame) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: r["judge"])
 
 
+def preferences(j: pl.DataFrame) -> pl.DataFrame:
+    """Each judge's preference between every two candidates of a prompt it scored both of: +1 (the first, by
+    candidate id, scores higher), -1, or 0 (a tie). Scale-free, so a source's 1/0 choice, a rank and a 1-10
+    rating compare."""
+    s = candidate_scores(j).select("judge", "judge_model", "prompt_id", "candidate_id", "score")
+    pairs = s.join(s.select("judge", "prompt_id", "candidate_id", "score"), on=["judge", "prompt_id"], suffix="_b")
+    return (pairs.filter(pl.col("candidate_id") < pl.col("candidate_id_b"))
+            .select("judge", "judge_model", "prompt_id", pl.concat_str("candidate_id", "candidate_id_b").alias("pair"),
+                    (pl.col("score") - pl.col("score_b")).sign().cast(pl.Int8).alias("pref")))
+
+
+def source_agreement(j: pl.DataFrame) -> list[dict[str, Any]]:
+    """For each label an existing dataset brought (judges whose `judge_model` is `source:<name>`) and each other
+    judge (a new judge, a jury): on the candidate pairs both decided, the share where they prefer the same side,
+    and Cohen's kappa of their preferences (-1, 0, +1). The Skywork-V2 check: where does the new jury dispute
+    the source?"""
+    from sklearn.metrics import cohen_kappa_score
+
+    prefs = preferences(j)
+    source = prefs.filter(pl.col("judge_model").str.starts_with("source:"))
+    if source.is_empty():
+        return []
+    others = prefs.filter(~pl.col("judge_model").fill_null("").str.starts_with("source:"))
+    out = []
+    for (label, origin), mine in source.group_by("judge", "judge_model"):
+        for (judge,), theirs in others.group_by("judge"):
+            both = mine.join(theirs.select("pair", pl.col("pref").alias("other")), on="pair")
+            if both.is_empty():
+                continue
+            a, b = both["pref"].to_list(), both["other"].to_list()
+            kappa = float(cohen_kappa_score(a, b)) if len(set(a) | set(b)) > 1 else float("nan")
+            out.append({"source": origin.removeprefix("source:"), "label": label, "judge": judge,
+                        "pairs": both.height, "agreement": sum(x == y for x, y in zip(a, b)) / len(a),
+                        "kappa": kappa})
+    return sorted(out, key=lambda r: (r["source"], r["label"], r["judge"]))
+
+
 def summary(folder: Path | list[Path]) -> dict[str, Any]:
     """What the manifest records about a run's judges."""
     j = judgments(folder)
@@ -165,4 +202,5 @@ def summary(folder: Path | list[Path]) -> dict[str, Any]:
     alpha, units = krippendorff_alpha(j)
     return {"per_judge": dict(sorted(per.items())),
             "cohen_kappa": [{"a": a, "b": b, "kappa": k, "n": n} for a, b, k, n in kappas(j)[1]],
-            "krippendorff_alpha": alpha, "alpha_units": units}
+            "krippendorff_alpha": alpha, "alpha_units": units,
+            **({"source_agreement": agree} if (agree := source_agreement(j)) else {})}

@@ -250,6 +250,7 @@ def _run_in(p, pipeline: Path, run_dir: Path, limit: int | None, address: str | 
             err_console.print(f"partial results and manifest: {run_dir}; log: {log_path}")
             raise typer.Exit(1) from None
     print_accounting(manifest)
+    print_sources(manifest)
     print_judges(manifest.get("judges") or {})
     console.print(f"dataset: [bold]{manifest['output']}[/]")
     if manifest.get("published"):
@@ -565,6 +566,34 @@ def print_judges(judges: dict) -> None:
     if judges.get("krippendorff_alpha") is not None:
         console.print(f"Krippendorff's alpha: {_f(judges['krippendorff_alpha'])} "
                       f"(on {judges['alpha_units']} candidates)")
+    if judges.get("source_agreement"):
+        table = Table(title="sources' labels vs the other judges (same side preferred, on the pairs both decided)")
+        for col in ("source", "label", "judge", "pairs", "agreement", "kappa"):
+            table.add_column(col, justify="left" if col in ("source", "label", "judge") else "right")
+        for r in judges["source_agreement"]:
+            table.add_row(r["source"], r["label"], r["judge"], str(r["pairs"]), _f(r["agreement"]), _f(r["kappa"]))
+        console.print(table)
+
+
+def print_sources(manifest: dict) -> None:
+    """A multi-source load's accounting, per source: in = out + dropped + quarantined."""
+    load = next((s for s in manifest.get("stages", []) if s.get("stats") and any(
+        k.startswith("source:") for k in s["stats"])), None)
+    if load is None:
+        return
+    counts: dict[str, dict[str, int]] = {}
+    for key, value in load["stats"].items():
+        if key.startswith("source:"):
+            name, what = key.removeprefix("source:").rsplit(":", 1)
+            counts.setdefault(name, {})[what] = int(value)
+    if len(counts) < 2:
+        return
+    table = Table(title=f"{load['id']}: rows per source (in = out + dropped + quarantined)")
+    for col in ("source", "in", "out", "dropped", "quarantined"):
+        table.add_column(col, justify="left" if col == "source" else "right")
+    for name, c in counts.items():
+        table.add_row(name, *(str(c.get(k, 0)) for k in ("in", "out", "dropped", "quarantined")))
+    console.print(table)
 
 
 def _rate(rows_per_s: float) -> str:

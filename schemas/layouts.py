@@ -277,7 +277,7 @@ def label_judgments(lab: Label, rec: dict, items: list, n: int, source: str) -> 
     judge = judge if isinstance(judge, str) and judge else f"source:{source}/{lab.name}"
     base = {"judge": judge, "kind": lab.judgment_kind,
             "aspect": lab.aspect, "verdict": None, "feedback": None, "position": None, "opponent": None,
-            "parse_ok": True, "error": None, "strength": None, "judge_model": None, "members": None}
+            "parse_ok": True, "error": None, "strength": None, "judge_model": f"source:{source}", "members": None}
     if lab.type in ("rating", "rank", "flag"):
         values = per_response(lab, lab.per_response, rec, items, n)
         if len(values) != n:
