@@ -39,7 +39,9 @@ def test_a_second_run_into_a_busy_run_dir_exits_at_once_naming_the_holder(tmp_pa
     start = time.perf_counter()
     second = curate("run", path, "--run-dir", run)
     assert second.returncode == 2, second.stdout + second.stderr
-    assert f"in use by another curate run (pid {first.pid})" in second.stderr
+    # the holder is the process doing the first run: the child its `curate` command watches (pipelines/supervise.py)
+    (holder,) = Path(f"/proc/{first.pid}/task/{first.pid}/children").read_text().split()
+    assert f"in use by another curate run (pid {holder})" in second.stderr
     assert time.perf_counter() - start < 15  # refused before Prefect or Ray start
     out, err = first.communicate(timeout=600)
     assert first.returncode == 0, out + err

@@ -178,3 +178,41 @@ def test_a_reward_model_is_measured_against_human_labels_in_judge_eval(reward_mo
     for row in report["outputs"]["rm"]:
         scores = [o["score"] for o in row["outputs"]]
         assert len(scores) == 2 and (row["verdict"] == "unparsed" or all(isinstance(x, float) for x in scores))
+
+
+def test_six_published_layouts_merged_rejudged_and_deduped_train_dpo(hf_model, tmp_path):
+    """The merge example as a user runs it: six real layouts (HH-RLHF, OpenAssistant trees, LLaMA-Factory DPO,
+    AlpacaEval, PandaLM's three annotators, and a TRL dataset curate exported) in one `curate run`; the embedded
+    model judges every candidate again, a jury sits over it and the sources' own labels, the manifest reports each
+    source's agreement with the new judge and the jury, dedup removes the export's rows that repeat HH-RLHF's, and
+    DPOTrainer takes the one TRL dataset. (The embedded judge is at chance level: the agreement is reported, not
+    asserted to be high.)"""
+    from conftest import example_pipeline
+    from trl import DPOConfig, DPOTrainer
+
+    spec = example_pipeline(tmp_path, "merge_sources", ("max_tokens: 96", "max_tokens: 32"))
+    run = tmp_path / "run"
+    res = curate("run", spec, "--limit", "2", "--run-dir", run, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    m = accounted(run)
+    load = m["stages"][0]["stats"]
+    names = ["hh-rlhf", "oasst", "llamafactory-dpo", "alpaca-eval", "pandalm", "curate-export"]
+    for name in names:  # each source accounted apart
+        c = {k: load.get(f"source:{name}:{k}", 0) for k in ("in", "out", "dropped", "quarantined")}
+        assert c["in"] == 2 and c["in"] == c["out"] + c["dropped"] + c["quarantined"], (name, c)
+    dedup = next(s for s in m["stages"] if s["stage"] == "dedup")
+    assert dedup["dropped"] == 2  # the curate export's two rows are HH-RLHF's first two pairs
+    agree = m["judges"]["source_agreement"]
+    assert {r["source"] for r in agree} == set(names) - {"curate-export"}
+    assert all(r["pairs"] >= 1 and 0 <= r["agreement"] <= 1 for r in agree)
+    assert {r["judge"] for r in agree} >= {"jury"}
+    assert "sources' labels vs the other judges" in res.stdout and "rows per source" in res.stdout
+    ds = load_export(run / m["stages"][-1]["id"])
+    assert {"prompt", "chosen", "rejected", "source"} <= set(ds.column_names) and len(ds) >= 2
+    trainer = DPOTrainer(model=str(hf_model), args=DPOConfig(**common(tmp_path / "dpo", 1), max_length=MAX_LENGTH),
+                         train_dataset=ds.select_columns(["prompt", "chosen", "rejected"]),
+                         processing_class=tokenizer(hf_model))
+    trained(trainer, 1)
+
+
+load_export = load
