@@ -50,6 +50,24 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def source_rows(stages: list[dict], manifest: dict) -> list[list]:
+    """One row per source of the load stage: its name, where it came from, its layout, its rows read and kept
+    (the manifest's per-source accounting), and its license when the pipeline states one."""
+    load = next(s["load"] for s in stages if "load" in s)
+    stats = next((s.get("stats") or {} for s in manifest["stages"] if s["stage"] == "load"), {})
+    first = manifest["stages"][0] if manifest["stages"] else {}
+    out = []
+    for src in load.get("sources") or [load]:
+        where = src.get("hf") or (Path(src["path"]).name if src.get("path") else "-")
+        name = src.get("source") or where
+        got = [stats.get(f"source:{name}:in"), stats.get(f"source:{name}:out")]
+        if got[0] is None and not load.get("sources"):
+            got = [first.get("in"), first.get("out")]
+        out.append([f"`{name}`", f"`{where}`", src.get("layout") or ("mapping" if src.get("mapping") else "prompts"),
+                    *(int(v) if v is not None else "-" for v in got), src.get("license") or "not stated"])
+    return out
+
+
 def build_card(run_dir: Path, repo_id: str, files: dict[str, list[str]], license: str,
                columns: dict[str, list[tuple[str, str]]] | None = None) -> str:
     """The dataset card. `columns`: per config, the (name, Arrow type) of each column its Parquet has (every
@@ -68,7 +86,7 @@ def build_card(run_dir: Path, repo_id: str, files: dict[str, list[str]], license
                     for name in files],
     }
     stages = config["stages"]
-    sources = [f"`{Path(s['load']['path']).name}`" for s in stages if "load" in s]
+    sources = source_rows(stages, manifest)
     models = []
     for s in stages:
         for m in (s.get("generate") or {}).get("models", []):
@@ -88,8 +106,8 @@ def build_card(run_dir: Path, repo_id: str, files: dict[str, list[str]], license
         f"Preference data built with [curate](https://pypi.org/project/curate/) from the pipeline "
         f"`{manifest['name']}` (run started {manifest.get('started')}, code version {manifest.get('code_version')}).",
         "",
-        "## Prompts",
-        f"Sources: {', '.join(sources) or '-'}.",
+        "## Sources",
+        _table(sources, ["source", "from", "layout", "rows in", "rows kept", "license"]),
         "",
         "## Models and sampling",
         _table(models, ["model", "engine", "k", "temperature", "top_p", "max_tokens", "seed"]) if models else

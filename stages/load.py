@@ -89,6 +89,8 @@ class Source(BaseModel):
     #: the source's name on every row, in the accounting, the judges of its labels and the card (default: the
     #: Hub name, or the file or folder name)
     source: str | None = None
+    #: the source's license, for the dataset card (`curate publish` lists every source with it)
+    license: str | None = None
     #: at most this many usable rows of this source
     limit: int | None = Field(None, ge=0)
     #: keep this share of the source's rows (a seeded, reproducible sample; the rest are dropped with a reason)
@@ -126,7 +128,33 @@ def resolve_source(src: Source, base: Path | None) -> Source:
     if not files_of(path):
         raise ValueError(f"no file found at {path}" + (" (a folder with no JSONL, JSON or Parquet part)"
                                                        if path.is_dir() else ""))
-    return src.model_copy(update={"path": str(path.resolve()) if path.exists() else str(path)})
+    src = src.model_copy(update={"path": str(path.resolve()) if path.exists() else str(path)})
+    check_first_row(src)
+    return src
+
+
+def check_first_row(src: Source) -> None:
+    """The layout's fields against the source's first row, before anything runs: a layout named for the wrong
+    data fails with the fields it looked for and the row's own (later rows are checked as they are read)."""
+    shape = src.shape
+    if shape is None or shape.reader or src.path is None:
+        return
+    first = files_of(src.path)[0]
+    try:
+        row = next((r for r in records(first, src.format if first.is_file() else "hf") if not r.blank), None)
+    except (OSError, ValueError):
+        return  # an unreadable file is the reader's to report, row by row
+    if row is None or row.error or not isinstance(row.record, dict):
+        return
+    needed = [shape.each] if shape.each else list(shape.responses or [])
+    needed += [] if shape.prompt is None else [next((p for p in ([shape.prompt] if isinstance(shape.prompt, str)
+                                                                 else shape.prompt) if dig(row.record, p) is not None),
+                                                    shape.prompt if isinstance(shape.prompt, str) else shape.prompt[0])]
+    needed += [lab.field for lab in shape.labels if lab.field and not lab.optional]
+    missing = [f for f in needed if dig(row.record, f) is None]
+    if missing:
+        raise ValueError(f"layout {shape.name!r} reads {', '.join(map(repr, missing))}, which row {row.number} of "
+                         f"{first.name} does not have (its fields: {', '.join(list(row.record)[:12])})")
 
 
 DOCUMENTS_PROMPT = ("Answer the user's question using only the documents below. Say so when they do not hold the "
@@ -203,7 +231,13 @@ class Config(StageConfig):
     @classmethod
     def _sources(cls, value: list[Source], info) -> list[Source]:
         base = (info.context or {}).get("base_dir")
-        return [resolve_source(src, base) for src in value]
+        out = []
+        for i, src in enumerate(value):
+            try:
+                out.append(resolve_source(src, base))
+            except ValueError as exc:
+                raise ValueError(f"[{i}] ({src.name}): {exc}") from None
+        return out
 
     @model_validator(mode="before")
     @classmethod

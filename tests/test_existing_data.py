@@ -314,3 +314,21 @@ def test_a_curate_export_loads_back_into_the_same_pairs(tmp_path, fmt, conversat
 
     a, b = pq.read_table(first).to_pylist(), pq.read_table(second).to_pylist()
     assert len(a) >= 35 and a == b
+
+
+def test_validate_names_the_source_the_layouts_missing_fields_and_the_first_row(tmp_path):
+    """A layout named for the wrong data fails `curate validate` at once, with the YAML path, the source, the
+    fields the layout looks for and the ones the first row has."""
+    import yaml
+
+    from conftest import curate
+
+    spec = tmp_path / "p.yaml"
+    spec.write_text(yaml.safe_dump({"name": "wrong", "stages": [{"load": {"sources": [
+        {"path": str(HH), "layout": "hh_rlhf"}, {"path": str(DATA / "alpaca_eval_annotations_40.json"),
+                                                  "layout": "ultrafeedback"}]}}, {"pairs": {}}]}))
+    res = curate("validate", spec)
+    assert res.returncode == 2
+    assert ("stages[0].load.sources: [1] (alpaca_eval_annotations_40.json): layout 'ultrafeedback' reads "
+            "'completions', which row 1 of alpaca_eval_annotations_40.json does not have (its fields: instruction, "
+            "output_1") in " ".join(res.stderr.split())

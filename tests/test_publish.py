@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from conftest import curate, free_port
+from conftest import EXAMPLES, curate, free_port
 from hub_server import HubServer
 from test_end_to_end import small_example
 
@@ -195,3 +195,26 @@ def test_an_image_pair_dataset_publishes_with_its_images(hub, tmp_path):
     assert got["image"] == "Image"
     assert got["chosen"] == {"a red square": hashlib.sha256(pngs[0]).hexdigest(),
                              "a green square": hashlib.sha256(pngs[2]).hexdigest()}
+
+
+def test_a_hub_dataset_loads_by_name_in_its_layout(hub, tmp_path):
+    """`load: {hf: ORG/NAME, layout: trl}`: a preference dataset on the Hub (here the local Hub-protocol server at
+    HF_ENDPOINT) is streamed by name, split and revision, and gives the same pairs as its file read locally."""
+    server, env = hub
+    part = EXAMPLES / "data" / "curate_hh_export" / "part-00000.parquet"
+    code = ("import sys, huggingface_hub as h; api = h.HfApi(); api.create_repo('acme/hh-pairs', repo_type='dataset'); "
+            "api.upload_file(path_or_fileobj=sys.argv[1], path_in_repo='data/train-00000-of-00001.parquet', "
+            "repo_id='acme/hh-pairs', repo_type='dataset')")
+    full = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+    up = subprocess.run([sys.executable, "-c", code, str(part)], capture_output=True, text=True, env=full, timeout=300)
+    assert up.returncode == 0, up.stderr[-3000:]
+    outs = []
+    for name, load in (("hub", {"hf": "acme/hh-pairs", "split": "train", "layout": "trl", "source": "hh"}),
+                       ("file", {"path": str(part), "layout": "trl", "source": "hh"})):
+        spec = tmp_path / f"{name}.yaml"
+        spec.write_text(yaml.safe_dump({"name": name, "stages": [{"load": load}, {"pairs": {}},
+                                                                 {"export": {"format": "trl", "conversational": True}}]}))
+        res = curate("run", spec, "--run-dir", tmp_path / name, env=env)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        outs.append(pq.read_table(tmp_path / name / "03_export").to_pylist())
+    assert len(outs[0]) == 40 and outs[0] == outs[1]
