@@ -72,7 +72,7 @@ PIPELINES = {
 
 
 def child(folder: Path, name: str) -> None:
-    from curate.pipelines.runner import ShardWorker
+    from curate.pipelines.worker import ShardWorker
 
     stages = PIPELINES[name]
     inputs = sorted(folder.glob("part-*.parquet"))

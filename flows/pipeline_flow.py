@@ -19,7 +19,8 @@ from prefect.cache_policies import NONE
 from pydantic import BaseModel, PrivateAttr
 
 from curate.pipelines.config import load_pipeline
-from curate.pipelines.runner import Progress, Run, default_run_dir
+from curate.pipelines.rundir import default_run_dir
+from curate.pipelines.runner import Progress, Run
 
 
 def _run_name() -> str:

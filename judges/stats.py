@@ -183,6 +183,26 @@ def source_agreement(j: pl.DataFrame) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: (r["source"], r["label"], r["judge"]))
 
 
+def judgment_count(part: Path) -> int:
+    """How many judgments the candidates of one output part carry."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    candidates = pc.list_flatten(pq.read_table(part, columns=["candidates"]).column("candidates"))
+    return pc.sum(pc.list_value_length(pc.struct_field(candidates, "judgments"))).as_py() or 0
+
+
+def run_summary(run_dir: Path, manifest: dict) -> dict[str, Any]:
+    """The run's hook (pipelines/runner.py RUN_SUMMARIES): what the judges of the last stage with candidates did
+    (agreement, position consistency, ...); {} when no stage has judged candidates."""
+    from curate.pipelines.rundir import last_output_with
+
+    judged = last_output_with(run_dir, manifest, {"candidates"})
+    if judged is None or not any(judgment_count(part) for part in judged):
+        return {}  # candidates nobody judged (a generate-only pipeline): nothing to summarize
+    return summary(judged)
+
+
 def summary(folder: Path | list[Path]) -> dict[str, Any]:
     """What the manifest records about a run's judges."""
     j = judgments(folder)

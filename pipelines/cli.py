@@ -58,7 +58,7 @@ class _services:
     curate Prefect server, started by the first run and stopped when idle (flows/local_server.py);
     `CURATE_PREFECT_SERVER=temporary` asks for Prefect's own temporary server instead (started for this run,
     stopped at exit). A local run starts no Ray here: the runner starts it for the first stage that needs more
-    than one worker (pipelines.runner.local_run). A configured Prefect server or Ray cluster is used as it is."""
+    than one worker (pipelines.executors.local_run). A configured Prefect server or Ray cluster is used as it is."""
 
     def __init__(self, address: str | None):
         self.address = address
@@ -67,7 +67,7 @@ class _services:
         self._server: dict = {}
 
     def __enter__(self):
-        from curate.pipelines.runner import init_ray, local_run
+        from curate.pipelines.executors import init_ray, local_run
 
         if not local_run(self.address):
             self.start_prefect()
@@ -202,7 +202,7 @@ def run(
     # Prefect's telemetry heartbeat fails noisily against its temporary SQLite server; off unless the user turns it on
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
-    from curate.pipelines.runner import default_run_dir
+    from curate.pipelines.rundir import default_run_dir
 
     run_dir = run_dir or default_run_dir(p.name)
     if run_dir.exists() and not run_dir.is_dir():
@@ -212,7 +212,7 @@ def run(
 
     tell("run_dir", str(run_dir.resolve()))
     tell("stages", {st.id: [_engine_label(n, p.engines[n]) for n in st.spec.engines(st.config)] for st in p.stages})
-    from curate.pipelines.runner import RunDirBusy, run_dir_lock
+    from curate.pipelines.rundir import RunDirBusy, run_dir_lock
 
     try:  # one writer per run directory, taken before Prefect or Ray start
         with run_dir_lock(run_dir):

@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import yaml
 
-from curate.pipelines.runner import StaleRunDir, manifest_parts
+from curate.pipelines.rundir import StaleRunDir, manifest_parts
 
 CONFIG_NAMES = {"trl": "preference", "reward": "reward", "kto": "kto", "ranked": "ranked", "diffusion": "diffusion"}
 

@@ -17,7 +17,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from curate.judges.stats import judgments, kappas, positions
-from curate.pipelines.runner import manifest_parts, side_parts
+from curate.pipelines.rundir import manifest_parts, side_parts
 
 
 def _stage_dirs(run_dir: Path, manifest: dict) -> list[tuple[str, list[Path], list[str]]]:

@@ -36,7 +36,7 @@ LABEL_CONFIG = """<View>
 
 
 def _last_output(run_dir: Path, columns: set[str]) -> list[Path] | None:
-    from curate.pipelines.runner import last_output_with
+    from curate.pipelines.rundir import last_output_with
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     return last_output_with(run_dir, manifest, columns)

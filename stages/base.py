@@ -109,7 +109,7 @@ class StageSpec:
     #: (export picks the provenance columns this pipeline made); applied when the pipeline loads
     resolve: Callable[[Any, set[str]], Any] | None = None
     #: the files that shape the stage's output, hashed by content into its fingerprint (None: every file the
-    #: config points at, found by pipelines.runner.input_files)
+    #: config points at, found by pipelines.fingerprint.input_files)
     inputs: Callable[[Any], list[Any]] | None = None
 
 

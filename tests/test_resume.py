@@ -125,7 +125,7 @@ def test_an_edit_redoes_only_the_stages_whose_code_it_touches(tmp_path):
     too): an edit to the llama.cpp engine changes generate's and judge's versions, not dedup's or export's."""
     import shutil
 
-    from curate.pipelines.runner import CODE_DIRS, stage_code_version
+    from curate.pipelines.fingerprint import CODE_DIRS, stage_code_version
 
     root = Path(__file__).resolve().parent.parent
     for d in CODE_DIRS:

@@ -1,0 +1,140 @@
+"""The shard worker: runs one stage's function over shards of a run directory, with the stage's engines built
+once per worker (a thread, a Ray actor or task) and every answer cached as it arrives."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.pipelines.rundir import ShardWriter, StaleWorker, run_token
+
+
+def streams(capability_sets) -> bool:
+    """Every engine of the stage takes calls from many threads into one window (engines/config.py)."""
+    sets = list(capability_sets)
+    return bool(sets) and all("streams" in caps for caps in sets)
+
+
+def batches_in_flight(engines, batch_size: int, stateful: bool) -> int:
+    """Batches of a shard to run at once: enough rows to fill the engines' windows (each row makes at least one
+    request) plus one, so a batch's slow tail overlaps the next; 1 for engines that take one call at a time."""
+    engines = list(engines)
+    if stateful or not streams(e.capabilities for e in engines):
+        return 1
+    want = max(e.window for e in engines)
+    return min(128, 1 + -(-want // batch_size))
+
+
+class ShardWorker:
+    """One per actor (or task), so engines load once per worker and serve many shards.
+
+    On engines that stream (HTTP), a shard's batches run in threads, `batches_in_flight` at a time, all feeding
+    the engine's one window of requests, so the engine never waits for the slowest request of a batch; a worker
+    may also run several shards at once (the runner makes it a threaded actor). Outputs are written in batch
+    order either way. Other engines (llama.cpp, vLLM offline, transformers) take one batch at a time."""
+
+    def __init__(self, stage_name: str, stage_id: str, config: dict, engines: dict[str, dict], cache_dir: str | None,
+                 run_dir: str, batch_size: int, token: str | None = None):
+        from curate.engines.cache import ResponseCache
+        from curate.engines.config import build_engine, parse_engine
+        from curate.stages import registry
+        from curate.stages.base import StageContext
+
+        self.spec = registry()[stage_name]
+        self.config = self.spec.config.model_validate(config)
+        self.stage_id = stage_id
+        self.run_dir = Path(run_dir)
+        self.batch_size = batch_size
+        self.token = token
+        cache = ResponseCache(cache_dir) if engines else None
+        self.engines = {n: build_engine(parse_engine(c), cache) for n, c in engines.items()}
+        self.ctx = StageContext(self.engines)
+        self.batches_in_flight = batches_in_flight(self.engines.values(), batch_size, self.spec.stateful)
+        #: input rows done so far of each shard this worker is running (the driver polls it for progress)
+        self.rows_done: dict[int, int] = {}
+
+    def progress(self) -> dict[int, int]:
+        return dict(self.rows_done)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        results = [self.run_shard(**row) for row in batch.to_pylist()]
+        return pa.Table.from_pylist(results)
+
+    def _counts(self):
+        """What this thread's requests through all engines came to so far (engines.cache.CallCounts)."""
+        from curate.engines.cache import CallCounts
+
+        return sum((e.thread_counts() for e in self.engines.values()), CallCounts())
+
+    def _process(self, table: pa.Table):
+        """One batch through the stage, with what its requests came to (counted in its thread)."""
+        before = self._counts()
+        result = self.spec.process(table, self.config, self.ctx)
+        return result, self._counts() - before
+
+    def run_shard(self, shard: int, input: str, fingerprint: str) -> dict[str, Any]:
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        from curate.engines.cache import CallCounts
+
+        start = time.perf_counter()
+        writer = ShardWriter(self.run_dir, self.stage_id, shard)
+        counts = CallCounts()
+        src = pq.ParquetFile(input)
+        tables = (pa.Table.from_batches([b]) for b in src.iter_batches(batch_size=self.batch_size))
+        if src.metadata.num_rows == 0:
+            tables = iter([src.schema_arrow.empty_table()])
+        # Batches run `batches_in_flight` at a time and a new one starts as soon as any finishes (a straggler in
+        # one batch does not hold the others back); outputs are written in batch order, and finished batches
+        # wait for an earlier straggler at most 4 windows deep, so memory stays bounded.
+        running: dict[Any, int] = {}  # future -> batch number
+        finished: dict[int, tuple] = {}  # batch number -> (result, call counts)
+        rows_of: dict[int, int] = {}
+        next_out = 0
+
+        def collect(futures) -> None:
+            nonlocal next_out, counts
+            for future in futures:
+                finished[running.pop(future)] = future.result()
+            while next_out in finished:
+                (result, c), rows = finished.pop(next_out), rows_of.pop(next_out)
+                writer.add(result, rows)
+                counts += c
+                self.rows_done[shard] = self.rows_done.get(shard, 0) + rows
+                next_out += 1
+
+        try:
+            with ThreadPoolExecutor(self.batches_in_flight, thread_name_prefix=f"shard{shard}") as pool:
+                for n, table in enumerate(tables):
+                    rows_of[n] = table.num_rows
+                    running[pool.submit(self._process, table)] = n
+                    window = self.batches_in_flight
+                    while len(running) >= window or (running and len(finished) >= 4 * window):
+                        collect(wait(running, return_when=FIRST_COMPLETED)[0])
+                collect(wait(running)[0])
+        except BaseException:
+            for future in running:
+                future.cancel()
+            writer.abort()
+            raise
+        finally:
+            self.rows_done.pop(shard, None)
+        if self.token is not None and run_token(self.run_dir) != self.token:
+            writer.abort()
+            raise StaleWorker(f"{self.run_dir} is no longer held by the run that started shard {shard}")
+        marker = writer.commit(fingerprint, {
+            "model_calls": counts.calls,
+            "cache_hits": counts.hits,
+            # failed requests (model or cache), the transient ones among them (the shard is redone by the next
+            # run), and the first error, for the message when a stage fails on its error rate
+            "failed_calls": counts.failed,
+            "transient_failures": counts.transient,
+            "first_error": counts.first_error,
+            "seconds": round(time.perf_counter() - start, 3),
+        })
+        return {"shard": shard, "marker": json.dumps(marker)}
