@@ -6,21 +6,19 @@ accounting table lands as a Prefect table artifact on the flow run.
 """
 
 # no `from __future__ import annotations`: a served deployment validates the flow's parameters against these
-# annotations where string forward references (`Progress`) cannot be resolved
+# annotations, where string forward references cannot be resolved
 
 import re
 import time
 from pathlib import Path
 from typing import Any
 
+from curate.pipelines.config import load_pipeline
+from curate.pipelines.rundir import default_run_dir
+from curate.pipelines.runner import Run
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NONE
-from pydantic import BaseModel, PrivateAttr
-
-from curate.pipelines.config import load_pipeline
-from curate.pipelines.rundir import default_run_dir
-from curate.pipelines.runner import Progress, Run
 
 
 def _run_name() -> str:
@@ -44,35 +42,33 @@ def publish_run(run_dir: str, spec: dict[str, Any]) -> dict[str, Any]:
                    config_name=spec["config_name"], license=spec["license"])
 
 
-class Started(BaseModel):
-    """A run the caller has already started (and set running ahead, `Run.run_ahead`), handed to the flow. Like
-    `Progress`, a model without fields, so that Prefect records the parameter as `{}` while the live object
-    reaches the flow."""
+#: runs the calling process started and hands to its flow run by key (`handoff`): a live run is no flow
+#: parameter (Prefect records and validates those), so it waits here, in this process, for the flow to take it
+LIVE: dict[str, Run] = {}
 
-    _run: Run | None = PrivateAttr(default=None)
 
-    @classmethod
-    def of(cls, run: Run) -> "Started":
-        started = cls()
-        started._run = run
-        return started
+def hand_off(run: Run) -> str:
+    """The key under which `pipeline_flow(handoff=...)` finds `run`."""
+    import uuid
+
+    key = uuid.uuid4().hex
+    LIVE[key] = run
+    return key
 
 
 @flow(name="curate-pipeline", flow_run_name=_run_name, validate_parameters=True)
 def pipeline_flow(pipeline_path: str, run_dir: str | None = None, limit: int | None = None,
-                  address: str | None = None, run_root: str = "runs",
-                  progress: Progress | None = None, started: Started | None = None) -> dict[str, Any]:
-    """Run a pipeline YAML into a run directory; returns the manifest's summary. `progress` gets the live
-    counts (the CLI's bars); a deployment's runs go without. `started`: the CLI's run of that pipeline, already
-    started and running ahead (its stages began while Prefect was being imported and this flow run opened);
-    each stage's task then takes over that stage's result, or runs it when the run ahead stopped before it."""
-    if started is not None and started._run is not None:
-        run = started._run
+                  address: str | None = None, run_root: str = "runs", handoff: str | None = None) -> dict[str, Any]:
+    """Run a pipeline YAML into a run directory; returns the manifest. `handoff`: the key of a run the caller
+    (`curate run`) already started and set running ahead (`hand_off`), with its progress bars: its stages began
+    while Prefect was being imported and this flow run opened; each stage's task then takes over that stage's
+    result, or runs it when the run ahead stopped before it. A deployment's runs start their own."""
+    run = LIVE.pop(handoff, None) if handoff else None
+    if run is not None:
         pipeline = run.pipeline
     else:
         pipeline = load_pipeline(pipeline_path).with_limit(limit)
-        run = Run(pipeline, Path(run_dir) if run_dir else default_run_dir(pipeline.name, run_root),
-                  address=address, progress=progress)
+        run = Run(pipeline, Path(run_dir) if run_dir else default_run_dir(pipeline.name, run_root), address=address)
         run.start()
     try:
         for st in pipeline.stages:

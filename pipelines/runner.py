@@ -37,7 +37,6 @@ from curate.pipelines.rundir import (
     read_marker,
     run_dir_lock,
 )
-from pydantic import BaseModel
 
 #: manifest key -> `module:function(run_dir, manifest) -> dict`, computed when the last stage is done; an empty
 #: result leaves the key out
@@ -91,11 +90,8 @@ class StageReport:
                    if self.stats else {})}
 
 
-class Progress(BaseModel):
-    """What the runner tells the caller as it goes (the CLI draws bars; tests and deployments pass nothing).
-
-    A pydantic model without fields so that it can be a parameter of the Prefect flow: Prefect records it as `{}`
-    while the caller's live object (its state in private attributes) reaches the run."""
+class Progress:
+    """What the runner tells the caller as it goes (the CLI draws bars; tests and deployments pass nothing)."""
 
     def stage_start(self, stage_id: str, total_rows: int | None) -> None: ...
     def shard_done(self, stage_id: str, rows: int) -> None: ...

@@ -7,6 +7,10 @@ import sys
 
 
 from conftest import curate
+import pytest
+
+#: the fast tier (./scripts/test --fast): no model, Ray or Prefect run here
+pytestmark = pytest.mark.fast
 
 
 def test_cli_module_imports_no_heavy_library():

@@ -13,6 +13,9 @@ import yaml
 from conftest import EXAMPLES, curate
 from curate.pipelines.config import ConfigError, load_pipeline
 
+#: the fast tier (./scripts/test --fast): no model, Ray or Prefect run here
+pytestmark = pytest.mark.fast
+
 
 @pytest.fixture
 def example(tmp_path):

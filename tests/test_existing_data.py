@@ -20,6 +20,9 @@ from curate.stages import pairs
 from curate.stages.base import StageContext
 from curate.stages.load import Config, read
 
+#: the fast tier (./scripts/test --fast): no model, Ray or Prefect run here
+pytestmark = pytest.mark.fast
+
 DATA = ROOT / "tests" / "data" / "pref_layouts"
 HH = ROOT / "pipelines" / "examples" / "data" / "hh_rlhf_harmless_40.jsonl"
 
@@ -289,6 +292,7 @@ def test_an_unknown_layout_or_a_path_that_names_nothing_fails_when_the_pipeline_
 ALPACA = DATA / "alpaca_eval_annotations_40.json"
 
 
+@pytest.mark.full  # two `curate run`s each: the full tier
 @pytest.mark.parametrize("fmt,conversational,data,layout", [
     ("trl", True, HH, "hh_rlhf"), ("reward", True, HH, "hh_rlhf"), ("trl", False, ALPACA, "alpaca_eval")],
     ids=["trl-conversational", "reward-conversational", "trl-standard"])

@@ -10,6 +10,9 @@ import pytest
 
 from curate.stages.load import Config, read
 
+#: the fast tier (./scripts/test --fast): no model, Ray or Prefect run here
+pytestmark = pytest.mark.fast
+
 
 def load_all(**cfg):
     results = list(read(Config.model_validate(cfg)))

@@ -10,6 +10,10 @@ import pyarrow.parquet as pq
 from curate.schemas.records import PAIR_ROW, PROMPT_ROW_WITH_CANDIDATES
 from curate.stages import export, pairs
 from curate.stages.base import StageContext
+import pytest
+
+#: the fast tier (./scripts/test --fast): no model, Ray or Prefect run here
+pytestmark = pytest.mark.fast
 
 
 def judgment(score, ok=True, judge="m:t"):

@@ -5,6 +5,10 @@ from __future__ import annotations
 from hypothesis import given, settings, strategies as st
 
 from curate.judges.parse import PARSERS
+import pytest
+
+#: the fast tier (./scripts/test --fast): no model, Ray or Prefect run here
+pytestmark = pytest.mark.fast
 
 MARKERS = ["[[", "]]", "[[A]]", "[[B]]", "[[C]]", "[RESULT]", "Rating:", "#### Output for Text 1", "Signal:",
            "Evidence:", "Helpfulness:", "[[-", "[[–2]]", "[[—1]]", "[[−3]]", "[[1e309]]", "[[99999999999999999999]]",

@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 from conftest import ROOT
+import pytest
+
+#: the fast tier (./scripts/test --fast): no model, Ray or Prefect run here
+pytestmark = pytest.mark.fast
 
 # built from parts so that this file does not match itself
 OUTSIDE = re.compile(r"\.\./" + "shared|/work/" + "shared|ROOT\\.parent|parent\\.parent\\.parent")
