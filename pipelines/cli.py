@@ -303,12 +303,14 @@ def review_export(
     sample: Annotated[int, typer.Option(help="pairs to sample (stratified by source and margin)")] = 50,
     out: Annotated[Optional[Path], typer.Option(help="tasks file (default RUN_DIR/review/tasks.json)")] = None,
     seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
+    disputed: Annotated[bool, typer.Option("--disputed", help="only pairs the judges behind them split on "
+                                           "(agreement < 1: e.g. a source's label against a new jury)")] = False,
 ) -> None:
     """Write a stratified sample of a run's pairs as Label Studio tasks (and the labeling config)."""
     from curate.pipelines.review import export_tasks
 
     try:
-        res = export_tasks(run_dir, sample, out or run_dir / "review" / "tasks.json", seed)
+        res = export_tasks(run_dir, sample, out or run_dir / "review" / "tasks.json", seed, disputed)
     except (ValueError, FileNotFoundError) as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from None

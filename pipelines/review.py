@@ -54,12 +54,19 @@ def _coin(seed: int, key: str) -> bool:
     return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:8], 16) % 2 == 0
 
 
-def export_tasks(run_dir: Path, n: int, out: Path, seed: int = 0) -> dict[str, Any]:
+def export_tasks(run_dir: Path, n: int, out: Path, seed: int = 0, disputed: bool = False) -> dict[str, Any]:
+    """`disputed`: only the pairs some judge behind them ranks the other way (`agreement` < 1: a jury whose members,
+    a source's own label among them, split), the ones a person should settle (the Skywork-V2 loop)."""
     parts = _pair_parts(run_dir)
     cols = ["prompt_id", "prompt", "chosen", "rejected", "chosen_id", "rejected_id", "source", "margin", "judge"]
-    df = pl.scan_parquet([str(p) for p in parts]).select(cols).collect()
+    scan = pl.scan_parquet([str(p) for p in parts])
+    if disputed:
+        if "agreement" not in scan.collect_schema().names():
+            raise ValueError(f"{parts[0].parent} has no `agreement` column: no judges' votes to find disputes in")
+        scan = scan.filter(pl.col("agreement") < 1)
+    df = scan.select(cols).collect()
     if df.is_empty():
-        raise ValueError(f"{parts[0].parent} has no pairs to review")
+        raise ValueError(f"{parts[0].parent} has no {'disputed ' if disputed else ''}pairs to review")
     margins = df["margin"].drop_nulls()
     low, high = (margins.quantile(1 / 3), margins.quantile(2 / 3)) if len(margins) else (None, None)
 
