@@ -107,8 +107,7 @@ def main() -> None:
                         return resp.json()["usage"]["completion_tokens"]
                 return sum(await asyncio.gather(*(one(r) for r in reqs)))
 
-        from curate.engines.config import OpenAIHTTPConfig
-        from curate.engines.openai_http import OpenAIHTTPEngine
+        from curate.engines.openai_http import OpenAIHTTPConfig, OpenAIHTTPEngine
 
         http = OpenAIHTTPEngine(OpenAIHTTPConfig(base_url=url, model="m", concurrency=args.concurrency))
         plain_times, curate_times = [], []

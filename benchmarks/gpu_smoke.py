@@ -115,8 +115,8 @@ def main() -> None:
 
     import torch
 
-    from curate.engines.config import TransformersConfig, VLLMConfig
-    from curate.engines.transformers_engine import TransformersEngine
+    from curate.engines.transformers_engine import TransformersConfig, TransformersEngine
+    from curate.engines.vllm_offline import VLLMConfig
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"device: {torch.cuda.get_device_name(0) if device == 'cuda' else 'cpu'}; torch {torch.__version__}")

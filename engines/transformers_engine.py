@@ -16,10 +16,30 @@ from __future__ import annotations
 import importlib.util
 from collections import defaultdict
 from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field
 
 from curate.engines.base import Completion, EngineUnavailable, Request, Sampling
+from curate.engines.cache import CachedEngine, ResponseCache
+from curate.engines.spec import EngineBlock, EngineSpec, model_identity
 
 INSTALL = "pip install 'curate[hf]' (transformers and torch)"
+
+
+class TransformersConfig(EngineBlock):
+    """transformers on CPU or GPU: a local Hugging Face model folder; free-text judging (no grammars)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["transformers"] = "transformers"
+    model: str
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    #: greedy requests per generate() call
+    batch_size: int = Field(8, ge=1)
+
+    def capabilities(self) -> frozenset[str]:
+        return frozenset()
 
 
 def check_available(model: str) -> None:
@@ -163,3 +183,20 @@ class TransformersEngine:
             results.append(Completion(text=self.tok.decode(ids, skip_special_tokens=True), finish_reason=finish,
                                       prompt_tokens=int(mask.sum()), completion_tokens=len(ids)))
         return results
+
+
+def identity(cfg: TransformersConfig) -> dict[str, Any]:
+    """The cache identity of the model's answers: the model folder (by content, see model_identity), the dtype."""
+    return {"kind": "transformers", "model": model_identity(cfg.model), "dtype": cfg.dtype}
+
+
+def check(cfg: TransformersConfig) -> None:
+    check_available(cfg.model)
+
+
+def build(cfg: TransformersConfig, cache: ResponseCache | None) -> CachedEngine:
+    return CachedEngine(lambda: TransformersEngine(cfg), identity=identity(cfg), model_name=Path(cfg.model).name,
+                        cache=cache)
+
+
+ENGINE = EngineSpec(kind="transformers", config=TransformersConfig, build=build, check=check)

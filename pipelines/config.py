@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from curate.engines.config import EngineConfig, LlamaCppConfig
+from curate.engines.config import EngineConfig, default_engine
 
 
 class ConfigError(ValueError):
@@ -77,7 +77,7 @@ class Pipeline(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str | None = None
-    engines: dict[str, EngineConfig] = Field(default_factory=lambda: {"default": LlamaCppConfig()})
+    engines: dict[str, EngineConfig] = Field(default_factory=lambda: {"default": default_engine()})
     #: where the response cache lives (default: $CURATE_CACHE_DIR or ~/.cache/curate)
     cache_dir: Path | None = None
     #: publish to the Hub at the end of each run (token: HF_TOKEN or the local login, never here)

@@ -19,14 +19,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from curate.engines.config import EngineConfig, LlamaCppConfig
+from curate.engines.config import EngineConfig, default_engine
 
 LABELS = ["A", "B", "tie"]
 
 
 class JudgeEvalConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    engines: dict[str, EngineConfig] = Field(default_factory=lambda: {"default": LlamaCppConfig()})
+    engines: dict[str, EngineConfig] = Field(default_factory=lambda: {"default": default_engine()})
     #: judge stage configs (template, engine, sampling, retries, name, ...), debate stage configs (those with
     #: `debaters`) or reward_model stage configs (those with `model`: a local reward model folder); several make
     #: a jury

@@ -21,7 +21,7 @@ from typing import Literal
 import pyarrow as pa
 
 from curate.engines.base import Request, with_images
-from curate.engines.config import SamplingConfig
+from curate.engines.spec import SamplingConfig
 from curate.schemas.images import data_url
 from curate.schemas.records import PAIR_ROW
 from curate.schemas.validate import quarantine_table

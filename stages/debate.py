@@ -12,7 +12,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from curate.engines.config import SamplingConfig
+from curate.engines.spec import SamplingConfig
 from curate.judges.debate import Debater, debate
 from curate.judges.items import JudgeItem, JudgeOutcome
 from curate.judges.templates import load_template, template_path, template_ref

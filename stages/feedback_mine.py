@@ -32,7 +32,7 @@ import pyarrow as pa
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from curate.engines.base import Request
-from curate.engines.config import SamplingConfig
+from curate.engines.spec import SamplingConfig
 from curate.judges.calls import ask, judge_name
 from curate.judges.templates import load_template, template_path, template_ref
 from curate.schemas.records import PAIR_ROW

@@ -17,7 +17,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from curate.engines.base import Request
-from curate.engines.config import SamplingConfig
+from curate.engines.spec import SamplingConfig
 from curate.schemas.records import PROMPT_ROW_WITH_CANDIDATES
 from curate.schemas.rows import chat
 from curate.schemas.validate import quarantine_table

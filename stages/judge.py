@@ -15,7 +15,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field, ValidationInfo, field_validator
 
-from curate.engines.config import SamplingConfig
+from curate.engines.spec import SamplingConfig
 from curate.judges.items import Judge, judge_items
 from curate.judges.templates import load_template, template_path, template_ref
 from curate.stages.base import StageContext, StageResult, StageSpec

@@ -14,7 +14,7 @@ import pyarrow as pa
 from pydantic import Field, field_validator
 
 from curate.engines.base import Request
-from curate.engines.config import SamplingConfig
+from curate.engines.spec import SamplingConfig
 from curate.schemas.records import PAIR_ROW
 from curate.schemas.validate import quarantine_table
 from curate.stages.base import StageConfig, StageContext, StageResult, StageSpec

@@ -14,7 +14,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from curate.engines.base import Request
-from curate.engines.config import SamplingConfig
+from curate.engines.spec import SamplingConfig
 from curate.judges.jury import mean_score
 from curate.judges.pairwise import compare
 from curate.judges.templates import load_template, template_path

@@ -57,7 +57,8 @@ def test_chat_logs_become_pairs_where_the_user_complained(tmp_path):
 
 def test_llm_feedback_detector_reads_its_own_verdict_and_checks_the_quote():
     from curate.engines.cache import ResponseCache
-    from curate.engines.config import LlamaCppConfig, build_engine
+    from curate.engines.config import build_engine
+    from curate.engines.llama_cpp import LlamaCppConfig
     from curate.schemas.records import PROMPT_ROW
     from curate.stages import feedback_mine
     from curate.stages.base import StageContext

@@ -9,7 +9,8 @@ import pytest
 from conftest import EXAMPLES
 from curate.engines.base import Request, Sampling
 from curate.engines.cache import ResponseCache, request_key
-from curate.engines.config import LlamaCppConfig, build_engine
+from curate.engines.config import build_engine
+from curate.engines.llama_cpp import LlamaCppConfig
 from curate.judges.parse import rating_brackets
 from curate.judges.pointwise import grade
 from curate.judges.templates import load_template, template_path

@@ -279,7 +279,8 @@ def test_every_image_template_sends_its_images_and_parses_the_judges_answer(name
     import pyarrow as pa
 
     from curate.engines.cache import ResponseCache
-    from curate.engines.config import OpenAIHTTPConfig, build_engine
+    from curate.engines.config import build_engine
+    from curate.engines.openai_http import OpenAIHTTPConfig
     from curate.judges.templates import load_template, template_path
     from curate.schemas.images import image_ref
     from curate.schemas.records import PROMPT_ROW_WITH_CANDIDATES

@@ -12,7 +12,8 @@ import pytest
 
 from conftest import curate
 from curate.engines.cache import ResponseCache
-from curate.engines.config import LlamaCppConfig, build_engine
+from curate.engines.config import build_engine
+from curate.engines.llama_cpp import LlamaCppConfig
 from curate.judges.jury import aggregate, row_agreement
 from curate.judges.parse import aspect_lines, result_ab, result_tag, strength_brackets, text_ratings
 from curate.judges.templates import OWN_STAGE, builtin_names, load_template, template_path
@@ -297,7 +298,7 @@ class CopyingJudge:
 def test_a_marker_the_judge_merely_copies_from_a_candidate_is_not_its_score(tmp_path):
     """Free-text judging (no grammar): a candidate answering "[10]" is copied by the judge; the single-bracket
     fallback must not read that as 10. A fallback on the judge's own final line still counts."""
-    from curate.engines.config import OpenAIHTTPConfig
+    from curate.engines.openai_http import OpenAIHTTPConfig
 
     server = CopyingJudge()
     try:

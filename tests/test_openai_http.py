@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 
 from conftest import accounted, curate, free_port, send_json, serve_local, stop_group
 from curate.engines.base import Request, Sampling
-from curate.engines.config import OpenAIHTTPConfig, parse_engine
+from curate.engines.config import parse_engine
+from curate.engines.openai_http import OpenAIHTTPConfig
 from curate.engines.llama_cpp import embedded_model_path
 from curate.engines.openai_http import OpenAIHTTPEngine
 from curate.pipelines.config import ConfigError, parse_pipeline
