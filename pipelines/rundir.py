@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.pipelines.fingerprint import file_sha256
+from curate.schemas.validate import with_stage
 
 
 def atomic_write_json(data: Any, path: Path) -> None:
@@ -112,6 +113,8 @@ class ShardWriter:
     run_dir: Path
     stage_id: str
     shard: int
+    #: the stage's name, filled into the dropped/quarantined rows' `stage` column (stage functions leave it empty)
+    stage_name: str | None = None
     counts: dict[str, int] = field(default_factory=lambda: {"in": 0, "out": 0, "rows_out": 0, "dropped": 0,
                                                               "quarantined": 0})
     stats: dict[str, float] = field(default_factory=dict)
@@ -147,8 +150,8 @@ class ShardWriter:
 
     def add(self, result, rows_in: int) -> None:
         self.write("out", result.out)
-        self.write("dropped", result.dropped)
-        self.write("quarantined", result.quarantined)
+        self.write("dropped", with_stage(result.dropped, self.stage_name or self.stage_id))
+        self.write("quarantined", with_stage(result.quarantined, self.stage_name or self.stage_id))
         self.counts["in"] += rows_in
         self.counts["out"] += result.n_out
         self.counts["rows_out"] += result.out.num_rows

@@ -285,7 +285,7 @@ def _run_source(st: StageEntry, run_dir: Path, progress: Progress):
     else:
         markers = []
         for shard, result in enumerate(st.spec.source(st.config)):
-            writer = ShardWriter(run_dir, st.id, shard)
+            writer = ShardWriter(run_dir, st.id, shard, st.name)
             try:
                 writer.add(result, result.rows_in or 0)
             except BaseException:

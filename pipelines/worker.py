@@ -83,7 +83,7 @@ class ShardWorker:
         from curate.engines.cache import CallCounts
 
         start = time.perf_counter()
-        writer = ShardWriter(self.run_dir, self.stage_id, shard)
+        writer = ShardWriter(self.run_dir, self.stage_id, shard, self.spec.name)
         counts = CallCounts()
         src = pq.ParquetFile(input)
         tables = (pa.Table.from_batches([b]) for b in src.iter_batches(batch_size=self.batch_size))

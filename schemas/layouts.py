@@ -29,9 +29,7 @@ the row's quarantine reason, never a guess.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +38,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curate.schemas.messages import as_messages, split_response
+from curate.schemas.rows import content_id
 from curate.schemas.sources import dig
 
 LAYOUT_DIR = Path(__file__).parent / "layouts"
@@ -342,4 +341,4 @@ def number(text: str) -> float | str:
 def candidate_id(prompt_id: str, source: str, index: int, text: str | None) -> str:
     """A loaded response's id: its prompt, its source, its position and its text, so the same response of the
     same source has the same id in every run and shard."""
-    return hashlib.sha256(json.dumps([prompt_id, source, index, text]).encode()).hexdigest()[:16]
+    return content_id(prompt_id, source, index, text)

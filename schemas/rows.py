@@ -3,6 +3,10 @@ row carries. Stages import these from here, never from each other."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from typing import Any
+
 
 def chat(row: dict, system: str | None = None, persona_prompt: str | None = None,
          instruction: str | None = None) -> list[dict[str, str]]:
@@ -47,3 +51,18 @@ def swap_sides(row: dict) -> dict:
     if out.get("safer") in ("chosen", "rejected"):
         out["safer"] = "rejected" if out["safer"] == "chosen" else "chosen"
     return out
+
+
+def content_id(*parts: Any, sort_keys: bool = False) -> str:
+    """A 16-hex id from what identifies a thing (the JSON of `parts`): the same parts give the same id in every
+    run, shard and worker. Candidates, loaded responses and mined pairs are all named this way."""
+    return hashlib.sha256(json.dumps(list(parts), sort_keys=sort_keys).encode()).hexdigest()[:16]
+
+
+def candidate(candidate_id: str, model: str | None, response: str | None, gen_params: str, *,
+              finish_reason: str | None = None, n_tokens: int | None = None, image: dict | None = None,
+              judgments: list[dict] | None = None) -> dict:
+    """One candidate as schemas.records.CANDIDATE holds it; `gen_params` is the JSON the caller wrote (its bytes
+    are part of the stage's output)."""
+    return {"candidate_id": candidate_id, "model": model, "response": response, "finish_reason": finish_reason,
+            "n_tokens": n_tokens, "gen_params": gen_params, "judgments": list(judgments or []), "image": image}

@@ -47,16 +47,17 @@ def _text(value: Any) -> str:
 
 
 def quarantine_table(
-    stage: str,
     records: list[Any],
     reasons: list[str],
     *,
     source: str | list[str] | None = None,
     lines: list[int | None] | None = None,
+    stage: str | None = None,
 ) -> pa.Table:
     """Rows for the dropped/quarantined files: the record as text plus a reason, whatever its shape. `source`
     names the source of every row, or of each row (a list: rows of several sources, whose own fields may hold
-    a `source` of another meaning)."""
+    a `source` of another meaning). The stage column is the runner's to fill (`with_stage`): a stage function
+    does not repeat its own name."""
     rows = []
     for i, (rec, reason) in enumerate(zip(records, reasons, strict=True)):
         pid = rec.get("prompt_id") if isinstance(rec, dict) else None
@@ -72,3 +73,13 @@ def quarantine_table(
             }
         )
     return pa.Table.from_pylist(rows, schema=QUARANTINE_ROW)
+
+
+def with_stage(table: pa.Table, stage: str) -> pa.Table:
+    """A dropped/quarantined table with its `stage` column filled where the stage function left it empty."""
+    if table.num_rows == 0 or table.column("stage").null_count == 0:
+        return table
+    import pyarrow.compute as pc
+
+    i = table.schema.get_field_index("stage")
+    return table.set_column(i, "stage", pc.fill_null(table.column("stage"), stage))

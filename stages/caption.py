@@ -123,8 +123,8 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
     good = [row for r, row in enumerate(rows) if r not in failed and r not in dropped]
     return StageResult(
         out=pa.Table.from_pylist(good, schema=PAIR_ROW),
-        dropped=quarantine_table("caption", [rows[r] for r in sorted(dropped)], [dropped[r] for r in sorted(dropped)]),
-        quarantined=quarantine_table("caption", [rows[r] for r in sorted(failed)],
+        dropped=quarantine_table([rows[r] for r in sorted(dropped)], [dropped[r] for r in sorted(dropped)]),
+        quarantined=quarantine_table([rows[r] for r in sorted(failed)],
                                      [f"caption call failed: {failed[r]}" for r in sorted(failed)]),
     )
 

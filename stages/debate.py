@@ -7,17 +7,17 @@ transcript (JSON) as feedback; pairs downstream select them with `judge_kind: de
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pyarrow as pa
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from curate.engines.spec import SamplingConfig
 from curate.judges.debate import Debater, debate
 from curate.judges.items import JudgeItem, JudgeOutcome
-from curate.judges.templates import load_template, template_path, template_ref
+from curate.judges.templates import load_template, template_path
 from curate.stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
-from curate.stages.judging import JudgeInputs, items, settle
+from curate.stages.judging import TemplateJudging, items, settle
 
 
 class DebaterConfig(StageConfig):
@@ -30,7 +30,8 @@ class DebaterConfig(StageConfig):
         return Debater(engine, self.name or default_name, self.sampling.sampling())
 
 
-class Config(JudgeInputs):
+class Config(TemplateJudging):
+    template_stage: ClassVar[str] = "debate"
     #: the label on the debate's judgments
     name: str = "debate"
     debaters: list[DebaterConfig] = Field(min_length=2)
@@ -38,14 +39,6 @@ class Config(JudgeInputs):
     final: Literal["majority", "moderator"] = "majority"
     moderator: DebaterConfig | None = None
     template: str = "debate_v1"
-    retries: int = Field(1, ge=0)
-    grammar: bool = True
-    inconsistent: Literal["tie", "drop"] = "tie"
-
-    @field_validator("template")
-    @classmethod
-    def _template_exists(cls, value: str, info: ValidationInfo) -> str:
-        return template_ref(value, (info.context or {}).get("base_dir"), stage="debate")
 
     @model_validator(mode="after")
     def _moderated(self):

@@ -98,7 +98,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
     keep = pa.array([h is None for h in hit], type=pa.bool_())
     dropped = table.filter(pa.compute.invert(keep)).to_pylist()
     return StageResult(out=table.filter(keep),
-                       dropped=quarantine_table("decontaminate", dropped, [h for h in hit if h is not None]))
+                       dropped=quarantine_table(dropped, [h for h in hit if h is not None]))
 
 
 STAGE = StageSpec(

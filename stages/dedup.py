@@ -85,7 +85,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
     keep = pa.array([d is None for d in dup_of], type=pa.bool_())
     dropped_rows = table.filter(pa.compute.invert(keep)).to_pylist()
     reasons = [f"{cfg.method} duplicate of {cfg.id_field} {d} ({cfg.field})" for d in dup_of if d is not None]
-    return StageResult(out=table.filter(keep), dropped=quarantine_table("dedup", dropped_rows, reasons))
+    return StageResult(out=table.filter(keep), dropped=quarantine_table(dropped_rows, reasons))
 
 
 STAGE = StageSpec(

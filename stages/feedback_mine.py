@@ -21,8 +21,6 @@ and unparsed LLM outputs.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 import string
 from collections import Counter
@@ -39,7 +37,7 @@ from curate.schemas.records import PAIR_ROW
 from curate.schemas.validate import quarantine_table
 from curate.stages.base import StageConfig, StageContext, StageResult, StageSpec
 from curate.schemas.records import prompt_id
-from curate.schemas.rows import PAIR_HEAD, PAIR_HEAD_CARRIED, pair_head
+from curate.schemas.rows import PAIR_HEAD, PAIR_HEAD_CARRIED, pair_head, content_id
 
 # what users write when an answer missed; anchored on words, case-insensitive
 DISSATISFIED = [
@@ -163,10 +161,6 @@ def combine(found: dict[str, tuple[Signal | None, str | None]], cfg: Config) -> 
     return signal, "+".join(d.replace("patterns", "pattern") for d in ("patterns", "llm") if d in labels), evidence
 
 
-def _id(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
-
-
 def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
     rows = table.to_pylist()
     items = [(r, j) for r, row in enumerate(rows) for j in turns(row["messages"] or [])]
@@ -249,7 +243,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
         pairs.append(pair_head(row) | {
             "prompt_id": pid, "prompt": context[-1]["content"], "messages": context,
             "chosen": chosen, "rejected": rejected, "chosen_model": chosen_model, "rejected_model": rejected_model,
-            "chosen_id": _id(pid, chosen_model, chosen), "rejected_id": _id(pid, rejected_model, rejected),
+            "chosen_id": content_id(pid, chosen_model, chosen), "rejected_id": content_id(pid, rejected_model, rejected),
             "judge": "+".join({"pattern": "patterns", "llm": judge}[d] for d in source.split("+")),
             "feedback_signal": signal, "feedback_evidence": evidence, "feedback_turn": j, "feedback_source": source,
         })
@@ -276,7 +270,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
         reasons.append(why)
     n_out = sum(1 for v in made.values() if v)
     return StageResult(out=pa.Table.from_pylist(pairs, schema=PAIR_ROW),
-                       dropped=quarantine_table("feedback_mine", records, reasons),
+                       dropped=quarantine_table(records, reasons),
                        out_sources=n_out, dropped_sources=len(rows) - n_out, stats=stats)
 
 

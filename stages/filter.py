@@ -115,7 +115,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
     dropped = [(row, r) for row, r in zip(rows, reasons, strict=True) if r is not None]
     return StageResult(
         out=table.filter(keep),
-        dropped=quarantine_table("filter", [d[0] for d in dropped], [d[1] for d in dropped]),
+        dropped=quarantine_table([d[0] for d in dropped], [d[1] for d in dropped]),
     )
 
 

@@ -8,7 +8,6 @@ error; its successful siblings are cached, so a rerun only repeats the failed ca
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from typing import Literal
@@ -19,7 +18,7 @@ from pydantic import Field
 from curate.engines.base import Request
 from curate.engines.spec import SamplingConfig
 from curate.schemas.records import PROMPT_ROW_WITH_CANDIDATES
-from curate.schemas.rows import chat
+from curate.schemas.rows import candidate, chat, content_id
 from curate.schemas.validate import quarantine_table
 from curate.stages.base import StageConfig, StageContext, StageResult, StageSpec, fixed
 
@@ -67,16 +66,11 @@ def distinct_n(texts: list[str], n: int = 2) -> float | None:
     return len(set(grams)) / len(grams) if grams else None
 
 
-def candidate_id(prompt_id: str, model: str, params: dict, index: int) -> str:
-    key = json.dumps([prompt_id, model, params, index], sort_keys=True)
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
-
-
-def candidate(prompt_id: str, model: str, params: dict, index: int, text: str, finish_reason: str | None,
+def generated(prompt_id: str, model: str, params: dict, index: int, text: str, finish_reason: str | None,
               n_tokens: int | None) -> dict:
-    return {"candidate_id": candidate_id(prompt_id, model, params, index), "model": model, "response": text,
-            "finish_reason": finish_reason, "n_tokens": n_tokens, "gen_params": json.dumps(params, sort_keys=True),
-            "judgments": []}
+    """A generated candidate: named by its prompt, model, sampling and index (so a rerun finds the same one)."""
+    return candidate(content_id(prompt_id, model, params, index, sort_keys=True), model, text,
+                     json.dumps(params, sort_keys=True), finish_reason=finish_reason, n_tokens=n_tokens)
 
 
 def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
@@ -118,14 +112,14 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
             base = spec.model_dump(exclude={"engine", "k", "verbalized_prompt"})
             for j, (text, prob) in enumerate(found[: spec.k]):
                 params = base | {"stated_probability": prob, "index": j}
-                candidates[r].append(candidate(rows[r]["prompt_id"], engine.model_name, params, j, text,
+                candidates[r].append(generated(rows[r]["prompt_id"], engine.model_name, params, j, text,
                                                comp.finish_reason, None))
             continue
         params = spec.model_dump(exclude={"engine", "k", "verbalized_prompt", "mode"}) | {"seed": spec.seed + i}
         if not comp.ok:
             errors[r].append(f"{engine.model_name} candidate {i}: {comp.error}")
             continue
-        candidates[r].append(candidate(rows[r]["prompt_id"], engine.model_name, params, i, comp.text,
+        candidates[r].append(generated(rows[r]["prompt_id"], engine.model_name, params, i, comp.text,
                                        comp.finish_reason, comp.completion_tokens))
     good, bad, reasons = [], [], []
     stats = {"prompts": 0.0, "distinct_2_sum": 0.0, "candidates": 0.0, "truncated": 0.0}
@@ -144,7 +138,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
             good.append(row | {"candidates": list(row.get("candidates") or []) + cands})
     return StageResult(
         out=pa.Table.from_pylist(good, schema=PROMPT_ROW_WITH_CANDIDATES),
-        quarantined=quarantine_table("generate", bad, reasons),
+        quarantined=quarantine_table(bad, reasons),
         stats=stats,
     )
 

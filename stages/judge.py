@@ -10,37 +10,23 @@ models) accumulate on the same candidates. The judge sees the final user turn as
 
 from __future__ import annotations
 
-from typing import Literal
 
 import pyarrow as pa
-from pydantic import Field, ValidationInfo, field_validator
 
 from curate.engines.spec import SamplingConfig
 from curate.judges.items import Judge, judge_items
-from curate.judges.templates import load_template, template_path, template_ref
+from curate.judges.templates import load_template, template_path
 from curate.stages.base import StageContext, StageResult, StageSpec
-from curate.stages.judging import JudgeInputs, items, settle
+from curate.stages.judging import TemplateJudging, items, settle
 
 
-class Config(JudgeInputs):
+class Config(TemplateJudging):
     engine: str = "default"
     #: the judge's label on its judgments (default "<model>:<template>"); name two judges apart when they
     #: share a model and template but differ in sampling
     name: str | None = None
-    #: a built-in template name (see `curate stages`) or a path to a template YAML
     template: str = "mt_bench_single_v1"
     sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_tokens=512)
-    #: extra tries for an output that does not parse
-    retries: int = Field(1, ge=0)
-    #: force the template's output grammar where the engine supports constrained decoding
-    grammar: bool = True
-    #: pairwise templates: what a verdict that flips under the position swap becomes
-    inconsistent: Literal["tie", "drop"] = "tie"
-
-    @field_validator("template")
-    @classmethod
-    def _template_exists(cls, value: str, info: ValidationInfo) -> str:
-        return template_ref(value, (info.context or {}).get("base_dir"), stage="judge")
 
     def resolved_template(self):
         return load_template(template_path(self.template))

@@ -6,11 +6,13 @@ other."""
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pyarrow as pa
+from pydantic import Field, ValidationInfo, field_validator
 
 from curate.judges.items import JudgeItem, JudgeOutcome
+from curate.judges.templates import template_ref
 from curate.schemas.records import PROMPT_ROW_WITH_CANDIDATES
 from curate.schemas.validate import quarantine_table
 from curate.stages.base import StageConfig, StageResult
@@ -48,6 +50,28 @@ class JudgeInputs(StageConfig):
             {"meta"} if self.reference_key or self.context_key else set())
 
 
+class TemplateJudging(JudgeInputs):
+    """What every stage that judges through a template shares (judge, debate): the template, checked when the YAML
+    loads to be one this stage runs, retries for unparsable output, the output grammar, and what a verdict that
+    flips under the position swap becomes."""
+
+    #: the stage these templates belong to (`template_ref` checks the template's kind against it)
+    template_stage: ClassVar[str] = "judge"
+    #: a built-in template name (see `curate stages`) or a path to a template YAML
+    template: str
+    #: extra tries for an output that does not parse
+    retries: int = Field(1, ge=0)
+    #: force the template's output grammar where the engine supports constrained decoding
+    grammar: bool = True
+    #: pairwise templates: what a verdict that flips under the position swap becomes
+    inconsistent: Literal["tie", "drop"] = "tie"
+
+    @field_validator("template")
+    @classmethod
+    def _template_exists(cls, value: str, info: ValidationInfo) -> str:
+        return template_ref(value, (info.context or {}).get("base_dir"), stage=cls.template_stage)
+
+
 def _meta_value(row: dict, key: str | None) -> str | None:
     if key is None:
         return None
@@ -79,6 +103,7 @@ def items(rows: list[dict], cfg: JudgeInputs, images: bool = False) -> list[Judg
 
 
 def settle(rows: list[dict], outcomes: list[JudgeOutcome], stage: str) -> StageResult:
+    # `stage` names the calls in the reason ("judge call failed"); the runner fills the stage column
     """Append each outcome's judgments to its row's candidates; a row with a failed call is quarantined whole."""
     good, bad, reasons = [], [], []
     for row, outcome in zip(rows, outcomes, strict=True):
@@ -90,4 +115,4 @@ def settle(rows: list[dict], outcomes: list[JudgeOutcome], stage: str) -> StageR
             cand["judgments"] = list(cand.get("judgments") or []) + judgments
         good.append(row)
     return StageResult(out=pa.Table.from_pylist(good, schema=PROMPT_ROW_WITH_CANDIDATES),
-                       quarantined=quarantine_table(stage, bad, reasons))
+                       quarantined=quarantine_table(bad, reasons))

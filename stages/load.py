@@ -26,6 +26,7 @@ from curate.schemas.layouts import Layout, Mapped, candidate_id, layout as named
 from curate.schemas.messages import parse_transcript
 from curate.schemas.records import PROMPT_ROW, PROMPT_ROW_WITH_CANDIDATES, numbered_documents
 from curate.schemas.records import prompt_id
+from curate.schemas.rows import candidate, content_id
 from curate.schemas.sources import SourceRow, dig, files_of, hub_records, records
 from curate.schemas.validate import prompt_problem, quarantine_table
 from curate.stages.base import StageConfig, StageResult, StageSpec, existing_path, fixed
@@ -338,9 +339,8 @@ def image_candidates(rec: dict, spec: ImagePairs, folder: Path) -> tuple[str | N
 
 
 def image_candidate(pid: str, i: int, image: dict, model: str | None) -> dict:
-    return {"candidate_id": hashlib.sha256(json.dumps([pid, i, image["sha256"]]).encode()).hexdigest()[:16],
-            "model": model or "image", "response": None, "finish_reason": None, "n_tokens": None,
-            "gen_params": json.dumps({"source": "image", "index": i}), "judgments": [], "image": image}
+    return candidate(content_id(pid, i, image["sha256"]), model or "image", None,
+                     json.dumps({"source": "image", "index": i}), image=image)
 
 
 def conversation(value: Any) -> tuple[list[dict] | None, str | None]:
@@ -463,9 +463,8 @@ def to_prompt_row(rec: Any, cfg: Config, source: str) -> tuple[dict | None, str 
 
 
 def transcript_candidate(pid: str, label: str, text: str) -> dict:
-    return {"candidate_id": hashlib.sha256(json.dumps([pid, label]).encode()).hexdigest()[:16],
-            "model": f"human-labeled:{label}", "response": text, "finish_reason": None, "n_tokens": None,
-            "gen_params": json.dumps({"source": "transcript", "human_label": label}), "judgments": []}
+    return candidate(content_id(pid, label), f"human-labeled:{label}", text,
+                     json.dumps({"source": "transcript", "human_label": label}))
 
 
 def with_personas(row: dict, personas: list[str]) -> Iterator[dict]:
@@ -496,10 +495,8 @@ def attach_candidates(row: dict, answers: list[tuple[CandidateSource, dict]]) ->
         model, response = got
         if not isinstance(response, str) or not response.strip():
             return f"answer for id {row['source_id']!r} in {src.path.name} at {src.response_field!r} is not text"
-        key = json.dumps([row["prompt_id"], model, i, src.path.name])
-        cands.append({"candidate_id": hashlib.sha256(key.encode()).hexdigest()[:16], "model": model,
-                      "response": response, "finish_reason": None, "n_tokens": None,
-                      "gen_params": json.dumps({"source": src.path.name}), "judgments": []})
+        cands.append(candidate(content_id(row["prompt_id"], model, i, src.path.name), model, response,
+                               json.dumps({"source": src.path.name})))
     row["candidates"] = cands
     return None
 
@@ -533,8 +530,8 @@ class Shard:
     def flush(self) -> StageResult:
         (dr, dre, dl, ds), (qr, qre, ql, qs) = self.side["dropped"], self.side["quarantined"]
         result = StageResult(out=pa.Table.from_pylist(self.good, schema=self.schema),
-                             dropped=quarantine_table("load", dr, dre, source=ds, lines=dl),
-                             quarantined=quarantine_table("load", qr, qre, source=qs, lines=ql),
+                             dropped=quarantine_table(dr, dre, source=ds, lines=dl),
+                             quarantined=quarantine_table(qr, qre, source=qs, lines=ql),
                              rows_in=self.seen, out_sources=self.kept, stats=self.stats)
         self.__init__(self.schema)
         return result
@@ -569,12 +566,11 @@ def mapped_row(m: Mapped, rec: dict, shape: Layout, source: str, where: str, num
     cands = []
     for i, (resp, judged) in enumerate(zip(m.responses, m.judgments, strict=True)):
         params = {"source": source, "layout": shape.name, "index": i, "row": number, "file": where}
-        cands.append({"candidate_id": ids[i], "model": resp["model"], "response": resp["text"],
-                      "finish_reason": None, "n_tokens": None, "image": None,
-                      "gen_params": json.dumps(params | ({"fields": extra} if shape.group else {}),
-                                               ensure_ascii=False, default=str),
-                      "judgments": [j | {"opponent": None if j["opponent"] is None else ids[j["opponent"]]}
-                                    for j in judged]})
+        cands.append(candidate(ids[i], resp["model"], resp["text"],
+                               json.dumps(params | ({"fields": extra} if shape.group else {}), ensure_ascii=False,
+                                          default=str),
+                               judgments=[j | {"opponent": None if j["opponent"] is None else ids[j["opponent"]]}
+                                          for j in judged]))
     return {"prompt_id": pid, "prompt": m.messages[-1]["content"], "messages": m.messages, "system": m.system,
             "source": source, "source_id": m.source_id, "persona": None, "documents": None,
             "meta": json.dumps({} if shape.group else extra, ensure_ascii=False, default=str), "candidates": cands}
@@ -668,9 +664,9 @@ def read_prompts(cfg: Config) -> Iterator[StageResult]:
         nonlocal good, bad, reasons, lines, blanks, seen, sources
         result = StageResult(
             out=pa.Table.from_pylist(good, schema=schema),
-            dropped=quarantine_table("load", [""] * len(blanks), ["blank line"] * len(blanks), source=source,
+            dropped=quarantine_table([""] * len(blanks), ["blank line"] * len(blanks), source=source,
                                      lines=blanks),
-            quarantined=quarantine_table("load", bad, reasons, source=source, lines=lines),
+            quarantined=quarantine_table(bad, reasons, source=source, lines=lines),
             rows_in=seen,
             out_sources=sources,
         )

@@ -214,7 +214,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
                 reasons.append(f"candidate pair: {reason}")
     return StageResult(
         out=pa.Table.from_pylist(pairs, schema=PAIR_ROW),
-        dropped=quarantine_table("pairs", records, reasons),
+        dropped=quarantine_table(records, reasons),
         out_sources=prompts_out,
         dropped_sources=prompts_dropped,
     )

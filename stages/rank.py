@@ -76,7 +76,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
         else:
             out.append(r)
     return StageResult(out=pa.Table.from_pylist(out, schema=RANKED_ROW),
-                       dropped=quarantine_table("rank", dropped, reasons))
+                       dropped=quarantine_table(dropped, reasons))
 
 
 STAGE = StageSpec(

@@ -72,7 +72,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
     bad = [rows[r] for r in sorted(problems)]
     return StageResult(
         out=pa.Table.from_pylist(good, schema=PAIR_ROW),
-        quarantined=quarantine_table("rationale", bad, ["; ".join(problems[r]) for r in sorted(problems)]),
+        quarantined=quarantine_table(bad, ["; ".join(problems[r]) for r in sorted(problems)]),
     )
 
 

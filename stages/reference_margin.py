@@ -61,8 +61,8 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
         else:
             out.append(row)
     return StageResult(out=pa.Table.from_pylist(out, schema=PAIR_ROW),
-                       dropped=quarantine_table("reference_margin", dropped, reasons),
-                       quarantined=quarantine_table("reference_margin", bad, errors), stats=stats)
+                       dropped=quarantine_table(dropped, reasons),
+                       quarantined=quarantine_table(bad, errors), stats=stats)
 
 
 def summarize(stats: dict[str, float]) -> dict[str, float]:

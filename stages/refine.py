@@ -121,8 +121,8 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
             "judge": f"{judge.model_name}:{template.name}", "critique": critique, "edit_distance": distance,
         })
     return StageResult(out=pa.Table.from_pylist(out, schema=PAIR_ROW),
-                       dropped=quarantine_table("refine", dropped, reasons),
-                       quarantined=quarantine_table("refine", bad, errors))
+                       dropped=quarantine_table(dropped, reasons),
+                       quarantined=quarantine_table(bad, errors))
 
 
 STAGE = StageSpec(

@@ -137,7 +137,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
             dropped.append(rows[i])
             reasons.append(f"the pool {cfg.pool.path.name} has no usable records")
     return StageResult(out=pa.Table.from_pylist(out, schema=PAIR_ROW),
-                       dropped=quarantine_table("retrieval_pairs", dropped, reasons))
+                       dropped=quarantine_table(dropped, reasons))
 
 
 STAGE = StageSpec(

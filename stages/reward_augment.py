@@ -91,7 +91,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
             out.append(conditioned(row, gr, True, cfg))
     return StageResult(
         out=pa.Table.from_pylist(out, schema=PAIR_ROW),
-        dropped=quarantine_table("reward_augment", dropped, reasons),
+        dropped=quarantine_table(dropped, reasons),
         out_sources=sources_out,
         dropped_sources=sources_dropped,
     )
