@@ -67,6 +67,22 @@ class ResponseCache:
             self._db.execute("INSERT OR REPLACE INTO responses (key, value) VALUES (?, ?)",
                              (key, json.dumps(value, ensure_ascii=False)))
 
+    def get_values(self, keys: list[str]) -> dict[str, Any]:
+        """Stored non-text results (a reward model's scores, embeddings) by key; the keys not stored are absent."""
+        out: dict[str, Any] = {}
+        with self._lock:
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                for key, value in self._db.execute(f"SELECT key, value FROM responses WHERE key IN ({marks})", chunk):
+                    out[key] = json.loads(value)
+        return out
+
+    def put_values(self, values: dict[str, Any]) -> None:
+        with self._lock:
+            self._db.executemany("INSERT OR REPLACE INTO responses (key, value) VALUES (?, ?)",
+                                 [(k, json.dumps(v, ensure_ascii=False)) for k, v in values.items()])
+
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
 
@@ -176,3 +192,36 @@ class CachedEngine:
                 if self.cache is not None and (comp.ok or not comp.transient):
                     self.cache.put(keys[i], comp)
         return [r for r in results if r is not None]
+
+
+def value_key(identity: dict[str, Any], item: Any) -> str:
+    """The cache key of one non-text model call (a reward model scoring a conversation and response, an embedding
+    of a text): the model's identity and the whole input."""
+    payload = {"engine": identity, "input": item}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+class CachedCalls:
+    """Reward models and embedding models behind the same response cache as the text engines: `map` answers what
+    the cache holds and calls the model for the rest only, storing what it returns (except what `keep` refuses:
+    a transient failure). Counts model calls and cache hits for the run's accounting."""
+
+    def __init__(self, cache: ResponseCache | None):
+        self.cache = cache
+        self.counts = CallCounts()
+
+    def map(self, identity: dict[str, Any], items: list[Any], compute, encode=lambda v: v, decode=lambda v: v,
+            keep=lambda v: True) -> list[Any]:
+        keys = [value_key(identity, item) for item in items]
+        stored = self.cache.get_values(list(dict.fromkeys(keys))) if self.cache is not None and items else {}
+        todo = [i for i, k in enumerate(keys) if k not in stored]
+        out: list[Any] = [decode(stored[k]) if k in stored else None for k in keys]
+        if todo:
+            fresh = compute([items[i] for i in todo])
+            for i, value in zip(todo, fresh, strict=True):
+                out[i] = value
+            if self.cache is not None:
+                self.cache.put_values({keys[i]: encode(v) for i, v in zip(todo, fresh, strict=True) if keep(v)})
+        self.counts.calls += len(todo)
+        self.counts.hits += len(items) - len(todo)
+        return out

@@ -58,3 +58,23 @@ def encode(model, texts: list[str], batch_size: int = 64):
     """Unit-length float32 vectors, so a dot product is the cosine."""
     return model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
                         show_progress_bar=False)
+
+
+def identity(model: str | Path | None) -> dict:
+    """The cache key's model part: the model folder by its config and weights' sizes."""
+    from curate.engines.spec import model_identity
+
+    return {"kind": "embedding", "model": model_identity(str(model_dir(model)))}
+
+
+def encode_cached(calls, model_ref: str | Path | None, model, texts: list[str], batch_size: int = 64):
+    """`encode` through the response cache (`calls`: the stage context's): a rerun embeds nothing it embedded
+    before. Vectors are stored as float32 bytes (base64), so the cached vector is the computed one, bit for bit."""
+    import base64
+
+    import numpy as np
+
+    vecs = calls.map(identity(model_ref), list(texts), lambda todo: list(encode(model, todo, batch_size)),
+                     encode=lambda v: base64.b64encode(np.asarray(v, "float32").tobytes()).decode(),
+                     decode=lambda s: np.frombuffer(base64.b64decode(s), "float32"))
+    return np.stack(vecs) if vecs else np.zeros((0, 384), "float32")

@@ -51,9 +51,9 @@ class ShardWorker:
         self.run_dir = Path(run_dir)
         self.batch_size = batch_size
         self.token = token
-        cache = ResponseCache(cache_dir) if engines else None
+        cache = ResponseCache(cache_dir) if engines or self.spec.keeps_model else None
         self.engines = {n: build_engine(parse_engine(c), cache) for n, c in engines.items()}
-        self.ctx = StageContext(self.engines)
+        self.ctx = StageContext(self.engines, cache)
         self.batches_in_flight = batches_in_flight(self.engines.values(), batch_size, self.spec.stateful)
         #: input rows done so far of each shard this worker is running (the driver polls it for progress)
         self.rows_done: dict[int, int] = {}
@@ -69,7 +69,7 @@ class ShardWorker:
         """What this thread's requests through all engines came to so far (engines.cache.CallCounts)."""
         from curate.engines.cache import CallCounts
 
-        return sum((e.thread_counts() for e in self.engines.values()), CallCounts())
+        return sum((e.thread_counts() for e in self.engines.values()), CallCounts()) + self.ctx.calls.counts
 
     def _process(self, table: pa.Table):
         """One batch through the stage, with what its requests came to (counted in its thread)."""

@@ -53,8 +53,12 @@ class StageResult:
 class StageContext:
     """What a stage may use besides its batch: engines by name (created on first use, cached per worker)."""
 
-    def __init__(self, engines: dict[str, Any] | None = None):
+    def __init__(self, engines: dict[str, Any] | None = None, cache: Any = None):
+        from curate.engines.cache import CachedCalls
+
         self.engines = engines or {}
+        #: reward and embedding models' calls through the response cache (`calls.map`), counted like engines'
+        self.calls = CachedCalls(cache)
         #: per-worker state that outlives one batch (a dedup index, a loaded benchmark n-gram set)
         self.state: dict[str, Any] = {}
 

@@ -51,7 +51,6 @@ class Config(StageConfig):
 
 def _pool(cfg: Config, ctx: StageContext):
     """(pool vectors, pool records) for this worker, built once."""
-    import numpy as np
 
     from curate.engines import embed
     from curate.schemas.sources import dig, records as source_rows
@@ -73,7 +72,7 @@ def _pool(cfg: Config, ctx: StageContext):
             rid = str(dig(rec, cfg.pool.id_field)) if cfg.pool.id_field else f"{cfg.pool.path.name}:{n}"
             prompts.append(prompt)
             records.append((prompt, response, model_name, rid))
-        vectors = embed.encode(model, prompts, cfg.batch_size) if prompts else np.zeros((0, 384), "float32")
+        vectors = embed.encode_cached(ctx.calls, cfg.model, model, prompts, cfg.batch_size)
         ctx.state[key] = (vectors, records)
     return ctx.state[("embedder", cfg.model)], *ctx.state[key]
 
@@ -103,7 +102,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
             dropped.append(row)
             reasons.append("no candidate to be chosen" + (f" (none from {cfg.chosen_model})" if cfg.chosen_model else ""))
     if live and len(pool):
-        q = embed.encode(model, [rows[i]["prompt"] for i in live], cfg.batch_size)
+        q = embed.encode_cached(ctx.calls, cfg.model, model, [rows[i]["prompt"] for i in live], cfg.batch_size)
         sims = q @ pool_vecs.T  # shard x pool; a shard is small, the pool is held anyway
         picks = []
         for k, i in enumerate(live):
@@ -116,8 +115,9 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
                 dropped.append(rows[i])
                 reasons.append("no different prompt in the pool")
         if pairs:
-            a = embed.encode(model, [chosen[i]["response"] for i, _ in pairs], cfg.batch_size)
-            b = embed.encode(model, [pool[j][1] for _, j in pairs], cfg.batch_size)
+            a = embed.encode_cached(ctx.calls, cfg.model, model, [chosen[i]["response"] for i, _ in pairs],
+                                    cfg.batch_size)
+            b = embed.encode_cached(ctx.calls, cfg.model, model, [pool[j][1] for _, j in pairs], cfg.batch_size)
             cos = np.sum(a * b, axis=1)
             for (i, j), c in zip(pairs, cos, strict=True):
                 row, cand, (p_prompt, p_resp, p_model, p_id) = rows[i], chosen[i], pool[j]

@@ -96,11 +96,29 @@ def judge_name(cfg: Config, model) -> str:
     return cfg.name or f"{model.name}:reward_model"
 
 
-def score(cfg: Config, model, convs: list[list[dict]], answers: list[list[str]]) -> list[list[dict]]:
+def identity(cfg: Config) -> dict:
+    """What a score depends on besides its input: the cache key's model part (a local folder by its config and
+    weights' sizes, as the transformers engine names it)."""
+    if cfg.endpoint is not None:
+        return {"kind": "reward_http", "base_url": cfg.endpoint.base_url.rstrip("/"), "model": cfg.endpoint.model}
+    from curate.engines.spec import model_identity
+
+    return {"kind": "reward_model", "model": model_identity(str(cfg.model)), "max_length": cfg.max_length}
+
+
+def score(cfg: Config, model, convs: list[list[dict]], answers: list[list[str]], calls=None) -> list[list[dict]]:
     """Per conversation, one judgment per answer: the reward model's score, or none with the reason (a
-    conversation over `max_length`). `curate judge-eval` scores its pairs through here too."""
+    conversation over `max_length`). With `calls` (the stage context's), scores come from the response cache
+    where it has them, and new ones are stored. `curate judge-eval` scores its pairs through here too."""
+    from curate.engines.reward_model import RewardScore
+
     where = [(n, a) for n, ans in enumerate(answers) for a in range(len(ans))]
-    scores = model.score([(convs[n], answers[n][a]) for n, a in where])
+    items = [[convs[n], answers[n][a]] for n, a in where]
+    if calls is None:
+        scores = model.score([tuple(i) for i in items])
+    else:
+        scores = calls.map(identity(cfg), items, lambda todo: model.score([tuple(i) for i in todo]),
+                           encode=lambda s: s.score, decode=RewardScore, keep=lambda s: s.error is None)
     out: list[list[dict]] = [[] for _ in answers]
     for (n, _), s in zip(where, scores, strict=True):
         out[n].append({"judge": judge_name(cfg, model), "kind": "reward_model", "aspect": "reward", "score": s.score,
@@ -113,7 +131,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
     model = model_of(cfg, ctx.state)
     rows = table.to_pylist()
     judged = score(cfg, model, [chat(row) for row in rows], [[c["response"] for c in row["candidates"] or []]
-                                                             for row in rows])
+                                                             for row in rows], ctx.calls)
     stats = {"human_pairs": 0.0, "human_agree": 0.0}
     for row, judgments in zip(rows, judged, strict=True):
         for cand, j in zip(row["candidates"] or [], judgments, strict=True):

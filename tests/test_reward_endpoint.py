@@ -79,6 +79,14 @@ def test_a_served_reward_model_scores_every_candidate_through_classify(tmp_path)
         summary = m["stages"][1]["summary"]
         assert summary["human_pairs"] == 4 and summary["chance"] == 0.5
         assert m["stages"][2]["out"] == 4  # a pair per transcript, chosen by the served scores
+        assert (m["stages"][1]["model_calls"], m["stages"][1]["cache_hits"]) == (8, 0)
+        # a rerun into a new run directory: every score comes from the response cache, the server is not asked
+        res = curate("run", pipeline(tmp_path, server.url), "--run-dir", tmp_path / "again")
+        assert res.returncode == 0, res.stderr[-3000:]
+        again = accounted(tmp_path / "again")
+        assert (again["stages"][1]["model_calls"], again["stages"][1]["cache_hits"]) == (0, 8)
+        assert len(server.requests) == 9
+        assert pq.read_table(tmp_path / "again" / again["stages"][1]["id"]).to_pylist() == rows
     finally:
         server.server.shutdown()
 
