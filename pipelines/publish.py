@@ -70,8 +70,9 @@ def source_rows(stages: list[dict], manifest: dict) -> list[list]:
 
 def build_card(run_dir: Path, repo_id: str, files: dict[str, list[str]], license: str,
                columns: dict[str, list[tuple[str, str]]] | None = None) -> str:
-    """The dataset card. `columns`: per config, the (name, Arrow type) of each column its Parquet has (every
-    one filled by some stage: the export carries no column of nulls)."""
+    """The dataset card (pipelines/templates/card.md, filled with this run's tables). `columns`: per config, the
+    (name, Arrow type) of each column its Parquet has (every one filled by some stage: the export carries no
+    column of nulls)."""
     from curate.pipelines.report import judge_stats
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -99,70 +100,28 @@ def build_card(run_dir: Path, repo_id: str, files: dict[str, list[str]], license
     stats = judge_stats(run_dir, manifest)
     accounting = [[s["id"], s["in"], s["out"], s["dropped"], s["quarantined"], s["rows_out"]] for s in manifest["stages"]]
     reasons = [[sid, kind, n, r] for sid, kind, r, n in stats["reasons"]]
-    first = next(iter(files))
-    body = [
-        f"# {repo_id}",
-        "",
-        f"Preference data built with [curate](https://pypi.org/project/curate/) from the pipeline "
-        f"`{manifest['name']}` (run started {manifest.get('started')}, code version {manifest.get('code_version')}).",
-        "",
-        "## Sources",
-        _table(sources, ["source", "from", "layout", "rows in", "rows kept", "license"]),
-        "",
-        "## Models and sampling",
-        _table(models, ["model", "engine", "k", "temperature", "top_p", "max_tokens", "seed"]) if models else
-        "Responses were not generated in this run (loaded as given).",
-        "",
-        "## Judges",
-        _table(judges, ["name", "template", "engine", "temperature", "inconsistent verdicts"]) if judges else "-",
-        "",
-    ]
-    if stats["judges"]:
-        body += [_table([[j, v["scored"], v["unparsed"]] for j, v in stats["judges"].items()],
-                        ["judge", "judgments scored", "unparsed (never given a score)"]), ""]
-    if stats["kappa"]:
-        body += ["Inter-judge agreement (Cohen's kappa, quadratic weights, on shared candidates):", "",
-                 _table([[a, b, f"{k:.3f}", n] for a, b, k, n in stats["kappa"]], ["judge", "judge", "kappa", "n"]), ""]
-    review = manifest.get("human_review")
-    if review:
-        body += [f"Human review: {review['reviewed']} pairs were checked by people (a stratified sample); they agreed "
-                 f"with the judges' choice on {review['agreement_without_ties'] or 0:.1%} of the {review['decided']} "
-                 f"they decided; {review['flipped']} pairs were flipped and {review['ties_dropped']} dropped as ties "
-                 "by their labels.", ""]
-    alpha = (manifest.get("judges") or {}).get("krippendorff_alpha")
-    if alpha is not None:
-        body += [f"Krippendorff's alpha over all judges (interval, on within-prompt ranks): {alpha:.3f} "
-                 f"({manifest['judges']['alpha_units']} candidates rated by two or more judges).", ""]
-    if stats["position"]:
-        body += ["Position consistency of pairwise judges (verdict survives swapping the order):", "",
-                 _table([[j, f"{c:.3f}", n] for j, c, n in stats["position"]], ["judge", "consistency", "pairs"]), ""]
-    for name, cols in (columns or {}).items():
-        body += [f"## Columns of `{name}`", _table([[f"`{c}`", t] for c, t in cols], ["column", "type"]), ""]
-    body += [
-        "## What was filtered, and why",
-        _table(reasons, ["stage", "kind", "rows", "reason"]) if reasons else "Nothing was dropped or quarantined.",
-        "",
-        "## Row accounting (in = out + dropped + quarantined)",
-        _table(accounting, ["stage", "in", "out", "dropped", "quarantined", "rows out"]),
-        "",
-        "## Load and train",
-        "```python",
-        "import datasets",
-        f'ds = datasets.load_dataset("{repo_id}", "{first}", split="train")',
-    ]
-    if first == "preference":
-        body += ["", "from trl import DPOConfig, DPOTrainer",
-                 'trainer = DPOTrainer(model=model, args=DPOConfig(output_dir="out"), train_dataset=ds, '
-                 "processing_class=tokenizer)"]
-    elif first == "diffusion":
-        body += ["ds[0][\"jpg_0\"]  # the preferred image (PIL), `jpg_1` the other; `label_0` is 1.0",
-                 "# Diffusion-DPO / DCPO trainers read caption (or caption_0 / caption_1), jpg_0, jpg_1, label_0"]
-    elif first == "kto":
-        body += ["", "from trl import KTOConfig, KTOTrainer",
-                 'trainer = KTOTrainer(model=model, args=KTOConfig(output_dir="out"), train_dataset=ds, '
-                 "processing_class=tokenizer)"]
-    body += ["```", ""]
-    return "---\n" + yaml.safe_dump(meta, sort_keys=False) + "---\n\n" + "\n".join(body)
+    import jinja2
+
+    judged = manifest.get("judges") or {}
+    template = jinja2.Template((Path(__file__).parent / "templates" / "card.md").read_text(), keep_trailing_newline=True,
+                               undefined=jinja2.StrictUndefined)
+    return template.render(
+        front_matter=yaml.safe_dump(meta, sort_keys=False), repo_id=repo_id, manifest=manifest,
+        first=next(iter(files)),
+        sources=_table(sources, ["source", "from", "layout", "rows in", "rows kept", "license"]),
+        models=_table(models, ["model", "engine", "k", "temperature", "top_p", "max_tokens", "seed"]) if models else "",
+        judges=_table(judges, ["name", "template", "engine", "temperature", "inconsistent verdicts"]) if judges else "",
+        judge_counts=_table([[j, v["scored"], v["unparsed"]] for j, v in stats["judges"].items()],
+                            ["judge", "judgments scored", "unparsed (never given a score)"]) if stats["judges"] else "",
+        kappa=_table([[a, b, f"{k:.3f}", n] for a, b, k, n in stats["kappa"]], ["judge", "judge", "kappa", "n"])
+        if stats["kappa"] else "",
+        review=manifest.get("human_review"), alpha=judged.get("krippendorff_alpha"), alpha_units=judged.get("alpha_units"),
+        position=_table([[j, f"{c:.3f}", n] for j, c, n in stats["position"]], ["judge", "consistency", "pairs"])
+        if stats["position"] else "",
+        columns=[(name, _table([[f"`{c}`", t] for c, t in cols], ["column", "type"])) for name, cols in (columns or {}).items()],
+        reasons=_table(reasons, ["stage", "kind", "rows", "reason"]) if reasons else "",
+        accounting=_table(accounting, ["stage", "in", "out", "dropped", "quarantined", "rows out"]),
+    )
 
 
 def publish(run_dir: Path, repo_id: str, *, private: bool = False, revision: str | None = None,
