@@ -161,11 +161,10 @@ def combine(found: dict[str, tuple[Signal | None, str | None]], cfg: Config) -> 
     return signal, "+".join(d.replace("patterns", "pattern") for d in ("patterns", "llm") if d in labels), evidence
 
 
-def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
-    rows = table.to_pylist()
-    items = [(r, j) for r, row in enumerate(rows) for j in turns(row["messages"] or [])]
-    stats = {"turns": len(items), "dissatisfied": 0, "satisfied": 0, "pattern_hits": 0, "llm_signals": 0,
-             "llm_unparsed": 0, "conflicts": 0, "llm_failed": 0}
+def detect(rows: list[dict], items: list[tuple[int, int]], cfg: Config, ctx: StageContext,
+           stats: dict) -> tuple[list[tuple], str | None]:
+    """Each followed-up turn's signal from the detectors (patterns, the LLM judge), combined:
+    ([(item index, signal, source, evidence)], the LLM judge's name or None)."""
     found: list[dict] = [{} for _ in items]
     if "patterns" in cfg.detectors:
         for k, (r, j) in enumerate(items):
@@ -198,30 +197,62 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
         if signal:
             stats[signal] += 1
             signals.append((k, signal, source, evidence))
+    return signals, judge
 
-    # pairs: what each signal needs generated, then one batch per engine
+
+def regenerate(rows: list[dict], items: list[tuple[int, int]], regen: list[tuple[int, str]], cfg: Config,
+               ctx: StageContext) -> dict[int, tuple]:
+    """New answers for the turns that need one (a dissatisfied turn's better answer, or a satisfied turn's
+    worse one), in one batch: item index -> (completion, model name)."""
+    if not regen:
+        return {}
+    gen = ctx.engine(cfg.generator)
+    requests = []
+    for k, s in regen:
+        r, j = items[k]
+        msgs, system = rows[r]["messages"], rows[r].get("system")
+        hint = (cfg.regenerate_prompt.format(answer=msgs[j]["content"], reaction=msgs[j + 1]["content"])
+                if s == "dissatisfied" else None)
+        sys_text = "\n\n".join(p for p in (system, hint) if p)
+        requests.append(Request(([{"role": "system", "content": sys_text}] if sys_text else []) + msgs[:j],
+                                cfg.generate_sampling.sampling(seed=cfg.generate_sampling.seed + j)))
+    return {k: (comp, gen.model_name) for (k, _), comp in zip(regen, gen.complete(requests), strict=True)}
+
+
+def mined_pair(row: dict, j: int, signal: str, source: str, evidence: str | None, other: str, other_model: str,
+               judge: str | None) -> dict:
+    """The pair a signal on turn `j` makes: the turn's answer against the other one, the better one chosen."""
+    msgs = row["messages"]
+    log = f"log:{row.get('source') or 'chat'}"
+    original = msgs[j]["content"]
+    if signal == "dissatisfied":
+        chosen, chosen_model, rejected, rejected_model = other, other_model, original, log
+    else:
+        chosen, chosen_model, rejected, rejected_model = original, log, other, other_model
+    context = msgs[:j]
+    pid = prompt_id(context, row.get("system"), row.get("persona"))
+    return pair_head(row) | {
+        "prompt_id": pid, "prompt": context[-1]["content"], "messages": context,
+        "chosen": chosen, "rejected": rejected, "chosen_model": chosen_model, "rejected_model": rejected_model,
+        "chosen_id": content_id(pid, chosen_model, chosen), "rejected_id": content_id(pid, rejected_model, rejected),
+        "judge": "+".join({"pattern": "patterns", "llm": judge}[d] for d in source.split("+")),
+        "feedback_signal": signal, "feedback_evidence": evidence, "feedback_turn": j, "feedback_source": source,
+    }
+
+
+def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
+    rows = table.to_pylist()
+    items = [(r, j) for r, row in enumerate(rows) for j in turns(row["messages"] or [])]
+    stats = {"turns": len(items), "dissatisfied": 0, "satisfied": 0, "pattern_hits": 0, "llm_signals": 0,
+             "llm_unparsed": 0, "conflicts": 0, "llm_failed": 0}
+    signals, judge = detect(rows, items, cfg, ctx, stats)
     wanted = [(k, s, src, ev) for k, s, src, ev in signals if s == "dissatisfied" or cfg.satisfied == "regenerate"]
-    regen = [(k, s) for k, s, _, _ in wanted if s == "satisfied" or cfg.chosen_from == "regenerate"]
-    generated = {}
-    if regen:
-        gen = ctx.engine(cfg.generator)
-        requests = []
-        for k, s in regen:
-            r, j = items[k]
-            msgs, system = rows[r]["messages"], rows[r].get("system")
-            hint = (cfg.regenerate_prompt.format(answer=msgs[j]["content"], reaction=msgs[j + 1]["content"])
-                    if s == "dissatisfied" else None)
-            sys_text = "\n\n".join(p for p in (system, hint) if p)
-            requests.append(Request(([{"role": "system", "content": sys_text}] if sys_text else []) + msgs[:j],
-                                    cfg.generate_sampling.sampling(seed=cfg.generate_sampling.seed + j)))
-        for (k, _), comp in zip(regen, gen.complete(requests), strict=True):
-            generated[k] = (comp, gen.model_name)
-
+    generated = regenerate(rows, items, [(k, s) for k, s, _, _ in wanted
+                                         if s == "satisfied" or cfg.chosen_from == "regenerate"], cfg, ctx)
     pairs, problems, made = [], {r: [] for r in range(len(rows))}, {r: 0 for r in range(len(rows))}
     for k, signal, source, evidence in wanted:
         r, j = items[k]
-        row, msgs = rows[r], rows[r]["messages"]
-        log = f"log:{row.get('source') or 'chat'}"
+        msgs = rows[r]["messages"]
         if k in generated:
             comp, model = generated[k]
             if not comp.ok or not (comp.text or "").strip():
@@ -232,22 +263,20 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
             if j + 2 >= len(msgs) or msgs[j + 2]["role"] != "assistant":
                 problems[r].append(f"turn {j}: dissatisfied, but no later assistant turn to be chosen")
                 continue
-            other, other_model = msgs[j + 2]["content"], log
-        original = msgs[j]["content"]
-        if signal == "dissatisfied":
-            chosen, chosen_model, rejected, rejected_model = other, other_model, original, log
-        else:
-            chosen, chosen_model, rejected, rejected_model = original, log, other, other_model
-        context = msgs[:j]
-        pid = prompt_id(context, row.get("system"), row.get("persona"))
-        pairs.append(pair_head(row) | {
-            "prompt_id": pid, "prompt": context[-1]["content"], "messages": context,
-            "chosen": chosen, "rejected": rejected, "chosen_model": chosen_model, "rejected_model": rejected_model,
-            "chosen_id": content_id(pid, chosen_model, chosen), "rejected_id": content_id(pid, rejected_model, rejected),
-            "judge": "+".join({"pattern": "patterns", "llm": judge}[d] for d in source.split("+")),
-            "feedback_signal": signal, "feedback_evidence": evidence, "feedback_turn": j, "feedback_source": source,
-        })
+            other, other_model = msgs[j + 2]["content"], f"log:{rows[r].get('source') or 'chat'}"
+        pairs.append(mined_pair(rows[r], j, signal, source, evidence, other, other_model, judge))
         made[r] += 1
+    records, reasons = account(rows, items, signals, problems, made)
+    n_out = sum(1 for v in made.values() if v)
+    return StageResult(out=pa.Table.from_pylist(pairs, schema=PAIR_ROW),
+                       dropped=quarantine_table(records, reasons),
+                       out_sources=n_out, dropped_sources=len(rows) - n_out, stats=stats)
+
+
+def account(rows: list[dict], items: list[tuple[int, int]], signals: list[tuple], problems: dict[int, list[str]],
+            made: dict[int, int]) -> tuple[list[dict], list[str]]:
+    """Why each conversation gave no pair (dropped whole, with one reason), and which turns of the ones that did
+    gave none (noted by prompt id)."""
     records, reasons = [], []
     turns_of = Counter(r for r, _ in items)
     signalled = {items[k][0] for k, *_ in signals}
@@ -268,10 +297,7 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
             why = f"no feedback signal in {n_turns} follow-up turn{'s' * (n_turns != 1)}"
         records.append(row)
         reasons.append(why)
-    n_out = sum(1 for v in made.values() if v)
-    return StageResult(out=pa.Table.from_pylist(pairs, schema=PAIR_ROW),
-                       dropped=quarantine_table(records, reasons),
-                       out_sources=n_out, dropped_sources=len(rows) - n_out, stats=stats)
+    return records, reasons
 
 
 def summarize(stats: dict[str, float]) -> dict[str, float]:
