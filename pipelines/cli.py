@@ -376,6 +376,7 @@ def show(
     manifest = json.loads(manifest_path.read_text())
     console.print(f"[bold]{manifest['name']}[/] status={manifest['status']} started={manifest.get('started')}")
     print_accounting(manifest)
+    print_sources(manifest)
     if manifest.get("error"):
         console.print(f"[red]error:[/] {manifest['error']}")
     last = manifest["stages"][-1]["id"] if manifest["stages"] else None
