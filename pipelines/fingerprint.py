@@ -107,11 +107,15 @@ def stage_code_version(stage_name: str, root: Path | None = None) -> str:
     root = root or Path(__file__).resolve().parent.parent
     seen: set[Path] = set()
     todo = [stage_module_path(stage_name, root)]
+    # a stage that configures model calls (engines/spec.py: SamplingConfig) runs on the engines, which the runner
+    # builds from the registry: their modules shape its output though the stage never imports them
+    implied = {root / "engines" / "spec.py": [root / "engines" / "__init__.py"]}
     while todo:
         path = todo.pop()
         if path in seen or not path.exists():
             continue
         seen.add(path)
+        todo += implied.get(path, [])
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module] + [f"{node.module}.{a.name}" for a in node.names]

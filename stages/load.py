@@ -147,10 +147,8 @@ def check_first_row(src: Source) -> None:
         return  # an unreadable file is the reader's to report, row by row
     if row is None or row.error or not isinstance(row.record, dict):
         return
+    # the responses and the labels every row must have (a prompt may be implicit: TRL's conversations)
     needed = [shape.each] if shape.each else list(shape.responses or [])
-    needed += [] if shape.prompt is None else [next((p for p in ([shape.prompt] if isinstance(shape.prompt, str)
-                                                                 else shape.prompt) if dig(row.record, p) is not None),
-                                                    shape.prompt if isinstance(shape.prompt, str) else shape.prompt[0])]
     needed += [lab.field for lab in shape.labels if lab.field and not lab.optional]
     missing = [f for f in needed if dig(row.record, f) is None]
     if missing:
