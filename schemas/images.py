@@ -30,17 +30,29 @@ def _check(data: bytes) -> str:
         return im.format or "unknown"
 
 
-def image_ref(value: Any, folder: Path | None) -> tuple[dict | None, str | None]:
+def image_ref(value: Any, folder: Path | None, allowed: list[Path] | None = None) -> tuple[dict | None, str | None]:
     """A source's image (a path, raw bytes, or a `datasets` Image dict {bytes, path}) -> (IMAGE row, None) or
-    (None, why it is unusable)."""
+    (None, why it is unusable).
+
+    Reads stay inside the data: a relative path is resolved inside `folder` (symbolic links followed) and refused
+    when it leaves it; an absolute path is refused unless it lies under one of the `allowed` roots. A dataset from
+    someone else could otherwise name any image on the user's disk, and the export and the Hub would carry it."""
     if isinstance(value, dict):
         value = value.get("bytes") or value.get("path")
     if isinstance(value, (bytes, bytearray)):
         data, path = bytes(value), None
     elif isinstance(value, str) and value.strip():
         p = Path(value).expanduser()
-        if not p.is_absolute() and folder is not None:
+        roots = [Path(r).resolve() for r in (allowed or [])]
+        if p.is_absolute():
+            if not any(p.resolve().is_relative_to(r) for r in roots):
+                return None, (f"image {value!r} is an absolute path outside the data: refused (allow it with "
+                              "`images: {allowed_roots: [...]}`)")
+        elif folder is not None:
             p = folder / p
+            inside = [Path(folder).resolve(), *roots]
+            if not any(p.resolve().is_relative_to(r) for r in inside):
+                return None, f"image {value!r} leaves the data folder {folder}: refused"
         try:
             data = p.read_bytes()
         except OSError as exc:

@@ -64,10 +64,14 @@ class ImagePairs(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     layout: Literal["pick_a_pic", "image_reward"]
-    #: the folder relative image paths are read from (default: the data file's folder)
+    #: the folder relative image paths are read from (default: the data file's folder); a path that leaves it is
+    #: refused (the row is quarantined with the reason)
     folder: Path | None = None
+    #: folders an absolute image path may point into (default: none: absolute paths are refused)
+    allowed_roots: list[Path] = Field(default_factory=list)
 
     _exists = field_validator("folder")(existing_path)
+    _roots_exist = field_validator("allowed_roots")(lambda v, info: [existing_path(p, info) for p in v])
 
 
 class Source(BaseModel):
@@ -329,7 +333,7 @@ def image_candidates(rec: dict, spec: ImagePairs, folder: Path) -> tuple[str | N
         return None, [], None, "no prompt (caption) text"
     images = []
     for i, value in enumerate(values):
-        ref, problem = image_ref(value, folder)
+        ref, problem = image_ref(value, folder, spec.allowed_roots)
         if problem:
             return None, [], None, f"image {i}: {problem}"
         images.append((ref, models[i]))

@@ -291,7 +291,7 @@ def test_every_image_template_sends_its_images_and_parses_the_judges_answer(name
     vlm = VLM()
     vlm.failed_once = True
     try:
-        images = [image_ref(str(draw(tmp_path / f"{c}.png", c, c)), None)[0] for c in ("red", "blue")]
+        images = [image_ref(str(draw(tmp_path / f"{c}.png", c, c)), None, [tmp_path])[0] for c in ("red", "blue")]
         row = {"prompt_id": "p", "prompt": "a red circle", "messages": [{"role": "user", "content": "a red circle"}],
                "candidates": [image_candidate("p", i, im, None) for i, im in enumerate(images)]}
         engine = build_engine(OpenAIHTTPConfig(base_url=vlm.url, model="vlm", images=True),

@@ -120,3 +120,28 @@ def test_a_json_array_with_a_broken_element_quarantines_that_element_only(tmp_pa
     assert got[2].startswith(f"broken JSON in element 2 (byte {broken})")
     assert got[3].startswith(f"invalid UTF-8 at byte {bad_byte} (element 3)")
     assert "not an object" in got[5]
+
+
+def test_image_paths_stay_inside_the_data(tmp_path):
+    """A dataset from someone else names images by path: a relative path that leaves the data folder and an
+    absolute path are quarantined with the reason (and never read), unless the user allows a root."""
+    import json
+
+    from PIL import Image
+
+    data, outside = tmp_path / "data", tmp_path / "private"
+    data.mkdir()
+    outside.mkdir()
+    for folder, name in ((data, "a.png"), (data, "b.png"), (outside, "secret.png")):
+        Image.new("RGB", (4, 4), "red").save(folder / name)
+    rows = [{"caption": "ok", "jpg_0": "a.png", "jpg_1": "b.png", "label_0": 1},
+            {"caption": "up", "jpg_0": "a.png", "jpg_1": "../private/secret.png", "label_0": 1},
+            {"caption": "abs", "jpg_0": str(outside / "secret.png"), "jpg_1": "b.png", "label_0": 0}]
+    (data / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = list(read(Config(path=data / "pairs.jsonl", images={"layout": "pick_a_pic"})))
+    assert sum(r.out.num_rows for r in res) == 1
+    reasons = {q["line"]: q["reason"] for r in res for q in r.quarantined.to_pylist()}
+    assert reasons[2] == "image 1: image '../private/secret.png' leaves the data folder " + f"{data}: refused"
+    assert reasons[3].startswith(f"image 0: image '{outside / 'secret.png'}' is an absolute path outside the data")
+    allowed = list(read(Config(path=data / "pairs.jsonl", images={"layout": "pick_a_pic", "allowed_roots": [outside]})))
+    assert sum(r.out.num_rows for r in allowed) == 3
