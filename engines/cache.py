@@ -38,53 +38,133 @@ def request_key(identity: dict[str, Any], request: Request) -> str:
 
 
 class ResponseCache:
-    def __init__(self, directory: Path | str | None = None):
+    """The answers, in one SQLite file shared by every run and worker on the machine (WAL: readers beside one
+    writer). It degrades, never blocks: a file that cannot be opened or written is moved aside
+    (`responses.sqlite.damaged-<time>`) and a fresh one starts (its calls are made again), and an entry that
+    cannot be read is a miss; each is noted once in `notes`, which the run reports."""
+
+    def __init__(self, directory: Path | str | None = None, *, repair: bool = True):
+        """`repair=False` (`curate cache check`): a file that cannot be opened raises instead of being moved."""
         path = Path(directory) if directory else default_cache_dir()
         path.mkdir(parents=True, exist_ok=True)
         self.path = path / "responses.sqlite"
-        # Several Ray actors share the file: WAL lets readers run beside one writer, the timeout waits out locks.
-        self._db = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # no fsync per answer: in WAL mode a crash loses at most the last answers, which are asked again
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        self.notes: list[str] = []
         # one connection, many threads (a worker runs shards and batches in threads against streaming engines)
         self._lock = threading.Lock()
+        try:
+            self._db = self._open()
+        except sqlite3.DatabaseError as exc:
+            if not repair:
+                raise
+            self._db = self._replace(exc)
+
+    def _open(self) -> sqlite3.Connection:
+        # Several Ray actors share the file: WAL lets readers run beside one writer, the timeout waits out locks.
+        db = sqlite3.connect(self.path, timeout=120, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # no fsync per answer: in WAL mode a crash loses at most the last answers, which are asked again
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, value TEXT NOT NULL, created REAL)")
+            columns = {row[1] for row in db.execute("PRAGMA table_info(responses)")}
+            if "created" not in columns:  # a cache written before entries were dated
+                db.execute("ALTER TABLE responses ADD COLUMN created REAL")
+            db.execute("SELECT key FROM responses LIMIT 1").fetchall()
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _replace(self, exc: BaseException) -> sqlite3.Connection:
+        """Move the damaged file (and its WAL) aside and start a fresh one."""
+        import time
+
+        aside = self.path.with_name(f"{self.path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        for suffix in ("", "-wal", "-shm"):
+            src = self.path.with_name(self.path.name + suffix)
+            if src.exists():
+                os.replace(src, aside.with_name(aside.name + suffix))
+        self.note(f"the response cache {self.path} could not be used ({type(exc).__name__}: {exc}); moved aside to "
+                  f"{aside.name}, a fresh one started: its calls are made again")
+        return self._open()
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
 
     def get(self, key: str) -> Completion | None:
-        with self._lock:
-            row = self._db.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
-        if row is None:
+        try:
+            with self._lock:
+                row = self._db.execute("SELECT value FROM responses WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                return None
+            comp = Completion(**json.loads(row[0]))
+        except (sqlite3.DatabaseError, ValueError, TypeError) as exc:
+            self.note(f"an entry of the response cache {self.path} could not be read ({type(exc).__name__}): "
+                      "asked again")
             return None
-        comp = Completion(**json.loads(row[0]))
         comp.cached = True
         return comp
 
     def put(self, key: str, completion: Completion) -> None:
         value = asdict(completion)
         value["cached"] = False
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO responses (key, value) VALUES (?, ?)",
-                             (key, json.dumps(value, ensure_ascii=False)))
+        self.put_values({key: value})
 
     def get_values(self, keys: list[str]) -> dict[str, Any]:
-        """Stored non-text results (a reward model's scores, embeddings) by key; the keys not stored are absent."""
+        """Stored non-text results (a reward model's scores, embeddings) by key; the keys not stored (or not
+        readable) are absent."""
         out: dict[str, Any] = {}
-        with self._lock:
-            for start in range(0, len(keys), 500):
-                chunk = keys[start:start + 500]
-                marks = ",".join("?" * len(chunk))
-                for key, value in self._db.execute(f"SELECT key, value FROM responses WHERE key IN ({marks})", chunk):
-                    out[key] = json.loads(value)
+        try:
+            with self._lock:
+                for start in range(0, len(keys), 500):
+                    chunk = keys[start:start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    for key, value in self._db.execute(f"SELECT key, value FROM responses WHERE key IN ({marks})",
+                                                       chunk):
+                        out[key] = json.loads(value)
+        except (sqlite3.DatabaseError, ValueError) as exc:
+            self.note(f"entries of the response cache {self.path} could not be read ({type(exc).__name__}): "
+                      "asked again")
         return out
 
     def put_values(self, values: dict[str, Any]) -> None:
+        import time
+
+        rows = [(k, json.dumps(v, ensure_ascii=False), time.time()) for k, v in values.items()]
         with self._lock:
-            self._db.executemany("INSERT OR REPLACE INTO responses (key, value) VALUES (?, ?)",
-                                 [(k, json.dumps(v, ensure_ascii=False)) for k, v in values.items()])
+            try:
+                self._db.executemany("INSERT OR REPLACE INTO responses (key, value, created) VALUES (?, ?, ?)", rows)
+            except sqlite3.DatabaseError as exc:  # a damaged file cannot take writes: a fresh one can
+                if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                    raise
+                self._db.close()
+                self._db = self._replace(exc)
+                self._db.executemany("INSERT OR REPLACE INTO responses (key, value, created) VALUES (?, ?, ?)", rows)
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+
+    def check(self) -> list[str]:
+        """SQLite's integrity check of the whole file: [] when it is sound."""
+        rows = [r[0] for r in self._db.execute("PRAGMA integrity_check")]
+        return [] if rows == ["ok"] else rows
+
+    def clear(self, older_than_s: float | None = None) -> int:
+        """Delete every entry (or those older than `older_than_s`, undated ones included); how many."""
+        import time
+
+        with self._lock:
+            if older_than_s is None:
+                cur = self._db.execute("DELETE FROM responses")
+            else:
+                cur = self._db.execute("DELETE FROM responses WHERE created IS NULL OR created < ?",
+                                       (time.time() - older_than_s,))
+        return cur.rowcount
+
+    def vacuum(self) -> None:
+        with self._lock:
+            self._db.execute("VACUUM")
 
     def close(self) -> None:
         self._db.close()

@@ -19,6 +19,7 @@ from curate.pipelines.console import (
     err_console,
     fmt,
     print_accounting,
+    print_damaged,
     print_judges,
     print_sources,
 )
@@ -136,6 +137,7 @@ def _run_in(p, pipeline: Path, run_dir: Path, limit: int | None, address: str | 
             err_console.print(f"partial results and manifest: {run_dir}; log: {log_path}")
             raise typer.Exit(1) from None
     print_accounting(manifest)
+    print_damaged(manifest)
     print_sources(manifest)
     print_judges(manifest.get("judges") or {})
     console.print(f"dataset: [bold]{manifest['output']}[/]")
@@ -293,6 +295,62 @@ def server_stop() -> None:
     console.print("stopped" if stop() else "no curate Prefect server was running")
 
 
+cache_app = typer.Typer(help="the response cache ($CURATE_CACHE_DIR, default ~/.cache/curate): every model's answers")
+app.add_typer(cache_app, name="cache")
+CacheDir = Annotated[Optional[Path], typer.Option("--dir", help="the cache folder (default: $CURATE_CACHE_DIR or "
+                                                  "~/.cache/curate)")]
+
+
+def _cache(directory: Path | None):
+    from curate.engines.cache import ResponseCache
+
+    cache = ResponseCache(directory)
+    for note in cache.notes:  # opening it found it damaged: it was moved aside
+        err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
+    return cache
+
+
+@cache_app.command("check")
+def cache_check(directory: CacheDir = None) -> None:
+    """Check the whole cache file (SQLite's integrity check); exit 1 when it is damaged."""
+    import sqlite3
+
+    from curate.engines.cache import ResponseCache, default_cache_dir
+
+    try:
+        cache = ResponseCache(directory, repair=False)
+        problems = cache.check()
+    except sqlite3.DatabaseError as exc:
+        cache, problems = None, [f"{type(exc).__name__}: {exc}"]
+    path = cache.path if cache else Path(directory or default_cache_dir()) / "responses.sqlite"
+    if problems:
+        err_console.print(f"[bold red]damaged:[/] {path}: {escape('; '.join(problems[:5]))} (the next run moves it "
+                          "aside and starts a fresh one)", soft_wrap=True)
+        raise typer.Exit(1)
+    console.print(f"[green]ok[/] {cache.path}: {len(cache):,} entries, {cache.path.stat().st_size / 1e6:.1f} MB")
+
+
+@cache_app.command("vacuum")
+def cache_vacuum(directory: CacheDir = None) -> None:
+    """Give the space of deleted entries back to the disk."""
+    cache = _cache(directory)
+    before = cache.path.stat().st_size
+    cache.vacuum()
+    console.print(f"{cache.path}: {before / 1e6:.1f} MB -> {cache.path.stat().st_size / 1e6:.1f} MB")
+
+
+@cache_app.command("clear")
+def cache_clear(
+    directory: CacheDir = None,
+    older_than: Annotated[Optional[float], typer.Option(help="only entries older than this many days (and undated "
+                                                         "ones, from before entries were dated)")] = None,
+) -> None:
+    """Delete cached answers (all, or the old ones): the calls they answered are made again when asked."""
+    cache = _cache(directory)
+    n = cache.clear(None if older_than is None else older_than * 86400)
+    console.print(f"{cache.path}: {n:,} entries deleted, {len(cache):,} left")
+
+
 review_app = typer.Typer(help="human review round-trip: Label Studio tasks out, annotations back in")
 app.add_typer(review_app, name="review")
 
@@ -367,15 +425,36 @@ def stages() -> None:
 def show(
     run_dir: Annotated[Path, typer.Argument(help="a run directory")],
     rows: Annotated[int, typer.Option(help="sample rows to print")] = 3,
+    verify: Annotated[bool, typer.Option("--verify", help="check every file the manifest lists against its "
+                                         "recorded sha256 (nothing runs); exit 1 when one is missing or damaged")] = False,
 ) -> None:
     """Print a run's accounting and a few rows of its output."""
     manifest_path = run_dir / "manifest.json"
     if not manifest_path.exists():
         err_console.print(f"[bold red]error:[/] {run_dir} is not a run directory (no manifest.json)")
         raise typer.Exit(2)
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except ValueError as exc:
+        err_console.print(f"[bold red]error:[/] {manifest_path} is damaged (not JSON: {exc}); `curate run --resume "
+                          f"{run_dir}` rebuilds it from the shard markers", soft_wrap=True)
+        raise typer.Exit(1) from None
+    if verify:
+        from curate.pipelines.rundir import verify as verify_run
+
+        problems = verify_run(run_dir, manifest)
+        for line in problems:
+            err_console.print(f"[bold red]damaged:[/] {escape(line)}", soft_wrap=True, highlight=False)
+        files = sum(len(s.get("shard_sha256") or {}) for s in manifest["stages"])
+        if problems:
+            err_console.print(f"{len(problems)} of {files} files do not match the manifest: `curate run --resume "
+                              f"{run_dir}` redoes them", soft_wrap=True)
+            raise typer.Exit(1)
+        console.print(f"[green]ok[/] {files} files match the manifest's sha256")
+        return
     console.print(f"[bold]{manifest['name']}[/] status={manifest['status']} started={manifest.get('started')}")
     print_accounting(manifest)
+    print_damaged(manifest)
     print_sources(manifest)
     if manifest.get("error"):
         console.print(f"[red]error:[/] {manifest['error']}")

@@ -34,6 +34,15 @@ def print_accounting(manifest: dict) -> None:
             console.print(f"{s['id']}: {figures}")
 
 
+def print_damaged(manifest: dict) -> None:
+    """The done shards a resume found damaged and redid, and what the response cache reported (one line each)."""
+    for stage in manifest.get("stages", []):
+        for why in stage.get("damaged_redone") or []:
+            err_console.print(f"[yellow]redone:[/] {stage['id']}: {why}", soft_wrap=True, highlight=False)
+        for note in stage.get("notes") or []:
+            err_console.print(f"[yellow]note:[/] {stage['id']}: {note}", soft_wrap=True, highlight=False)
+
+
 def print_sources(manifest: dict) -> None:
     """A multi-source load's accounting, per source: in = out + dropped + quarantined."""
     load = next((s for s in manifest.get("stages", []) if s.get("stats") and any(

@@ -29,6 +29,7 @@ from curate.pipelines.fingerprint import (
     stage_inputs,
 )
 from curate.pipelines.rundir import (
+    intact,
     ShardWriter,
     StaleWorker,
     atomic_write_json,
@@ -60,6 +61,10 @@ class StageReport:
     #: what the stage measured over its shards (summed), and the figures its spec derives from them
     stats: dict[str, float] = field(default_factory=dict)
     summarize: Any = None
+    #: done shards found damaged when the stage was planned, and so redone (one line each)
+    damaged: list[str] = field(default_factory=list)
+    #: what the workers' response cache reported (a damaged file moved aside, unreadable entries)
+    notes: list[str] = field(default_factory=list)
 
     def add(self, marker: dict[str, Any], skipped: bool) -> None:
         self.shards += 1
@@ -74,6 +79,8 @@ class StageReport:
             self.model_calls += marker.get("model_calls", 0)
             self.cache_hits += marker.get("cache_hits", 0)
         self.shard_sha256[part_name(marker["shard"])] = marker.get("sha256")
+        if not skipped:
+            self.notes += [n for n in marker.get("notes") or [] if n not in self.notes]
 
     @property
     def balanced(self) -> bool:
@@ -87,7 +94,8 @@ class StageReport:
                    if self.failed_calls else {}),
                 "shards": self.shards, "shards_skipped": self.shards_skipped, "shard_sha256": self.shard_sha256,
                 **({"stats": self.stats, "summary": self.summarize(self.stats) if self.summarize else {}}
-                   if self.stats else {})}
+                   if self.stats else {}), **({"damaged_redone": self.damaged} if self.damaged else {}),
+                **({"notes": self.notes} if self.notes else {})}
 
 
 class Progress:
@@ -278,8 +286,17 @@ def _run_source(st: StageEntry, run_dir: Path, progress: Progress):
     stage_marker = run_dir / "_done" / st.id / "stage.json"
     report = StageReport(st.id, st.name, summarize=st.spec.summarize)
     progress.stage_start(st.id, None)
-    if stage_marker.exists() and json.loads(stage_marker.read_text()).get("fingerprint") == fp:
-        markers = json.loads(stage_marker.read_text())["markers"]
+    try:
+        done = json.loads(stage_marker.read_text()) if stage_marker.exists() else None
+    except (OSError, ValueError):  # a damaged marker: the stage is read again
+        done = None
+        report.damaged.append(f"{stage_marker} is not readable JSON")
+    if done is not None and done.get("fingerprint") == fp:
+        # the source is read again whole when any part is not intact (its shards come from one pass)
+        report.damaged += [why for m in done["markers"] if (why := intact(m))]
+        done = None if report.damaged else done
+    if done is not None and done.get("fingerprint") == fp:
+        markers = done["markers"]
         for m in markers:
             report.add(m, skipped=True)
     else:
@@ -309,6 +326,8 @@ class StagePlan:
     config: dict[str, Any]
     #: input rows of the shards to do (from the upstream markers)
     todo_rows: int = 0
+    #: done shards whose files were not intact (why, per file): redone
+    damaged: list[str] = field(default_factory=list)
 
 
 def plan_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]], run_dir: Path) -> StagePlan:
@@ -321,13 +340,18 @@ def plan_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
     inputs = stage_inputs(st)  # side files, by content
     fps = [fingerprint(code, st.id, st.name, cfg_json, engines, inputs,
                        shas[: i + 1] if st.spec.stateful else shas[i]) for i in range(len(upstream))]
-    todo, done = [], []
-    for up, fp in zip(upstream, fps, strict=True):
-        marker = read_marker(run_dir, st.id, up["shard"])
+    todo, done, damaged = [], [], []
+    markers = [read_marker(run_dir, st.id, up["shard"]) for up in upstream]
+    # every done shard's file is checked before it is trusted (hashing runs in threads: hashlib releases the GIL)
+    with concurrent.futures.ThreadPoolExecutor() as pool:
+        checks = list(pool.map(lambda mf: intact(mf[0]) if mf[0] and mf[0].get("fingerprint") == mf[1] else None,
+                               zip(markers, fps, strict=True)))
+    for up, fp, marker, why in zip(upstream, fps, markers, checks, strict=True):
         # a shard whose rows failed transiently (timeouts, 5xx after every retry) is redone: its answered calls
-        # come from the cache, the failed ones are asked again
-        if (marker and marker.get("fingerprint") == fp and Path(marker["output"]).exists()
-                and not marker.get("transient_failures")):
+        # come from the cache, the failed ones are asked again; so is one whose file is not intact
+        if why:
+            damaged.append(why)
+        if marker and marker.get("fingerprint") == fp and not why and not marker.get("transient_failures"):
             done.append(marker)
         else:
             todo.append({"shard": up["shard"], "input": up["output"], "fingerprint": fp})
@@ -335,13 +359,13 @@ def plan_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
         todo = [{"shard": up["shard"], "input": up["output"], "fingerprint": fp} for up, fp in zip(upstream, fps)]
         done = []
     rows = {up["shard"]: up.get("rows_out", 0) for up in upstream}
-    return StagePlan(todo, done, engines, cfg_json, sum(rows[t["shard"]] for t in todo))
+    return StagePlan(todo, done, engines, cfg_json, sum(rows[t["shard"]] for t in todo), damaged)
 
 
 def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]], run_dir: Path,
                progress: Progress, address: str | None = None):
     plan = plan_stage(st, pipeline, upstream, run_dir)
-    report = StageReport(st.id, st.name, summarize=st.spec.summarize)
+    report = StageReport(st.id, st.name, summarize=st.spec.summarize, damaged=plan.damaged)
     progress.stage_start(st.id, sum(up.get("rows_out", 0) for up in upstream))
     for m in plan.done:
         report.add(m, skipped=True)

@@ -65,6 +65,12 @@ class ShardWorker:
         results = [self.run_shard(**row) for row in batch.to_pylist()]
         return pa.Table.from_pylist(results)
 
+    def _new_notes(self) -> list[str]:
+        cache = self.ctx.calls.cache
+        notes = cache.notes if cache is not None else []
+        new, self._noted = notes[getattr(self, "_noted", 0):], len(notes)
+        return list(new)
+
     def _counts(self):
         """What this thread's requests through all engines came to so far (engines.cache.CallCounts)."""
         from curate.engines.cache import CallCounts
@@ -136,5 +142,7 @@ class ShardWorker:
             "transient_failures": counts.transient,
             "first_error": counts.first_error,
             "seconds": round(time.perf_counter() - start, 3),
+            # what the response cache had to say (moved aside as damaged, an unreadable entry), once per worker
+            **({"notes": notes} if (notes := self._new_notes()) else {}),
         })
         return {"shard": shard, "marker": json.dumps(marker)}
