@@ -29,10 +29,14 @@ from pathlib import Path
 IDLE_S = float(os.environ.get("CURATE_PREFECT_IDLE_S", 1800))
 
 
-def state_dir() -> Path:
-    """PREFECT_HOME (env or Prefect's default) / curate-server, without importing Prefect (that takes seconds)."""
+def state_dir(scheduler: bool = False) -> Path:
+    """PREFECT_HOME (env or Prefect's default) / curate-server, without importing Prefect (that takes seconds).
+
+    `scheduler`: the server `curate deploy` uses (curate-scheduler/): Prefect's API with its background
+    services, the scheduler among them, on a database of its own (the runs' server skips the services: they cost
+    every `curate run` a slower start, and a run schedules nothing)."""
     home = os.environ.get("PREFECT_HOME") or str(Path.home() / ".prefect")
-    return Path(home).expanduser() / "curate-server"
+    return Path(home).expanduser() / ("curate-scheduler" if scheduler else "curate-server")
 
 
 @contextlib.contextmanager
@@ -93,10 +97,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def connect(startup_timeout: float = 120.0) -> tuple[str, bool]:
+def connect(startup_timeout: float = 120.0, scheduler: bool = False) -> tuple[str, bool]:
     """(API URL, whether this call started it) of this machine's curate Prefect server, started when none
-    answers; this process is registered as a client until it exits."""
-    folder = state_dir()
+    answers; this process is registered as a client until it exits (the server stays up while it lives: a
+    `curate deploy` serving a schedule keeps its scheduler up). `scheduler`: the server with Prefect's scheduler."""
+    folder = state_dir(scheduler)
     with _locked(folder):
         state = _read_state(folder)
         # a server of another Prefect install (another venv sharing PREFECT_HOME) is left to itself: it stops when
@@ -104,7 +109,7 @@ def connect(startup_timeout: float = 120.0) -> tuple[str, bool]:
         started = not (state and state.get("prefect") == _prefect_version() and _alive(state["pid"])
                        and _healthy(state["url"]))
         if started:
-            state = _start(folder, startup_timeout)
+            state = _start(folder, startup_timeout, scheduler)
         clients = folder / "clients"
         clients.mkdir(exist_ok=True)
         (clients / str(os.getpid())).touch()
@@ -114,14 +119,19 @@ def connect(startup_timeout: float = 120.0) -> tuple[str, bool]:
     return state["url"], started
 
 
-def _start(folder: Path, timeout: float) -> dict:
+def _start(folder: Path, timeout: float, scheduler: bool = False) -> dict:
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     log = open(folder / "server.log", "a")
-    proc = subprocess.Popen([sys.executable, "-m", "curate.flows.local_server", str(port)], stdin=subprocess.DEVNULL,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                            cwd=str(Path(__file__).resolve().parent.parent),
-                            env={**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1"})
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0"}
+    if scheduler:  # its own database, and the scheduler looking every few seconds (Prefect's default is 60 s)
+        env |= {"PREFECT_HOME": str(folder), "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",
+                "PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": "5"}
+    else:
+        env["PREFECT__SERVER_EPHEMERAL"] = "1"
+    proc = subprocess.Popen([sys.executable, "-m", "curate.flows.local_server", str(port)] + (["--scheduler"] * scheduler),
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            cwd=str(Path(__file__).resolve().parent.parent), env=env)
     log.close()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -130,7 +140,7 @@ def _start(folder: Path, timeout: float) -> dict:
                                f"{folder / 'server.log'}")
         if _healthy(url, timeout=1.0):
             state = {"pid": proc.pid, "url": url, "idle_s": IDLE_S, "prefect": _prefect_version(),
-                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "scheduler": scheduler}
             (folder / "server.json").write_text(json.dumps(state))
             return state
         time.sleep(0.1)
@@ -139,9 +149,9 @@ def _start(folder: Path, timeout: float) -> dict:
                        f"{folder / 'server.log'}")
 
 
-def status() -> dict | None:
+def status(scheduler: bool = False) -> dict | None:
     """The running server's state (pid, url, clients alive), or None."""
-    folder = state_dir()
+    folder = state_dir(scheduler)
     state = _read_state(folder)
     if not (state and _alive(state["pid"])):
         return None
@@ -149,11 +159,11 @@ def status() -> dict | None:
     return state
 
 
-def stop(timeout: float = 15.0) -> bool:
+def stop(timeout: float = 15.0, scheduler: bool = False) -> bool:
     """Stop the running server (SIGTERM, as Prefect stops its temporary one); True when one was running."""
     import signal
 
-    folder = state_dir()
+    folder = state_dir(scheduler)
     with _locked(folder):
         state = _read_state(folder)
         (folder / "server.json").unlink(missing_ok=True)
@@ -197,13 +207,13 @@ def _idle(folder: Path, last_request: list[float]) -> bool:
     return True
 
 
-def main(port: int) -> None:
-    """Serve Prefect's API app (as its temporary server does) until idle."""
+def main(port: int, scheduler: bool = False) -> None:
+    """Serve Prefect's API app (as its temporary server does; with its services when `scheduler`) until idle."""
     import uvicorn
     from prefect.server.api.server import create_app
 
-    folder = state_dir()
-    app = create_app(ephemeral=True)
+    folder = Path(os.environ["PREFECT_HOME"]) if scheduler else state_dir()
+    app = create_app(ephemeral=not scheduler)
     last_request = [time.monotonic()]
 
     async def tracked(scope, receive, send):  # every request counts as activity
@@ -224,4 +234,4 @@ def main(port: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]))
+    main(int(sys.argv[1]), scheduler="--scheduler" in sys.argv[2:])

@@ -107,3 +107,31 @@ def serve(pipeline_path: Path, name: str, *, cron: str | None, interval: float |
     pipeline_flow.serve(name=name, cron=cron, interval=interval, parameters=params,
                         description=f"curate pipeline {pipeline_path}", tags=["curate"],
                         entrypoint_type=EntrypointType.MODULE_PATH)
+
+
+async def deployment_runs(name: str, n: int = 5) -> dict[str, Any]:
+    """A deployment of `pipeline_flow`: paused or not, its schedule, its next scheduled runs and its last runs."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId, FlowRunFilter, FlowRunFilterState
+    from prefect.client.schemas.filters import FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async with get_client() as client:
+        dep = await client.read_deployment_by_name(f"curate-pipeline/{name}")
+        by_dep = DeploymentFilter(id=DeploymentFilterId(any_=[dep.id]))
+        scheduled = await client.read_flow_runs(
+            deployment_filter=by_dep, sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=n,
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))))
+        last = await client.read_flow_runs(
+            deployment_filter=by_dep, sort=FlowRunSort.START_TIME_DESC, limit=n,
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(not_any_=[StateType.SCHEDULED]))))
+    schedules = [s.schedule for s in (dep.schedules or [])]
+    return {
+        "paused": bool(dep.paused),
+        "schedule": ", ".join(getattr(s, "cron", None) or f"every {s.interval.total_seconds():g} s" for s in schedules
+                              if getattr(s, "cron", None) or getattr(s, "interval", None)),
+        "scheduled": [{"name": r.name, "expected": str(r.expected_start_time)} for r in scheduled],
+        "last": [{"name": r.name, "state": r.state_name or "-", "start": str(r.start_time) if r.start_time else None}
+                 for r in last],
+    }

@@ -155,20 +155,92 @@ def deploy(
     run_root: Annotated[Path, typer.Option(help="scheduled runs write runs under RUN_ROOT/<name>/<time>")] = Path("runs"),
     limit: Annotated[Optional[int], typer.Option(min=0, help="load at most N prompts per run")] = None,
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address for the scheduled runs")] = None,
+    status: Annotated[bool, typer.Option("--status", help="show the deployment's next and last runs instead")] = False,
 ) -> None:
     """Create a scheduled Prefect deployment of a pipeline and serve it (this process runs the scheduled runs).
 
-    Point PREFECT_API_URL at your Prefect server first. To run on a work pool instead of this process, use
-    `prefect deploy` with the entrypoint `flows/pipeline_flow.py:pipeline_flow` and the same parameters.
+    With nothing configured it uses curate's local scheduler server (started here, up while this process serves);
+    with PREFECT_API_URL set, that server, whose scheduler must run (`prefect server start` runs it). To run on a
+    work pool instead of this process, use `prefect deploy` with the entrypoint
+    `curate/flows/pipeline_flow.py:pipeline_flow` and the same parameters. `--status` shows a deployment's next
+    and last runs.
     """
+    if status:
+        p = _load(pipeline)
+        return _deploy_status(name or p.name, p.name, run_root)
     p = _load(pipeline)
     if (cron is None) == (interval is None):
         err_console.print("[bold red]error:[/] give exactly one of --cron or --interval")
         raise typer.Exit(2)
+    url = _scheduler_url(start=True)
     from curate.flows.pipeline_flow import serve
 
-    serve(pipeline.resolve(), name or p.name, cron=cron, interval=interval, run_root=run_root.resolve(), limit=limit,
-          address=address)
+    err_console.print(f"curate: serving {name or p.name} ({f'cron {cron}' if cron else f'every {interval:g} s'}) on "
+                      f"{url}; runs go to {run_root.resolve()}; keep this process running (`curate deploy "
+                      f"{pipeline} --status` shows the next runs)", soft_wrap=True, highlight=False)
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: url}):  # Prefect read its settings at import
+        serve(pipeline.resolve(), name or p.name, cron=cron, interval=interval, run_root=run_root.resolve(),
+              limit=limit, address=address)
+
+
+def _scheduler_url(start: bool) -> str | None:
+    """The Prefect API a deployment lives on: PREFECT_API_URL (env or profile) when configured, else curate's local
+    scheduler server (started when `start`; None when it is not running). Sets it for this process."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return PREFECT_API_URL.value()
+    from curate.flows import local_server
+
+    if start:
+        url, _ = local_server.connect(scheduler=True)
+    else:
+        state = local_server.status(scheduler=True)
+        url = state["url"] if state else None
+    if url:
+        os.environ["PREFECT_API_URL"] = url
+    return url
+
+
+def _deploy_status(name: str, pipeline_name: str, run_root: Path) -> None:
+    """A deployment's schedule, its next scheduled runs and its last runs (with their run directories)."""
+    url = _scheduler_url(start=False)
+    if url is None:
+        err_console.print("[bold red]error:[/] no deployment server is running (no PREFECT_API_URL, and curate's "
+                          "local scheduler server is not up): start one with `curate deploy PIPELINE ...`")
+        raise typer.Exit(1)
+    import asyncio
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from curate.flows.pipeline_flow import deployment_runs
+
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            info = asyncio.run(deployment_runs(name))
+    except Exception as exc:  # noqa: BLE001 - an unknown deployment, an unreachable server
+        err_console.print(f"[bold red]error:[/] deployment {name!r} on {url}: {type(exc).__name__}: {escape(str(exc))}",
+                          soft_wrap=True)
+        raise typer.Exit(1) from None
+    console.print(f"[bold]{name}[/] on {url}: {'paused' if info['paused'] else 'active'}, schedule "
+                  f"{info['schedule'] or '-'}")
+    for run in info["scheduled"]:
+        console.print(f"  next: {run['expected']}  {run['name']}")
+    for run in info["last"]:
+        console.print(f"  last: {run['start'] or '-'}  {run['state']:<10} {run['name']}")
+    dirs = sorted((p for p in (run_root / pipeline_name).glob("*") if (p / "manifest.json").exists()), reverse=True)[:5]
+    for d in dirs:
+        manifest = json.loads((d / "manifest.json").read_text())
+        console.print(f"  run dir: {d}  {manifest.get('status')}")
+    if info["paused"]:
+        err_console.print("[yellow]warning:[/] the deployment is paused: no run will start until it is resumed "
+                          f"(`prefect deployment resume 'curate-pipeline/{name}'`)")
 
 
 @app.command()

@@ -143,6 +143,10 @@ class Run:
             raise
 
     def _start(self) -> None:
+        # every stage's code version now, in this thread: parsing modules (ast) in the run-ahead thread while
+        # another thread imports Prefect hit CPython 3.11's "AST constructor recursion depth mismatch"
+        for st in self.pipeline.stages:
+            stage_code_version(st.name)
         resolved = self.pipeline.to_yaml_dict()
         (self.run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
         self.manifest = {

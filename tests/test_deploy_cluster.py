@@ -113,3 +113,44 @@ def test_pipeline_runs_on_a_two_node_ray_cluster(tmp_path, ray_cluster):
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["status"] == "ok" and all(s["balanced"] for s in manifest["stages"])
     assert manifest["stages"][1]["model_calls"] + manifest["stages"][1]["cache_hits"] == 4
+
+
+def test_curate_deploy_runs_on_schedule_with_nothing_configured(tmp_path):
+    """A user on a laptop: no PREFECT_API_URL, no server started. `curate deploy --interval 15` starts curate's
+    local scheduler server and serves the deployment; finished runs appear under the run root every 15 s, and
+    `curate deploy --status` shows the schedule, the next runs and the run directories."""
+    import os
+    import signal
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"Name a colour, {i}."}) + "\n" for i in range(20)))
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(yaml.safe_dump({"name": "dedup_only", "stages": [
+        {"load": {"path": str(data)}}, {"dedup": {"method": "exact"}}]}))
+    runs = tmp_path / "runs"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # a machine where nothing runs yet
+    log = open(tmp_path / "serve.log", "w")
+    served = subprocess.Popen([str(BIN / "curate"), "deploy", str(pipeline), "--interval", "15", "--name", "every15",
+                               "--run-root", str(runs)], stdout=log, stderr=subprocess.STDOUT, env=env,
+                              start_new_session=True, cwd=tmp_path)
+    try:
+        deadline = time.time() + 150
+        done: list = []
+        while time.time() < deadline and len(done) < 2:
+            assert served.poll() is None, (tmp_path / "serve.log").read_text()[-3000:]
+            done = [p for p in (runs / "dedup_only").glob("*/manifest.json")
+                    if json.loads(p.read_text()).get("status") == "ok"]
+            time.sleep(2)
+        assert len(done) >= 2, (tmp_path / "serve.log").read_text()[-3000:]
+        status = subprocess.run([str(BIN / "curate"), "deploy", str(pipeline), "--name", "every15", "--status",
+                                 "--run-root", str(runs)], capture_output=True, text=True, env=env, timeout=120)
+        assert status.returncode == 0, status.stderr
+        assert "every15" in status.stdout and "active, schedule every 15 s" in status.stdout
+        assert "next:" in status.stdout and "run dir:" in status.stdout
+    finally:
+        os.killpg(served.pid, signal.SIGTERM)
+        served.wait(timeout=60)
+        state = tmp_path / "prefect-home" / "curate-scheduler" / "server.json"
+        if state.exists():  # the scheduler server would stop by itself once idle; the test does not wait
+            os.killpg(json.loads(state.read_text())["pid"], signal.SIGTERM)
