@@ -180,9 +180,40 @@ def deploy(
                       f"{pipeline} --status` shows the next runs)", soft_wrap=True, highlight=False)
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    _watch_schedule(name or p.name, url, float(interval or 60))
     with temporary_settings(updates={PREFECT_API_URL: url}):  # Prefect read its settings at import
         serve(pipeline.resolve(), name or p.name, cron=cron, interval=interval, run_root=run_root.resolve(),
               limit=limit, address=address)
+
+
+def _watch_schedule(name: str, url: str, every_s: float) -> None:
+    """Warn, in one line, when the server schedules no run of the deployment within a few of its periods: a server
+    without a scheduler (an ephemeral one, a `prefect server start --no-services`), or a paused deployment."""
+    import asyncio
+    import threading
+    import time
+
+    def watch() -> None:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        from curate.flows.pipeline_flow import deployment_runs
+
+        wait = max(90.0, 3 * every_s) if every_s < 3600 else 90.0
+        time.sleep(wait)
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: url}):
+                info = asyncio.run(deployment_runs(name))
+        except Exception:  # noqa: BLE001 - the deployment is not registered yet, or the server is gone
+            return
+        if info["paused"]:
+            err_console.print(f"[yellow]warning:[/] deployment {name} is paused: no scheduled run will start "
+                              f"(`prefect deployment resume 'curate-pipeline/{name}'`)", soft_wrap=True)
+        elif not info["scheduled"] and not info["last"]:
+            err_console.print(f"[yellow]warning:[/] {url} scheduled no run of {name} in {wait:.0f} s: it runs no "
+                              "scheduler (an ephemeral server?). Unset PREFECT_API_URL to use curate's local "
+                              "scheduler server, or run `prefect server start`", soft_wrap=True)
+
+    threading.Thread(target=watch, name="schedule-watch", daemon=True).start()
 
 
 def _scheduler_url(start: bool) -> str | None:

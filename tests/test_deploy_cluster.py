@@ -154,3 +154,35 @@ def test_curate_deploy_runs_on_schedule_with_nothing_configured(tmp_path):
         state = tmp_path / "prefect-home" / "curate-scheduler" / "server.json"
         if state.exists():  # the scheduler server would stop by itself once idle; the test does not wait
             os.killpg(json.loads(state.read_text())["pid"], signal.SIGTERM)
+
+
+def test_curate_deploy_warns_when_its_server_runs_no_scheduler(tmp_path):
+    """PREFECT_API_URL pointed at a server without Prefect's scheduler (curate's own run server, ephemeral):
+    nothing would ever run, and `curate deploy` says so in one line of its own."""
+    import os
+    import signal
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(5)))
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(yaml.safe_dump({"name": "noop", "stages": [{"load": {"path": str(data)}}]}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    started = subprocess.run([str(BIN / "curate"), "server", "start"], env=env, capture_output=True, text=True,
+                             timeout=180)
+    assert started.returncode == 0, started.stderr
+    env["PREFECT_API_URL"] = json.loads((tmp_path / "prefect-home" / "curate-server" / "server.json").read_text())["url"]
+    log = tmp_path / "serve.log"
+    served = subprocess.Popen([str(BIN / "curate"), "deploy", str(pipeline), "--interval", "15", "--name", "lost",
+                               "--run-root", str(tmp_path / "runs")], stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                              env=env, start_new_session=True)
+    want = "scheduled no run of lost in 90 s: it runs no scheduler"
+    try:
+        deadline = time.time() + 150
+        while time.time() < deadline and want not in " ".join(log.read_text().split()) and served.poll() is None:
+            time.sleep(2)
+    finally:
+        os.killpg(served.pid, signal.SIGTERM)
+        served.wait(timeout=60)
+        subprocess.run([str(BIN / "curate"), "server", "stop"], env=env, capture_output=True, timeout=60)
+    assert want in " ".join(log.read_text().split()), log.read_text()[-3000:]
