@@ -23,6 +23,7 @@ from curate.pipelines.console import (
     print_judges,
     print_sources,
 )
+from curate.pipelines.cli_groups import cache_app, review_app, server_app
 from rich.markup import escape
 from rich.table import Table
 
@@ -32,6 +33,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(server_app, name="server")
+app.add_typer(cache_app, name="cache")
+app.add_typer(review_app, name="review")
 
 
 def _load(path: Path):
@@ -165,14 +169,16 @@ def deploy(
     `curate/flows/pipeline_flow.py:pipeline_flow` and the same parameters. `--status` shows a deployment's next
     and last runs.
     """
+    from curate.flows.schedule import deploy_status, scheduler_url, watch_schedule
+
     if status:
         p = _load(pipeline)
-        return _deploy_status(name or p.name, p.name, run_root)
+        return deploy_status(name or p.name, p.name, run_root)
     p = _load(pipeline)
     if (cron is None) == (interval is None):
         err_console.print("[bold red]error:[/] give exactly one of --cron or --interval")
         raise typer.Exit(2)
-    url = _scheduler_url(start=True)
+    url = scheduler_url(start=True)
     from curate.flows.pipeline_flow import serve
 
     err_console.print(f"curate: serving {name or p.name} ({f'cron {cron}' if cron else f'every {interval:g} s'}) on "
@@ -180,98 +186,10 @@ def deploy(
                       f"{pipeline} --status` shows the next runs)", soft_wrap=True, highlight=False)
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    _watch_schedule(name or p.name, url, float(interval or 60))
+    watch_schedule(name or p.name, url, float(interval or 60))
     with temporary_settings(updates={PREFECT_API_URL: url}):  # Prefect read its settings at import
         serve(pipeline.resolve(), name or p.name, cron=cron, interval=interval, run_root=run_root.resolve(),
               limit=limit, address=address)
-
-
-def _watch_schedule(name: str, url: str, every_s: float) -> None:
-    """Warn, in one line, when the server schedules no run of the deployment within a few of its periods: a server
-    without a scheduler (an ephemeral one, a `prefect server start --no-services`), or a paused deployment."""
-    import asyncio
-    import threading
-    import time
-
-    def watch() -> None:
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        from curate.flows.pipeline_flow import deployment_runs
-
-        wait = max(90.0, 3 * every_s) if every_s < 3600 else 90.0
-        time.sleep(wait)
-        try:
-            with temporary_settings(updates={PREFECT_API_URL: url}):
-                info = asyncio.run(deployment_runs(name))
-        except Exception:  # noqa: BLE001 - the deployment is not registered yet, or the server is gone
-            return
-        if info["paused"]:
-            err_console.print(f"[yellow]warning:[/] deployment {name} is paused: no scheduled run will start "
-                              f"(`prefect deployment resume 'curate-pipeline/{name}'`)", soft_wrap=True)
-        elif not info["scheduled"] and not info["last"]:
-            err_console.print(f"[yellow]warning:[/] {url} scheduled no run of {name} in {wait:.0f} s: it runs no "
-                              "scheduler (an ephemeral server?). Unset PREFECT_API_URL to use curate's local "
-                              "scheduler server, or run `prefect server start`", soft_wrap=True)
-
-    threading.Thread(target=watch, name="schedule-watch", daemon=True).start()
-
-
-def _scheduler_url(start: bool) -> str | None:
-    """The Prefect API a deployment lives on: PREFECT_API_URL (env or profile) when configured, else curate's local
-    scheduler server (started when `start`; None when it is not running). Sets it for this process."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    if os.environ.get("PREFECT_API_URL"):
-        return os.environ["PREFECT_API_URL"]
-    from prefect.settings import PREFECT_API_URL
-
-    if PREFECT_API_URL.value():
-        return PREFECT_API_URL.value()
-    from curate.flows import local_server
-
-    if start:
-        url, _ = local_server.connect(scheduler=True)
-    else:
-        state = local_server.status(scheduler=True)
-        url = state["url"] if state else None
-    if url:
-        os.environ["PREFECT_API_URL"] = url
-    return url
-
-
-def _deploy_status(name: str, pipeline_name: str, run_root: Path) -> None:
-    """A deployment's schedule, its next scheduled runs and its last runs (with their run directories)."""
-    url = _scheduler_url(start=False)
-    if url is None:
-        err_console.print("[bold red]error:[/] no deployment server is running (no PREFECT_API_URL, and curate's "
-                          "local scheduler server is not up): start one with `curate deploy PIPELINE ...`")
-        raise typer.Exit(1)
-    import asyncio
-
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    from curate.flows.pipeline_flow import deployment_runs
-
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: url}):
-            info = asyncio.run(deployment_runs(name))
-    except Exception as exc:  # noqa: BLE001 - an unknown deployment, an unreachable server
-        err_console.print(f"[bold red]error:[/] deployment {name!r} on {url}: {type(exc).__name__}: {escape(str(exc))}",
-                          soft_wrap=True)
-        raise typer.Exit(1) from None
-    console.print(f"[bold]{name}[/] on {url}: {'paused' if info['paused'] else 'active'}, schedule "
-                  f"{info['schedule'] or '-'}")
-    for run in info["scheduled"]:
-        console.print(f"  next: {run['expected']}  {run['name']}")
-    for run in info["last"]:
-        console.print(f"  last: {run['start'] or '-'}  {run['state']:<10} {run['name']}")
-    dirs = sorted((p for p in (run_root / pipeline_name).glob("*") if (p / "manifest.json").exists()), reverse=True)[:5]
-    for d in dirs:
-        manifest = json.loads((d / "manifest.json").read_text())
-        console.print(f"  run dir: {d}  {manifest.get('status')}")
-    if info["paused"]:
-        err_console.print("[yellow]warning:[/] the deployment is paused: no run will start until it is resumed "
-                          f"(`prefect deployment resume 'curate-pipeline/{name}'`)")
 
 
 @app.command()
@@ -359,145 +277,6 @@ def judge_eval(
     console.print(f"model calls: {report['model_calls']}, cache hits: {report['cache_hits']}")
     if out:
         out.write_text(dumps(report))
-
-
-server_app = typer.Typer(help="the local Prefect server that runs share when no PREFECT_API_URL is set")
-app.add_typer(server_app, name="server")
-
-
-@server_app.command("start")
-def server_start() -> None:
-    """Start this machine's curate Prefect server now (the first run would start it otherwise), or show the
-    running one."""
-    from curate.flows.local_server import connect
-
-    url, started = connect()
-    console.print(f"{'started' if started else 'already running'}: {url}", highlight=False)
-
-
-@server_app.command("status")
-def server_status() -> None:
-    """Show whether this machine's curate Prefect server is up, its URL and the runs using it."""
-    from curate.flows.local_server import state_dir, status
-
-    state = status()
-    if state is None:
-        console.print(f"no curate Prefect server is running ({state_dir()})")
-        return
-    console.print(f"running: pid {state['pid']}, {state['url']}; {len(state['clients'])} run(s) using it; it stops "
-                  f"after {state['idle_s']:.0f} s without one. `prefect` commands reach it with "
-                  f"PREFECT_API_URL={state['url']}", soft_wrap=True, highlight=False)
-
-
-@server_app.command("stop")
-def server_stop() -> None:
-    """Stop this machine's curate Prefect server (the next run starts a new one; its history stays in the
-    database under PREFECT_HOME)."""
-    from curate.flows.local_server import stop
-
-    console.print("stopped" if stop() else "no curate Prefect server was running")
-
-
-cache_app = typer.Typer(help="the response cache ($CURATE_CACHE_DIR, default ~/.cache/curate): every model's answers")
-app.add_typer(cache_app, name="cache")
-CacheDir = Annotated[Optional[Path], typer.Option("--dir", help="the cache folder (default: $CURATE_CACHE_DIR or "
-                                                  "~/.cache/curate)")]
-
-
-def _cache(directory: Path | None):
-    from curate.engines.cache import ResponseCache
-
-    cache = ResponseCache(directory)
-    for note in cache.notes:  # opening it found it damaged: it was moved aside
-        err_console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
-    return cache
-
-
-@cache_app.command("check")
-def cache_check(directory: CacheDir = None) -> None:
-    """Check the whole cache file (SQLite's integrity check); exit 1 when it is damaged."""
-    import sqlite3
-
-    from curate.engines.cache import ResponseCache, default_cache_dir
-
-    try:
-        cache = ResponseCache(directory, repair=False)
-        problems = cache.check()
-    except sqlite3.DatabaseError as exc:
-        cache, problems = None, [f"{type(exc).__name__}: {exc}"]
-    path = cache.path if cache else Path(directory or default_cache_dir()) / "responses.sqlite"
-    if problems:
-        err_console.print(f"[bold red]damaged:[/] {path}: {escape('; '.join(problems[:5]))} (the next run moves it "
-                          "aside and starts a fresh one)", soft_wrap=True)
-        raise typer.Exit(1)
-    console.print(f"[green]ok[/] {cache.path}: {len(cache):,} entries, {cache.path.stat().st_size / 1e6:.1f} MB")
-
-
-@cache_app.command("vacuum")
-def cache_vacuum(directory: CacheDir = None) -> None:
-    """Give the space of deleted entries back to the disk."""
-    cache = _cache(directory)
-    before = cache.path.stat().st_size
-    cache.vacuum()
-    console.print(f"{cache.path}: {before / 1e6:.1f} MB -> {cache.path.stat().st_size / 1e6:.1f} MB")
-
-
-@cache_app.command("clear")
-def cache_clear(
-    directory: CacheDir = None,
-    older_than: Annotated[Optional[float], typer.Option(help="only entries older than this many days (and undated "
-                                                         "ones, from before entries were dated)")] = None,
-) -> None:
-    """Delete cached answers (all, or the old ones): the calls they answered are made again when asked."""
-    cache = _cache(directory)
-    n = cache.clear(None if older_than is None else older_than * 86400)
-    console.print(f"{cache.path}: {n:,} entries deleted, {len(cache):,} left")
-
-
-review_app = typer.Typer(help="human review round-trip: Label Studio tasks out, annotations back in")
-app.add_typer(review_app, name="review")
-
-
-@review_app.command("export")
-def review_export(
-    run_dir: Annotated[Path, typer.Argument(help="a run directory")],
-    sample: Annotated[int, typer.Option(help="pairs to sample (stratified by source and margin)")] = 50,
-    out: Annotated[Optional[Path], typer.Option(help="tasks file (default RUN_DIR/review/tasks.json)")] = None,
-    seed: Annotated[int, typer.Option(help="sampling seed")] = 0,
-    disputed: Annotated[bool, typer.Option("--disputed", help="only pairs the judges behind them split on "
-                                           "(agreement < 1: e.g. a source's label against a new jury)")] = False,
-) -> None:
-    """Write a stratified sample of a run's pairs as Label Studio tasks (and the labeling config)."""
-    from curate.pipelines.review import export_tasks
-
-    try:
-        res = export_tasks(run_dir, sample, out or run_dir / "review" / "tasks.json", seed, disputed)
-    except (ValueError, FileNotFoundError) as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(2) from None
-    console.print(f"{res['tasks']} of {res['pairs']} pairs -> {res['file']} (strata: {res['strata']})")
-    console.print(f"Label Studio labeling config: {res['label_config']}")
-
-
-@review_app.command("import")
-def review_import(
-    file: Annotated[Path, typer.Argument(help="Label Studio JSON export of the annotated tasks")],
-    run: Annotated[Path, typer.Option(help="the run directory the tasks came from")],
-) -> None:
-    """Read annotations back: human-judge agreement into the manifest, human labels over the judges'."""
-    from curate.pipelines.review import import_annotations
-
-    try:
-        res = import_annotations(file, run)
-    except (ValueError, FileNotFoundError) as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(2) from None
-    console.print(f"{res['reviewed']} reviewed pairs: humans {res['human']}; agreement with the judges' choice "
-                  f"(without human ties): {fmt(res['agreement_without_ties'])} on {res['decided']}")
-    for judge, m in res["per_judge"].items():
-        console.print(f"  {judge}: agreement {fmt(m['agreement'])}, kappa {fmt(m['cohen_kappa'])} (n={m['n']})")
-    console.print(f"{res['flipped']} pairs flipped, {res['ties_dropped']} dropped as human ties -> "
-                  f"{res['reviewed_export']}")
 
 
 @app.command()
