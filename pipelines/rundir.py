@@ -218,7 +218,7 @@ def manifest_parts(run_dir: Path, manifest: dict, stage_id: str, *, verify: bool
     parts = []
     for name, sha in sorted(stage.get("shard_sha256", {}).items()):
         path = stage_folder(run_dir, stage_id) / f"{name}.parquet"
-        if not path.exists() or (verify and sha is not None and file_sha256(path) != sha):
+        if part_problem(path, sha if verify else None):
             raise StaleRunDir(f"{path} is missing, damaged or was changed after the run (its sha256 differs from "
                               "the manifest's): rerun with --resume to rebuild it")
         parts.append(path)
@@ -257,11 +257,18 @@ def verify(run_dir: Path, manifest: dict) -> list[str]:
     for stage in manifest.get("stages", []):
         for name, sha in sorted((stage.get("shard_sha256") or {}).items()):
             path = stage_folder(run_dir, stage["id"]) / f"{name}.parquet"
-            if not path.exists():
-                problems.append(f"{path}: missing")
-            elif sha is not None and file_sha256(path) != sha:
-                problems.append(f"{path}: damaged or changed (its sha256 differs from the manifest's)")
+            if why := part_problem(path, sha):
+                problems.append(f"{path}: {why}")
     return problems
+
+
+def part_problem(path: Path, sha: str | None) -> str | None:
+    """Why a part the manifest lists does not match it (missing; another sha256, when one is given), or None."""
+    if not path.exists():
+        return "missing"
+    if sha is not None and file_sha256(path) != sha:
+        return "damaged or changed (its sha256 differs from the manifest's)"
+    return None
 
 
 def read_marker(run_dir: Path, stage_id: str, shard: int) -> dict[str, Any] | None:

@@ -100,10 +100,10 @@ def mark_failed(run_dir: Path, reason: str) -> None:
         return
     if manifest.get("status") != "running":
         return
+    from curate.pipelines.rundir import atomic_write_json  # loaded on a crash only: the supervisor stays light
+
     manifest.update(status="failed", error=reason, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    tmp = path.with_name(f".{path.name}.supervisor.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2))
-    os.replace(tmp, path)
+    atomic_write_json(manifest, path)
 
 
 def main() -> None:
