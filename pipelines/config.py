@@ -34,8 +34,10 @@ class StageRun(BaseModel):
     concurrency: int | None = Field(None, ge=1)
     #: CPUs reserved per worker; fractional, since on a 2-core machine whole CPUs starve Ray's own tasks
     num_cpus: float = Field(0.5, gt=0)
-    #: rows handed to the stage function at a time within a shard
-    batch_size: int = Field(64, ge=1)
+    #: rows handed to the stage function at a time within a shard; default: 64 for a stage with a model (its
+    #: engine's window fills from several batches), the whole shard for a pure stage (columnar kernels run best
+    #: on large batches; a shard is bounded by load's shard_size)
+    batch_size: int | None = Field(None, ge=1)
     #: Prefect task retries for this stage (a retry redoes only the shards that are not done)
     retries: int = Field(0, ge=0)
     retry_delay_s: float = Field(10.0, ge=0)

@@ -7,6 +7,7 @@ readers that report, publish and review use to find a run's parts through its ma
     _dropped/NN_stage/...            rows a stage filtered, with the reason
     _quarantined/NN_stage/...        rows a stage could not process, with the error
     _done/NN_stage/part-SSSSS.json   shard markers: fingerprint, counts, output sha256
+    _work/NN_stage/                  a global stage's intermediate steps (key rows, the decision)
 
 Writes are temp file + rename, and the marker comes last, so a killed run never leaves a half-written shard that
 counts as done.
@@ -194,6 +195,12 @@ def prune_stage(run_dir: Path, stage_id: str, shards: set[int]) -> None:
 
 class StaleRunDir(RuntimeError):
     """A run directory's files no longer match its manifest."""
+
+
+def work_folder(run_dir: Path, stage_id: str) -> Path:
+    """A stage's intermediate files (a global dedup's key rows and decision), under `_work/`: the resume
+    checkpoints of its steps, not part of the dataset."""
+    return Path(run_dir) / "_work" / stage_id
 
 
 def stage_folder(run_dir: Path, stage_id: str, kind: str = "out") -> Path:

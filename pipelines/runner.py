@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from curate.pipelines import global_stage
 from curate.pipelines.config import Pipeline, StageEntry
 from curate.pipelines.executors import execute
 from curate.pipelines.fingerprint import (
@@ -28,11 +29,12 @@ from curate.pipelines.fingerprint import (
     stage_code_version,
     stage_inputs,
 )
+from curate.pipelines.global_stage import offsets
 from curate.pipelines.rundir import (
-    intact,
     ShardWriter,
     StaleWorker,
     atomic_write_json,
+    intact,
     part_name,
     prune_stage,
     read_marker,
@@ -65,6 +67,10 @@ class StageReport:
     damaged: list[str] = field(default_factory=list)
     #: what the workers' response cache reported (a damaged file moved aside, unreadable entries)
     notes: list[str] = field(default_factory=list)
+    #: a globally deciding stage's decision step: rows it drops, key shards, key shards per Ray node
+    decision: dict[str, Any] = field(default_factory=dict)
+    #: shards run per Ray node (a cluster run: how the stage's work spread)
+    nodes: dict[str, int] = field(default_factory=dict)
 
     def add(self, marker: dict[str, Any], skipped: bool) -> None:
         self.shards += 1
@@ -81,6 +87,8 @@ class StageReport:
         self.shard_sha256[part_name(marker["shard"])] = marker.get("sha256")
         if not skipped:
             self.notes += [n for n in marker.get("notes") or [] if n not in self.notes]
+            if marker.get("node"):
+                self.nodes[marker["node"]] = self.nodes.get(marker["node"], 0) + 1
 
     @property
     def balanced(self) -> bool:
@@ -95,7 +103,9 @@ class StageReport:
                 "shards": self.shards, "shards_skipped": self.shards_skipped, "shard_sha256": self.shard_sha256,
                 **({"stats": self.stats, "summary": self.summarize(self.stats) if self.summarize else {}}
                    if self.stats else {}), **({"damaged_redone": self.damaged} if self.damaged else {}),
-                **({"notes": self.notes} if self.notes else {})}
+                **({"notes": self.notes} if self.notes else {}), **({"decision": self.decision} if self.decision
+                                                                      else {}),
+                **({"nodes": self.nodes} if self.nodes else {})}
 
 
 class Progress:
@@ -342,8 +352,10 @@ def plan_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
     shas = [up["sha256"] for up in upstream]
     code = stage_code_version(st.name)
     inputs = stage_inputs(st)  # side files, by content
+    # (a stage that decides globally: every shard's output depends on all of the input)
     fps = [fingerprint(code, st.id, st.name, cfg_json, engines, inputs,
-                       shas[: i + 1] if st.spec.stateful else shas[i]) for i in range(len(upstream))]
+                       shas if st.spec.decides else shas[: i + 1] if st.spec.stateful else shas[i])
+           for i in range(len(upstream))]
     todo, done, damaged = [], [], []
     markers = [read_marker(run_dir, st.id, up["shard"]) for up in upstream]
     # every done shard's file is checked before it is trusted (hashing runs in threads: hashlib releases the GIL)
@@ -362,6 +374,9 @@ def plan_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
     if st.spec.stateful and todo:  # its state is rebuilt from the first shard on
         todo = [{"shard": up["shard"], "input": up["output"], "fingerprint": fp} for up, fp in zip(upstream, fps)]
         done = []
+    if st.spec.decides:  # each row's position in the stage's input: "earliest" whatever the shard count
+        at = dict(zip((up["shard"] for up in upstream), offsets(upstream), strict=True))
+        todo = [{**t, "offset": at[t["shard"]]} for t in todo]
     rows = {up["shard"]: up.get("rows_out", 0) for up in upstream}
     return StagePlan(todo, done, engines, cfg_json, sum(rows[t["shard"]] for t in todo), damaged)
 
@@ -374,6 +389,9 @@ def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
     for m in plan.done:
         report.add(m, skipped=True)
         progress.shard_done(st.id, m["in"])
+    if st.spec.decides and plan.todo:  # keys, then the decision, before any shard drops its rows
+        decision = global_stage.prepare(st, pipeline, plan, upstream, run_dir, progress, address)
+        report.decision = {k: decision[k] for k in ("rows", "key_shards", "nodes") if k in decision}
     fresh: list[dict[str, Any]] = []
     for marker in execute(st, pipeline, plan, run_dir, progress, address) if plan.todo else ():
         fresh.append(marker)
@@ -381,6 +399,8 @@ def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
         progress.shard_done(st.id, marker["in"])
         check_error_rate(st, plan.done + fresh, final=False)
     check_error_rate(st, plan.done + fresh, final=True)
+    if st.spec.decides:
+        global_stage.finish(run_dir, st.id)
     progress.stage_end(st.id)
     return report, sorted(plan.done + fresh, key=lambda m: m["shard"])
 

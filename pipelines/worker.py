@@ -4,14 +4,29 @@ once per worker (a thread, a Ray actor or task) and every answer cached as it ar
 from __future__ import annotations
 
 import json
+import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.pipelines.rundir import ShardWriter, StaleWorker, run_token
+from curate.pipelines.fingerprint import file_sha256
+from curate.pipelines.rundir import ShardWriter, StaleWorker, atomic_write_json, part_name, run_token, work_folder
+
+
+def node() -> str | None:
+    """The Ray node this worker runs on (None outside Ray): markers record it, so a cluster run shows how a
+    stage's shards spread over its nodes."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    return ray.get_runtime_context().get_node_id()
 
 
 def streams(capability_sets) -> bool:
@@ -83,18 +98,63 @@ class ShardWorker:
         result = self.spec.process(table, self.config, self.ctx)
         return result, self._counts() - before
 
-    def run_shard(self, shard: int, input: str, fingerprint: str) -> dict[str, Any]:
-        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
-        from curate.engines.cache import CallCounts
-
-        start = time.perf_counter()
-        writer = ShardWriter(self.run_dir, self.stage_id, shard, self.spec.name)
-        counts = CallCounts()
+    def _batches(self, input: str, offset: int | None):
+        """The shard's batches; for a stage that decides globally, each row with `_order`, its position in the
+        stage's input (the shard's `offset` + its row number)."""
         src = pq.ParquetFile(input)
         tables = (pa.Table.from_batches([b]) for b in src.iter_batches(batch_size=self.batch_size))
         if src.metadata.num_rows == 0:
             tables = iter([src.schema_arrow.empty_table()])
+        for table in tables:
+            if offset is not None:
+                order = pa.array(np.arange(offset, offset + table.num_rows, dtype=np.int64))
+                table, offset = table.append_column("_order", order), offset + table.num_rows
+            yield table
+
+    def run_keys(self, shard: int, input: str, fingerprint: str, offset: int) -> dict[str, Any]:
+        """A globally deciding stage's first step on one shard: its key rows, to a file of the stage's work
+        folder (temp file + rename, then its marker)."""
+        start = time.perf_counter()
+        folder = work_folder(self.run_dir, self.stage_id) / "keys"
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{part_name(shard)}.parquet"
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+        writer, rows = None, 0
+        try:
+            for table in self._batches(input, offset):
+                keys = self.spec.decides.keys(table, self.config, self.ctx)
+                writer = writer or pq.ParquetWriter(tmp, keys.schema)
+                writer.write_table(keys)
+                rows += table.num_rows
+            if writer is None:  # an empty shard with no batch at all
+                raise AssertionError("a shard always yields at least one (possibly empty) batch")
+            writer.close()
+            os.replace(tmp, target)
+        except BaseException:
+            if writer is not None:
+                writer.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        marker = {"shard": shard, "fingerprint": fingerprint, "rows": rows, "keys": str(target),
+                  "sha256": file_sha256(target), "seconds": round(time.perf_counter() - start, 3), "node": node()}
+        atomic_write_json(marker, folder / f"{part_name(shard)}.json")
+        return {"shard": shard, "marker": json.dumps(marker)}
+
+    def run_shard(self, shard: int, input: str, fingerprint: str, offset: int | None = None,
+                  phase: str = "rows") -> dict[str, Any]:
+        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+        from curate.engines.cache import CallCounts
+
+        if phase == "keys":
+            return self.run_keys(shard, input, fingerprint, offset or 0)
+        start = time.perf_counter()
+        writer = ShardWriter(self.run_dir, self.stage_id, shard, self.spec.name)
+        counts = CallCounts()
+        if self.spec.decides is not None:
+            self.ctx.state.setdefault("decisions_path", str(work_folder(self.run_dir, self.stage_id)
+                                                            / "decisions.parquet"))
+        tables = self._batches(input, offset if self.spec.decides is not None else None)
         # Batches run `batches_in_flight` at a time and a new one starts as soon as any finishes (a straggler in
         # one batch does not hold the others back); outputs are written in batch order, and finished batches
         # wait for an earlier straggler at most 4 windows deep, so memory stays bounded.
@@ -142,6 +202,7 @@ class ShardWorker:
             "transient_failures": counts.transient,
             "first_error": counts.first_error,
             "seconds": round(time.perf_counter() - start, 3),
+            "node": node(),
             # what the response cache had to say (moved aside as damaged, an unreadable entry), once per worker
             **({"notes": notes} if (notes := self._new_notes()) else {}),
         })

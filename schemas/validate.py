@@ -75,6 +75,30 @@ def quarantine_table(
     return pa.Table.from_pylist(rows, schema=QUARANTINE_ROW)
 
 
+def quarantine_arrow(table: pa.Table, reasons: pa.Array | list[str]) -> pa.Table:
+    """`quarantine_table` for rows already in Arrow (the columnar stages' dropped rows), with no Python object per
+    row: each record is polars' JSON encoding of the row (the same fields and values; nested types as JSON). A
+    table polars cannot encode (binary columns: image bytes) goes the per-row way, which names bytes by hash."""
+    import polars as pl
+
+    n = table.num_rows
+    if any(pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) for f in table.schema) or n == 0:
+        return quarantine_table(table.to_pylist(), list(reasons.to_pylist() if isinstance(reasons, pa.Array)
+                                                         else reasons))
+    df = pl.from_arrow(table)
+    records = df.select(pl.struct(pl.all()).struct.json_encode()).to_series().to_arrow()
+
+    def text_column(name: str) -> pa.Array:
+        if name in table.column_names and pa.types.is_string(table.schema.field(name).type):
+            return table[name].combine_chunks()
+        return pa.nulls(n, pa.string())
+
+    return pa.table({"stage": pa.nulls(n, pa.string()), "source": text_column("source"),
+                     "line": pa.nulls(n, pa.int64()), "prompt_id": text_column("prompt_id"),
+                     "reason": pa.array(reasons, pa.string()), "record": records.cast(pa.string())},
+                    schema=QUARANTINE_ROW)
+
+
 def with_stage(table: pa.Table, stage: str) -> pa.Table:
     """A dropped/quarantined table with its `stage` column filled where the stage function left it empty."""
     if table.num_rows == 0 or table.column("stage").null_count == 0:

@@ -72,6 +72,23 @@ class StageContext:
 Columns = Callable[[Any], set[str]]
 
 
+@dataclass(frozen=True)
+class GlobalDecision:
+    """How a stage that decides over its whole input (global dedup) splits its work so each part scales out.
+
+    1. `keys`: one batch (with `_order`, the row's position in the stage's input, added by the runner) -> the few
+       columns the decision needs (`_order`, `_id` and hashes, signatures or embeddings), per shard in parallel;
+    2. `decide`: every shard's keys (a polars LazyFrame over their files) and whether the run is on a Ray cluster
+       -> the rows to drop (`_order`, `reason`): group-bys and joins on polars' streaming engine on one machine,
+       Ray Data's hash shuffles on a cluster;
+    3. the stage's `process` then drops those rows shard by shard, in parallel (`ctx.state["decisions"]`).
+    "First" is the lowest `_order`, so the kept rows do not depend on shard, worker or node counts.
+    """
+
+    keys: Callable[[pa.Table, Any, StageContext], pa.Table]
+    decide: Callable[[Any, Any, bool], pa.Table]
+
+
 def fixed(*names: str) -> Columns:
     return lambda cfg: set(names)
 
@@ -92,6 +109,8 @@ class StageSpec:
     #: the stage keeps state across batches (dedup): the runner feeds all its shards, in order, to one worker,
     #: and redoes the whole stage when any shard of it must be redone
     stateful: bool = False
+    #: the stage keeps or drops rows by a decision over its whole input, made in parallel steps (GlobalDecision)
+    decides: GlobalDecision | None = None
     #: the stage loads a model of its own (an embedder): run it as an actor pool, so the model outlives a shard
     keeps_model: bool = False
     #: the engine names a config uses (model-backed stages run as actor pools, one engine per actor)

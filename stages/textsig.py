@@ -96,81 +96,13 @@ def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     return best
 
 
-class LSHIndex:
-    """Band buckets of MinHash signatures: the first text seen in a bucket is the one later texts duplicate.
-
-    Each band is a sorted uint64 array of bucket hashes with the kept row each points to, grown by merging
-    (searchsorted + insert) batch by batch: 12 bytes per band per kept row plus the packed id, so memory grows
-    with the rows kept and stays small (a dict of bytes keys costs ~10x more).
-    """
-
-    def __init__(self, threshold: float, num_perm: int):
-        self.bands, self.rows = lsh_params(threshold, num_perm)
-        self.keys = [np.zeros(0, dtype=np.uint64) for _ in range(self.bands)]
-        self.vals = [np.zeros(0, dtype=np.int32) for _ in range(self.bands)]
-        # ids of kept rows, packed (a Python list of str costs ~70 bytes a row)
-        self._id_bytes = bytearray()
-        self._id_ends = np.zeros(0, dtype=np.int64)
-
-    def _id(self, i: int) -> str:
-        start = int(self._id_ends[i - 1]) if i else 0
-        return self._id_bytes[start:int(self._id_ends[i])].decode()
-
-    def _add_ids(self, keys: list[str]) -> None:
-        ends = []
-        for key in keys:
-            self._id_bytes += key.encode()
-            ends.append(len(self._id_bytes))
-        self._id_ends = np.concatenate([self._id_ends, np.array(ends, dtype=np.int64)])
-
-    def band_hashes(self, sigs: np.ndarray) -> np.ndarray:
-        """(n, bands) uint64: each band's rows folded into one hash."""
-        n = sigs.shape[0]
-        out = np.zeros((n, self.bands), dtype=np.uint64)
-        mult = np.uint64(0x100000001B3)
-        with np.errstate(over="ignore"):
-            for k in range(self.rows):
-                out = out * mult ^ sigs[:, k: self.bands * self.rows: self.rows]
-        return out
-
-    def check_batch(self, sigs: np.ndarray, keys: list[str]) -> list[str | None]:
-        """For each row, the key of an earlier near-duplicate (indexed, or earlier in this batch), or None;
-        rows with none are indexed."""
-        n = len(keys)
-        hashes = self.band_hashes(sigs)
-        dup = np.full(n, -1, dtype=np.int64)  # >= 0: a kept row's index; <= -2: -(batch row) - 2
-        for b in range(self.bands):
-            col = hashes[:, b]
-            if len(self.keys[b]):
-                pos = np.minimum(np.searchsorted(self.keys[b], col), len(self.keys[b]) - 1)
-                hit = (self.keys[b][pos] == col) & (dup == -1)
-                dup[hit] = self.vals[b][pos[hit]]
-            # within the batch: a row whose bucket an earlier row of the batch opened
-            order = np.argsort(col, kind="stable")
-            sorted_col = col[order]
-            starts = np.r_[True, sorted_col[1:] != sorted_col[:-1]]
-            leader = order[np.maximum.accumulate(np.where(starts, np.arange(n), 0))]
-            later = (leader != np.arange(n)[order]) & (dup[order] == -1)
-            dup[order[later]] = -leader[later] - 2
-        fresh = np.flatnonzero(dup == -1)
-        base = len(self._id_ends)
-        self._add_ids([keys[i] for i in fresh])
-        for b in range(self.bands):
-            new_keys = hashes[fresh, b]
-            new_vals = np.arange(base, base + len(fresh), dtype=np.int32)
-            srt = np.argsort(new_keys, kind="stable")
-            new_keys, new_vals = new_keys[srt], new_vals[srt]
-            keep = np.r_[True, new_keys[1:] != new_keys[:-1]] if len(new_keys) else np.zeros(0, dtype=bool)
-            new_keys, new_vals = new_keys[keep], new_vals[keep]
-            if len(self.keys[b]):  # a bucket already open keeps its first row
-                pos = np.minimum(np.searchsorted(self.keys[b], new_keys), len(self.keys[b]) - 1)
-                unseen = self.keys[b][pos] != new_keys
-                new_keys, new_vals = new_keys[unseen], new_vals[unseen]
-            at = np.searchsorted(self.keys[b], new_keys)
-            self.keys[b] = np.insert(self.keys[b], at, new_keys)
-            self.vals[b] = np.insert(self.vals[b], at, new_vals)
-        out: list[str | None] = []
-        for i in range(n):
-            d = int(dup[i])
-            out.append(None if d == -1 else self._id(d) if d >= 0 else keys[-d - 2])
-        return out
+def band_hashes(sigs: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(n, bands) uint64: each LSH band's `rows` signature values folded into one hash, salted by the band's
+    index, so all bands share one key space (two rows share a bucket only within the same band)."""
+    n = sigs.shape[0]
+    out = np.zeros((n, bands), dtype=np.uint64)
+    mult = np.uint64(0x100000001B3)
+    with np.errstate(over="ignore"):
+        for k in range(rows):
+            out = out * mult ^ sigs[:, k: bands * rows: rows]
+        return out * mult ^ (np.arange(bands, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
