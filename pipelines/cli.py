@@ -135,7 +135,9 @@ def _run_in(p, pipeline: Path, run_dir: Path, limit: int | None, address: str | 
         try:
             with Services(address) as services:
                 manifest = flow_run(p, pipeline, run_dir, limit, address, progress, services)
-        except Exception as exc:
+        except BaseException as exc:  # a library's panic (polars' PanicException) is no Exception, but a failure
+            if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+                raise
             progress.stop()
             err_console.print(f"[bold red]run failed:[/] {type(exc).__name__}: {escape(str(exc))}", soft_wrap=True)
             err_console.print(f"partial results and manifest: {run_dir}; log: {log_path}")

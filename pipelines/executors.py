@@ -189,7 +189,8 @@ def execute(st: StageEntry, pipeline: Pipeline, plan: StagePlan, run_dir: Path, 
         return driver(todo, ShardWorker(**worker_kwargs), 1 if st.spec.stateful else st.run.concurrency)
     per_actor = 2 if streaming and not st.spec.stateful else 1  # the next shard starts under the tail
     running_rows = functools.partial(progress.rows_running, st.id)
-    if local and (size == 1 or (not model_stage and plan.todo_rows <= DRIVER_ROWS)):
+    # (a pure stage whose `concurrency` the user set gets that many Ray workers, whatever its size)
+    if local and (size == 1 or (not model_stage and st.run.concurrency is None and plan.todo_rows <= DRIVER_ROWS)):
         return _driver_shards(todo, worker_kwargs, per_actor, running_rows)
     init_ray(address)
     import ray

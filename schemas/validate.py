@@ -75,6 +75,16 @@ def quarantine_table(
     return pa.Table.from_pylist(rows, schema=QUARANTINE_ROW)
 
 
+def _holds_bytes(t: pa.DataType) -> bool:
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t):
+        return True
+    if pa.types.is_struct(t):
+        return any(_holds_bytes(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return _holds_bytes(t.value_type)
+    return False
+
+
 def quarantine_arrow(table: pa.Table, reasons: pa.Array | list[str]) -> pa.Table:
     """`quarantine_table` for rows already in Arrow (the columnar stages' dropped rows), with no Python object per
     row: each record is polars' JSON encoding of the row (the same fields and values; nested types as JSON). A
@@ -82,7 +92,7 @@ def quarantine_arrow(table: pa.Table, reasons: pa.Array | list[str]) -> pa.Table
     import polars as pl
 
     n = table.num_rows
-    if any(pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) for f in table.schema) or n == 0:
+    if n == 0 or any(_holds_bytes(f.type) for f in table.schema):
         return quarantine_table(table.to_pylist(), list(reasons.to_pylist() if isinstance(reasons, pa.Array)
                                                          else reasons))
     df = pl.from_arrow(table)

@@ -46,11 +46,20 @@ class Keys:
                 .collect(engine="streaming").sort("_order"))
 
     def ray(self, columns: list[str]):
+        """A Ray Dataset of the key rows, each file read by a task on whichever node runs it (not
+        `ray.data.read_parquet`: its path resolution imports fsspec's HTTP filesystem, which fails without aiohttp)."""
         import ray
 
         if self.table is not None:
             return ray.data.from_arrow(self.table.select(columns))
-        return ray.data.read_parquet(self.files, columns=columns)
+
+        def read(batch: dict) -> pa.Table:
+            import pyarrow.parquet as pq
+
+            return pa.concat_tables([pq.read_table(str(p), columns=columns) for p in batch["path"]])
+
+        files = ray.data.from_items([{"path": f} for f in self.files], override_num_blocks=max(1, len(self.files)))
+        return files.map_batches(read, batch_size=1, batch_format="numpy")
 
 
 def later_rows(keys: Keys, key_columns: list[str], explode: str | None, distributed: bool):

@@ -186,3 +186,23 @@ def test_curate_deploy_warns_when_its_server_runs_no_scheduler(tmp_path):
         served.wait(timeout=60)
         subprocess.run([str(BIN / "curate"), "server", "stop"], env=env, capture_output=True, timeout=60)
     assert want in " ".join(log.read_text().split()), log.read_text()[-3000:]
+
+
+def test_global_dedup_splits_across_both_nodes_and_keeps_what_one_machine_keeps(tmp_path, ray_cluster):
+    """MinHash dedup on a two-node cluster: its key step's and its drop step's shards run on both nodes, the
+    decision runs on Ray Data there, and the kept rows are those of the same pipeline on one machine."""
+    from test_global_dedup import kept, pipeline, write_corpus
+
+    address, env = ray_cluster
+    data = tmp_path / "prompts.jsonl"
+    write_corpus(data, 4000)
+    spec = pipeline(tmp_path, data, "cluster_dedup", 200)
+    local = curate("run", spec, "--run-dir", tmp_path / "local", env={"RAY_ADDRESS": None})
+    assert local.returncode == 0, local.stdout + local.stderr
+    res = curate("run", spec, "--run-dir", tmp_path / "cluster", "--address", address,
+                 env={"RAY_AUTH_MODE": "token"})
+    assert res.returncode == 0, res.stdout + res.stderr
+    dedup = json.loads((tmp_path / "cluster" / "manifest.json").read_text())["stages"][1]
+    assert len(dedup["decision"]["nodes"]) == 2, dedup["decision"]  # key shards per node
+    assert len(dedup["nodes"]) == 2 and sum(dedup["nodes"].values()) == 20, dedup["nodes"]
+    assert kept(tmp_path / "cluster") == kept(tmp_path / "local")
