@@ -1,16 +1,21 @@
-"""Do pure stages scale with default settings? The real CLI (`curate run`: Ray, Prefect, Parquet files) on
-load -> dedup (exact) -> decontaminate (13-gram against MT-Bench) over N synthetic prompts (MT-Bench words, 5%
-exact duplicates up to case and punctuation, 1% carrying a benchmark prompt), with load's default shard size and
-with the shard sizes given, plus one in-process polars baseline doing the same exact dedup.
+"""Do curate's pure stages keep up with a dataframe engine at corpus scale, with default settings?
 
-Prints wall time, rows/s, files written, peak RSS of every process of the run (the CLI and each Ray worker,
-sampled), and: the default shard size's wall over the best shard size's (target <= 1.2 at 100k), and 1M's wall
-over 100k's (target <= 11) and peak RSS ratio (target <= 1.2).
+The real CLI (`curate run`: Ray, Prefect, Parquet) over N synthetic preference pairs in TRL's layout (prompt ~60
+words, answers ~200 words, of MT-Bench's vocabulary; 5% exact duplicates up to case and punctuation, 3% near
+duplicates (a word appended), 1% contaminated with an MT-Bench prompt, 1% with a too-short chosen answer):
 
-(filter and export work on pair rows, which need judged candidates, so this pure pipeline stops at
-decontaminate.)
+    load (layout: trl) -> pairs -> filter (length bounds) -> dedup exact -> dedup minhash -> decontaminate
+    (13-grams of MT-Bench) -> export (trl)
 
-    python benchmarks/scale_pure.py [--sizes 100000 1000000] [--shard-sizes 1024 10000 25000]
+Beside it, in the same run, the limit: a polars script doing the exact dedup + filter + Parquet write of the
+same file (read, normalize, unique, write). Prints wall, rows/s, MB/s of input, peak RSS of every process (the
+CLI, the run process, each Ray worker, sampled), files written, per-stage seconds, and the targets: curate's
+wall within 3x of polars' for the exact-dedup + filter + export part (the stages load, pairs, filter, dedup exact,
+export), the largest size's wall <= 1.1 x (size ratio) x the smallest's, peak RSS <= 1.5x.
+
+MinHash against datasketch at equal recall is benchmarks/dedup_minhash.py (run it beside this one).
+
+    python benchmarks/scale_pure.py [--sizes 100000 1000000] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -33,40 +37,69 @@ from _common import CURATE, ROOT, print_table
 BENCH = ROOT / "pipelines/examples/data/mt_bench_questions.jsonl"
 
 
-def write_prompts(path: Path, n: int, seed: int = 0) -> None:
+def write_pairs(path: Path, n: int, seed: int = 0) -> dict[str, int]:
+    """n pairs in TRL's layout with planted duplicates, contamination and short answers; returns the counts."""
     turns = [json.loads(line)["turns"][0] for line in BENCH.read_text().splitlines()]
-    words = sorted({w.strip(".,!?;:()\"'").lower() for t in turns for w in t.split()} - {""})
-    words = np.array(words)
+    words = np.array(sorted({w.strip(".,!?;:()\"'").lower() for t in turns for w in t.split()} - {""}))
     rng = np.random.default_rng(seed)
-    lens = rng.integers(8, 40, size=n)
-    idx = rng.integers(0, len(words), size=int(lens.sum()))
-    texts = [" ".join(part) for part in np.split(words[idx], np.cumsum(lens)[:-1])]
-    for i in rng.choice(n, size=n // 20, replace=False):  # exact duplicates, up to case and punctuation
-        texts[i] = texts[int(rng.integers(0, n))].upper() + "!"
-    for i in rng.choice(n, size=n // 100, replace=False):  # contaminated: carries a benchmark prompt
-        texts[i] = texts[i] + " " + turns[int(rng.integers(0, len(turns)))]
+
+    def texts(count: int, lo: int, hi: int) -> list[str]:
+        lens = rng.integers(lo, hi, size=count)
+        idx = rng.integers(0, len(words), size=int(lens.sum()))
+        return [" ".join(part) for part in np.split(words[idx], np.cumsum(lens)[:-1])]
+
+    planted = {"exact": n // 20, "near": 3 * n // 100, "contaminated": n // 100, "short": n // 100}
     with open(path, "w") as fh:
-        for t in texts:
-            fh.write(json.dumps({"prompt": t}) + "\n")
+        chunk = 100_000
+        prompts: list[str] = []
+        for start in range(0, n, chunk):
+            m = min(chunk, n - start)
+            p, c, r = texts(m, 40, 80), texts(m, 150, 250), texts(m, 150, 250)
+            prompts += p
+            for i in range(m):
+                fh.write(json.dumps({"prompt": p[i], "chosen": c[i], "rejected": r[i]}) + "\n")
+    # plant by rewriting chosen rows in place: duplicates copy an earlier row's prompt
+    rows = path.read_text().splitlines()
+    picks = rng.permutation(np.arange(1000, n))
+    at = 0
+    for kind, count in planted.items():
+        for i in picks[at: at + count]:
+            rec = json.loads(rows[i])
+            src = prompts[int(rng.integers(0, i))]
+            if kind == "exact":
+                rec["prompt"] = src.upper() + "!"
+            elif kind == "near":
+                rec["prompt"] = src + " " + str(words[int(rng.integers(0, len(words)))])
+            elif kind == "contaminated":
+                rec["prompt"] = rec["prompt"] + " " + turns[int(rng.integers(0, len(turns)))]
+            else:
+                rec["chosen"] = "Too short."
+            rows[i] = json.dumps(rec)
+        at += count
+    path.write_text("\n".join(rows) + "\n")
+    return planted
 
 
-def pipeline(folder: Path, data: Path, shard_size: int | None) -> Path:
-    load = {"path": str(data)}
-    if shard_size:
-        load["shard_size"] = shard_size
+FILTER = {"min_length": 200, "max_length": 4000}
+
+
+def pipeline(folder: Path, data: Path) -> Path:
     spec = {"name": "scale_pure", "stages": [
-        {"load": load},
+        {"load": {"path": str(data), "layout": "trl"}},
+        {"pairs": {}},
+        {"filter": FILTER},
         {"dedup": {"method": "exact"}},
+        {"dedup": {"method": "minhash"}},
         {"decontaminate": {"benchmarks": [{"name": "mt-bench", "path": str(BENCH), "field": "turns"}]}},
+        {"export": {"format": "trl"}},
     ]}
-    path = folder / f"pipeline-{shard_size or 'default'}.yaml"
+    path = folder / "pipeline.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
 
 def tree_rss(pid: int) -> dict[int, int]:
-    """RSS (bytes) of a process and of every descendant, by pid (ray workers included: they start under the
-    CLI's raylet)."""
+    """RSS (bytes) of a process and of every descendant, by pid (Ray workers start under the run's raylet)."""
     import psutil
 
     out = {}
@@ -87,8 +120,8 @@ def run(folder: Path, spec: Path, label: str) -> dict:
     env = {**os.environ, "CURATE_CACHE_DIR": str(folder / "cache")}
     peak: dict[int, int] = {}
     start = time.perf_counter()
-    proc = subprocess.Popen([CURATE, "run", str(spec), "--run-dir",
-                             str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen([CURATE, "run", str(spec), "--run-dir", str(run_dir)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
     stop = threading.Event()
 
     def sample() -> None:
@@ -106,56 +139,63 @@ def run(folder: Path, spec: Path, label: str) -> dict:
         raise SystemExit(f"curate run failed:\n{out[-4000:]}")
     manifest = json.loads((run_dir / "manifest.json").read_text())
     files = sum(1 for p in run_dir.rglob("*") if p.is_file())
-    stages = {s["id"]: s for s in manifest["stages"]}
     return {"wall": wall, "files": files, "peak_rss_mb": max(peak.values()) / 2**20 if peak else 0.0,
-            "stage_s": sum(s["seconds"] for s in stages.values()), "out": manifest["stages"][-1]["out"]}
+            "stages": {s["id"]: s for s in manifest["stages"]}, "out": manifest["stages"][-1]["out"]}
 
 
-def polars_baseline(data: Path) -> tuple[float, int]:
+def polars_baseline(data: Path, out: Path) -> tuple[float, int]:
+    """The same filter + exact prompt dedup + Parquet write, written directly in polars (the limit)."""
     import polars as pl
 
     start = time.perf_counter()
     df = pl.read_ndjson(data)
-    norm = (pl.col("prompt").str.to_lowercase().str.replace_all(r"[^\w\s]", "").str.replace_all(r"\s+", " ")
-            .str.strip_chars())
-    kept = df.with_columns(norm.alias("_n")).unique(subset="_n", keep="first", maintain_order=True)
+    norm = (pl.col("prompt").str.to_lowercase().str.replace_all(r"[^\p{L}\p{N}\s]+", " ")
+            .str.replace_all(r"\s+", " ").str.strip_chars())
+    ok = pl.all_horizontal([pl.col(c).str.len_chars().is_between(FILTER["min_length"], FILTER["max_length"])
+                            for c in ("chosen", "rejected")])
+    kept = df.filter(ok).with_columns(norm.alias("_n")).unique(subset="_n", keep="first", maintain_order=True)
+    kept.drop("_n").write_parquet(out)
     return time.perf_counter() - start, kept.height
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
-    ap.add_argument("--shard-sizes", type=int, nargs="*", default=[1024, 10_000, 25_000],
-                    help="shard sizes tried beside the default, at the smallest size only")
+    ap.add_argument("--keep", type=Path, help="write data and runs here (default: a temp folder, removed)")
     args = ap.parse_args()
-    from curate.stages.load import Config as LoadConfig
-
-    default = LoadConfig.model_fields["shard_size"].default
-    rows, by_size = [], {}
+    part = ["01_load", "02_pairs", "03_filter", "04_dedup", "07_export"]
+    rows, stage_rows, results = [], [], {}
     with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
-        folder = Path(tmp)
+        base = args.keep or Path(tmp)
         for n in args.sizes:
-            data = folder / f"prompts-{n}.jsonl"
-            write_prompts(data, n)
-            base_s, base_kept = polars_baseline(data)
-            rows.append([n, "polars in-process exact dedup", base_s, n / base_s, "", "", base_kept])
-            tries = [None] + (args.shard_sizes if n == min(args.sizes) else [])
-            for shard in tries:
-                r = run(folder, pipeline(folder, data, shard), f"{n}-{shard}")
-                label = f"curate run, shard_size {shard or f'{default} (default)'}"
-                rows.append([n, label, r["wall"], n / r["wall"], r["files"], r["peak_rss_mb"], r["out"]])
-                by_size.setdefault(n, {})[shard] = r
-    print_table("load -> dedup (exact) -> decontaminate, the real CLI", ["prompts", "run", "wall s", "rows/s",
-                "files", "peak RSS MiB (largest process)", "rows out"], rows)
-    small = min(args.sizes)
-    best = min(r["wall"] for r in by_size[small].values())
-    print(f"\ndefault shard size vs the best tried at {small:,}: {by_size[small][None]['wall'] / best:.2f}x "
-          "(target <= 1.2)")
-    if len(args.sizes) > 1:
-        big = max(args.sizes)
-        a, b = by_size[small][None], by_size[big][None]
-        print(f"{big:,} vs {small:,} prompts, default settings: wall {b['wall'] / a['wall']:.2f}x (target <= "
-              f"{1.1 * big / small:.0f}), peak RSS {b['peak_rss_mb'] / a['peak_rss_mb']:.2f}x (target <= 1.2)")
+            folder = base / f"n{n}"
+            folder.mkdir(parents=True, exist_ok=True)
+            data = folder / "pairs.jsonl"
+            if not data.exists():
+                write_pairs(data, n)
+            mb = data.stat().st_size / 2**20
+            base_s, base_kept = polars_baseline(data, folder / "polars.parquet")
+            rows.append([n, "polars: filter + exact dedup + write", base_s, n / base_s, mb / base_s, "", "",
+                         base_kept])
+            r = run(folder, pipeline(folder, data), str(n))
+            results[n] = r | {"polars": base_s}
+            rows.append([n, "curate run (7 stages, defaults)", r["wall"], n / r["wall"], mb / r["wall"],
+                         r["files"], round(r["peak_rss_mb"]), r["out"]])
+            for sid, s in r["stages"].items():
+                stage_rows.append([n, sid, s["in"], s["out"], s["dropped"], s["seconds"], s["shards"]])
+    print_table(f"{' -> '.join(s.split('_', 1)[1] for s in ['01_load', '02_pairs', '03_filter', '04_dedup', '05_dedup', '06_decontaminate', '07_export'])}, the real CLI",
+                ["pairs", "run", "wall s", "rows/s", "MB/s", "files", "peak RSS MiB (largest process)",
+                 "rows out"], rows)
+    print_table("per stage", ["pairs", "stage", "in", "out", "dropped", "seconds", "shards"], stage_rows)
+    for n, r in results.items():
+        exact_part = sum(r["stages"][s]["seconds"] for s in part)
+        print(f"{n:,}: exact-dedup + filter + export part {exact_part:.1f} s = {exact_part / r['polars']:.2f}x "
+              f"polars' {r['polars']:.1f} s (target <= 3)")
+    if len(results) > 1:
+        small, big = min(results), max(results)
+        a, b = results[small], results[big]
+        print(f"{big:,} vs {small:,}: wall {b['wall'] / a['wall']:.2f}x (target <= {1.1 * big / small:.0f}), "
+              f"peak RSS {b['peak_rss_mb'] / a['peak_rss_mb']:.2f}x (target <= 1.5)")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from curate.schemas.validate import quarantine_table
+from curate.schemas.validate import quarantine_arrow
 from curate.stages.base import StageConfig, StageContext, StageResult, StageSpec
 
 REFUSAL_PATTERNS = [
@@ -60,32 +60,63 @@ def language(text: str) -> str:
     return _langid().classify(text)[0]
 
 
-def _reasons(row: dict, cfg: Config, refusal: re.Pattern | None) -> str | None:
-    if cfg.min_chosen_score is not None and (row["chosen_score"] is None or row["chosen_score"] < cfg.min_chosen_score):
-        return f"chosen_score {row['chosen_score']} < {cfg.min_chosen_score:g}"
-    if cfg.max_rejected_score is not None and (row["rejected_score"] is None
-                                               or row["rejected_score"] > cfg.max_rejected_score):
-        return f"rejected_score {row['rejected_score']} > {cfg.max_rejected_score:g}"
-    if cfg.min_margin is not None and (row["margin"] is None or row["margin"] < cfg.min_margin):
-        return f"margin {row['margin']} < {cfg.min_margin:g}"
-    if cfg.min_agreement is not None and (row["agreement"] is None or row["agreement"] < cfg.min_agreement):
-        return f"agreement {row['agreement']} < {cfg.min_agreement:g}"
-    for side in ("chosen", "rejected"):
-        n = len(row[side])
-        if cfg.min_length is not None and n < cfg.min_length:
-            return f"{side} length {n} < min_length {cfg.min_length}"
-        if cfg.max_length is not None and n > cfg.max_length:
-            return f"{side} length {n} > max_length {cfg.max_length}"
+def _reasons(table: pa.Table, cfg: Config, refusal: re.Pattern | None) -> list[str | None]:
+    """Each pair's first failed check (in the order the config lists them), or None. The checks run on whole
+    columns (Arrow compute); Python sees only the rows that fail one (to word the reason) and, for the
+    language check, each text (the language model classifies one text at a time)."""
+    import numpy as np
+
+    n = table.num_rows
+    reasons: list[str | None] = [None] * n
+    open_ = np.ones(n, dtype=bool)
+
+    def fail(mask, words) -> None:
+        hit = np.asarray(mask, dtype=bool) & open_
+        for i in np.flatnonzero(hit):
+            reasons[i] = words(int(i))
+        open_[hit] = False
+
+    def below(column: str, bound: float):
+        col = table[column]
+        return pc.fill_null(pc.or_(pc.is_null(col), pc.less(col, bound)), True).to_numpy(zero_copy_only=False)
+
+    def above(column: str, bound: float):
+        col = table[column]
+        return pc.fill_null(pc.or_(pc.is_null(col), pc.greater(col, bound)), True).to_numpy(zero_copy_only=False)
+
+    def value(column: str, i: int):
+        return table[column][i].as_py()
+
+    if cfg.min_chosen_score is not None:
+        fail(below("chosen_score", cfg.min_chosen_score),
+             lambda i: f"chosen_score {value('chosen_score', i)} < {cfg.min_chosen_score:g}")
+    if cfg.max_rejected_score is not None:
+        fail(above("rejected_score", cfg.max_rejected_score),
+             lambda i: f"rejected_score {value('rejected_score', i)} > {cfg.max_rejected_score:g}")
+    if cfg.min_margin is not None:
+        fail(below("margin", cfg.min_margin), lambda i: f"margin {value('margin', i)} < {cfg.min_margin:g}")
+    if cfg.min_agreement is not None:
+        fail(below("agreement", cfg.min_agreement),
+             lambda i: f"agreement {value('agreement', i)} < {cfg.min_agreement:g}")
+    if cfg.min_length is not None or cfg.max_length is not None:
+        lengths = {side: pc.utf8_length(table[side]).to_numpy(zero_copy_only=False) for side in ("chosen", "rejected")}
+        for side in ("chosen", "rejected"):
+            ln = lengths[side]
+            if cfg.min_length is not None:
+                fail(ln < cfg.min_length, lambda i, s=side, ln=ln: f"{s} length {ln[i]} < min_length {cfg.min_length}")
+            if cfg.max_length is not None:
+                fail(ln > cfg.max_length, lambda i, s=side, ln=ln: f"{s} length {ln[i]} > max_length {cfg.max_length}")
     if cfg.languages:
         for side in ("prompt", "chosen"):
-            lang = language(row[side])
-            if lang not in cfg.languages:
-                return f"{side} language {lang!r} not in {cfg.languages}"
+            texts = table[side].to_pylist()
+            langs = {int(i): language(texts[i]) for i in np.flatnonzero(open_)}
+            fail([langs.get(i, cfg.languages[0]) not in cfg.languages for i in range(n)],
+                 lambda i, s=side: f"{s} language {langs[i]!r} not in {cfg.languages}")
     if refusal is not None:
-        m = refusal.search(row["chosen"])
-        if m:
-            return f"chosen is a refusal: {m.group(0)!r}"
-    return None
+        hits = pc.match_substring_regex(table["chosen"], refusal.pattern, ignore_case=True)
+        fail(pc.fill_null(hits, False).to_numpy(zero_copy_only=False),
+             lambda i: f"chosen is a refusal: {refusal.search(value('chosen', i)).group(0)!r}")
+    return reasons
 
 
 def length_bias_drops(chosen_len: list[int], rejected_len: list[int], keep: list[bool], share: float) -> list[int]:
@@ -103,8 +134,7 @@ def length_bias_drops(chosen_len: list[int], rejected_len: list[int], keep: list
 
 def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
     refusal = re.compile("|".join(cfg.refusal_patterns), re.IGNORECASE) if cfg.drop_refusals else None
-    rows = table.to_pylist()
-    reasons: list[str | None] = [_reasons(r, cfg, refusal) for r in rows]
+    reasons = _reasons(table, cfg, refusal)
     if cfg.max_longer_share is not None:
         c_len = pc.utf8_length(table["chosen"]).to_pylist()
         r_len = pc.utf8_length(table["rejected"]).to_pylist()
@@ -112,11 +142,8 @@ def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
             reasons[i] = (f"length-bias control: chosen longer than rejected ({c_len[i]} vs {r_len[i]} chars); "
                           f"target share {cfg.max_longer_share:g}")
     keep = pa.array([r is None for r in reasons], type=pa.bool_())
-    dropped = [(row, r) for row, r in zip(rows, reasons, strict=True) if r is not None]
-    return StageResult(
-        out=table.filter(keep),
-        dropped=quarantine_table([d[0] for d in dropped], [d[1] for d in dropped]),
-    )
+    return StageResult(out=table.filter(keep), dropped=quarantine_arrow(
+        table.filter(pc.invert(keep)), [r for r in reasons if r is not None]))
 
 
 STAGE = StageSpec(
