@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import threading
@@ -117,6 +118,7 @@ def tree_rss(pid: int) -> dict[int, int]:
 
 def run(folder: Path, spec: Path, label: str) -> dict:
     run_dir = folder / f"run-{label}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run, never a resume of an earlier one
     env = {**os.environ, "CURATE_CACHE_DIR": str(folder / "cache")}
     peak: dict[int, int] = {}
     start = time.perf_counter()

@@ -165,7 +165,7 @@ def execute(st: StageEntry, pipeline: Pipeline, plan: StagePlan, run_dir: Path, 
 
     todo = plan.todo
     engine_cfgs = [parse_engine(c) for c in plan.engines.values()]
-    model_stage = bool(engine_cfgs) or st.spec.keeps_model
+    model_stage = bool(engine_cfgs) or st.spec.uses_model(st.config)
     local = local_run(address)
     if local:
         cpus = usable_cpus()

@@ -56,10 +56,10 @@ def prepare(st: StageEntry, pipeline: Pipeline, plan: StagePlan, upstream: list[
     folder = work_folder(run_dir, st.id)
     decision_fp = plan.todo[0]["fingerprint"]  # the stage's fingerprint: every input shard's hash
     kept = _kept(folder / "decision.json", decision_fp, "decisions")
-    if kept is not None:
-        return kept
+    if kept is not None:  # made by an earlier run: its model calls are not this run's
+        return {**kept, "model_calls": 0, "cache_hits": 0}
     code = stage_code_version(st.name)
-    items, markers = [], []
+    items, markers, fresh = [], [], []
     for up, offset in zip(upstream, offsets(upstream), strict=True):
         fp = fingerprint(code, st.id, "keys", plan.config, up["sha256"], offset)
         marker = _kept(folder / "keys" / f"{part_name(up['shard'])}.json", fp, "keys")
@@ -74,7 +74,8 @@ def prepare(st: StageEntry, pipeline: Pipeline, plan: StagePlan, upstream: list[
         keys_plan = StagePlan(items, [], plan.engines, plan.config,
                               sum(up.get("rows_out", 0) for up in upstream if up["shard"] in
                                   {i["shard"] for i in items}))
-        markers += list(execute(st, pipeline, keys_plan, run_dir, progress, address))
+        fresh = list(execute(st, pipeline, keys_plan, run_dir, progress, address))
+        markers += fresh
     from curate.stages.dupsets import Keys
 
     markers.sort(key=lambda m: m["shard"])
@@ -89,7 +90,9 @@ def prepare(st: StageEntry, pipeline: Pipeline, plan: StagePlan, upstream: list[
         if m.get("node"):
             nodes[m["node"]] = nodes.get(m["node"], 0) + 1
     marker = {"fingerprint": decision_fp, "decisions": str(target), "sha256": file_sha256(target),
-              "rows": decisions.num_rows, "key_shards": len(markers), **({"nodes": nodes} if nodes else {})}
+              "rows": decisions.num_rows, "key_shards": len(markers), **({"nodes": nodes} if nodes else {}),
+              "model_calls": sum(m.get("model_calls", 0) for m in fresh),
+              "cache_hits": sum(m.get("cache_hits", 0) for m in fresh)}
     atomic_write_json(marker, folder / "decision.json")
     return marker
 

@@ -392,6 +392,8 @@ def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
     if st.spec.decides and plan.todo:  # keys, then the decision, before any shard drops its rows
         decision = global_stage.prepare(st, pipeline, plan, upstream, run_dir, progress, address)
         report.decision = {k: decision[k] for k in ("rows", "key_shards", "nodes") if k in decision}
+        report.model_calls += decision["model_calls"]  # the key step's (an embedding model's)
+        report.cache_hits += decision["cache_hits"]
     fresh: list[dict[str, Any]] = []
     for marker in execute(st, pipeline, plan, run_dir, progress, address) if plan.todo else ():
         fresh.append(marker)

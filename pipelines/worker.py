@@ -66,7 +66,7 @@ class ShardWorker:
         self.run_dir = Path(run_dir)
         self.batch_size = batch_size
         self.token = token
-        cache = ResponseCache(cache_dir) if engines or self.spec.keeps_model else None
+        cache = ResponseCache(cache_dir) if engines or self.spec.uses_model(self.config) else None
         self.engines = {n: build_engine(parse_engine(c), cache) for n, c in engines.items()}
         self.ctx = StageContext(self.engines, cache)
         self.batches_in_flight = batches_in_flight(self.engines.values(), batch_size, self.spec.stateful)
@@ -120,6 +120,7 @@ class ShardWorker:
         target = folder / f"{part_name(shard)}.parquet"
         tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         writer, rows = None, 0
+        before = self._counts()
         try:
             for table in self._batches(input, offset):
                 keys = self.spec.decides.keys(table, self.config, self.ctx)
@@ -135,8 +136,10 @@ class ShardWorker:
                 writer.close()
             tmp.unlink(missing_ok=True)
             raise
+        counts = self._counts() - before  # an embedding model's calls (semantic dedup), answered or cached
         marker = {"shard": shard, "fingerprint": fingerprint, "rows": rows, "keys": str(target),
-                  "sha256": file_sha256(target), "seconds": round(time.perf_counter() - start, 3), "node": node()}
+                  "sha256": file_sha256(target), "seconds": round(time.perf_counter() - start, 3), "node": node(),
+                  "model_calls": counts.calls, "cache_hits": counts.hits}
         atomic_write_json(marker, folder / f"{part_name(shard)}.json")
         return {"shard": shard, "marker": json.dumps(marker)}
 

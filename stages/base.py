@@ -112,7 +112,7 @@ class StageSpec:
     #: the stage keeps or drops rows by a decision over its whole input, made in parallel steps (GlobalDecision)
     decides: GlobalDecision | None = None
     #: the stage loads a model of its own (an embedder): run it as an actor pool, so the model outlives a shard
-    keeps_model: bool = False
+    keeps_model: bool | Callable[[Any], bool] = False
     #: the engine names a config uses (model-backed stages run as actor pools, one engine per actor)
     engines: Callable[[Any], list[str]] = lambda cfg: []
     #: summed `stats` -> the figures the run reports (e.g. {"ranking_accuracy": correct / pairs})
@@ -121,6 +121,10 @@ class StageSpec:
     #: (config, engine name) -> capabilities when they differ by engine (caption's vision engine reads images);
     #: checked by `curate validate`, so a stage on an engine that cannot serve it fails before anything runs
     needs: frozenset[str] | Callable[[Any, str], frozenset[str]] = frozenset()
+
+    def uses_model(self, cfg: Any) -> bool:
+        """The stage loads a model of its own under this config (dedup does only with `method: semantic`)."""
+        return self.keeps_model(cfg) if callable(self.keeps_model) else self.keeps_model
 
     def needs_of(self, cfg: Any, engine: str) -> frozenset[str]:
         return self.needs(cfg, engine) if callable(self.needs) else self.needs

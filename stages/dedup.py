@@ -4,6 +4,9 @@ the row it duplicates (`duplicate of <id>` in its reason).
   exact    normalized text (lowercase, punctuation and extra spaces dropped), hashed
   minhash  MinHash-LSH over word n-grams: rows sharing a band bucket are candidates, a candidate link counts when
            the signatures' estimated Jaccard is >= `threshold`, linked rows form sets (connected components)
+  semantic sentence embeddings (the packaged all-MiniLM-L6-v2, or `model:` a local folder), clustered by k-means;
+           within a cluster, rows whose cosine similarity is >= `threshold` are linked (SemDeDup); linked rows
+           form sets. Embeddings go through the response cache: a rerun embeds nothing twice
 
 Works on prompt rows (dedup prompts before paying for generation) or pair rows (`field: chosen`), on one column
 or several (`field: [prompt, chosen]`: rows are duplicates when the fields together are), across every source
@@ -29,14 +32,27 @@ from curate.stages.textsig import MinHasher, band_hashes, lsh_params, word_hashe
 
 
 class Config(StageConfig):
-    method: Literal["exact", "minhash"] = "minhash"
+    method: Literal["exact", "minhash", "semantic"] = "minhash"
     #: the text column(s) compared (prompt, chosen, rejected, ...); with several, rows are duplicates when all agree
     field: str | list[str] = "prompt"
     #: the column that identifies a row in the reasons
     id_field: str = "prompt_id"
-    threshold: float = Field(0.8, gt=0, le=1)
+    #: minhash: the estimated Jaccard similarity; semantic: the cosine similarity (default 0.9) at or above which
+    #: two rows are duplicates
+    threshold: float | None = Field(None, gt=0, le=1)
     num_perm: int = Field(128, ge=16, le=1024)
     ngram: int = Field(3, ge=1)
+    #: semantic: a local sentence-transformers folder (default: the packaged all-MiniLM-L6-v2)
+    model: str | None = None
+    #: semantic: k-means clusters (default: about the square root of the row count); near-duplicates are only
+    #: looked for within a cluster, so fewer clusters find more and cost more (a cluster of m rows: m^2 / 2 dot
+    #: products)
+    clusters: int | None = Field(None, ge=1)
+    batch_size: int = Field(64, ge=1)
+
+    @property
+    def similarity(self) -> float:
+        return self.threshold if self.threshold is not None else 0.9 if self.method == "semantic" else 0.8
 
     @property
     def fields(self) -> list[str]:
@@ -76,8 +92,17 @@ def keys(table: pa.Table, cfg: Config, ctx: StageContext) -> pa.Table:
     texts = _texts(table, cfg.fields[0])
     for name in cfg.fields[1:]:
         texts = [f"{a or ''} {b or ''}" for a, b in zip(texts, _texts(table, name), strict=True)]
+    if cfg.method == "semantic":
+        from curate.engines import embed
+
+        model = ctx.state.get(("embedder", cfg.model))
+        if model is None:
+            model = ctx.state[("embedder", cfg.model)] = embed.load(cfg.model)
+        vecs = embed.encode_cached(ctx.calls, cfg.model, model, [t or "" for t in texts], cfg.batch_size)
+        flat = pa.array(vecs.astype(np.float32).reshape(-1), pa.float32())
+        return pa.table({**base, "_emb": pa.FixedSizeListArray.from_arrays(flat, vecs.shape[1])})
     sigs = MinHasher(cfg.num_perm).signatures(texts, cfg.ngram)
-    bands, rows = lsh_params(cfg.threshold, cfg.num_perm)
+    bands, rows = lsh_params(cfg.similarity, cfg.num_perm)
     flat_bands = pa.array(band_hashes(sigs, bands, rows).reshape(-1), pa.uint64())
     flat_sigs = pa.array(sigs.astype(np.uint32).reshape(-1), pa.uint32())
     return pa.table({**base, "_bands": pa.FixedSizeListArray.from_arrays(flat_bands, bands),
@@ -92,6 +117,8 @@ def decide(source: Keys, cfg: Config, distributed: bool) -> pa.Table:
     if cfg.method == "exact":
         drops = later_rows(source, ["_key"], None, distributed)
         similarity = None
+    elif cfg.method == "semantic":
+        drops, similarity = semantic_sets(source, cfg)
     else:
         links = later_rows(source, [], "_bands", distributed)
         nodes = np.unique(np.concatenate([links["_order"].to_numpy(), links["_first"].to_numpy()]))
@@ -105,17 +132,51 @@ def decide(source: Keys, cfg: Config, distributed: bool) -> pa.Table:
             return (sigs[ia] == sigs[ib]).mean(axis=1) if len(ia) else np.zeros(0)
 
         verified = links.filter(pl.Series(jaccard(links["_order"].to_numpy(), links["_first"].to_numpy())
-                                          >= cfg.threshold))
-        drops = components(verified)
+                                          >= cfg.similarity))
+        drops = components(verified).sort("_order")
         similarity = jaccard(drops["_order"].to_numpy(), drops["_first"].to_numpy())
     drops = drops.sort("_order")
     ids = source.rows_of(np.unique(drops["_first"].to_numpy()), ["_id"])
     twin = drops.join(ids.rename({"_order": "_first"}), on="_first", how="left", maintain_order="left")["_id"]
     reasons = [f"{cfg.method} duplicate of {cfg.id_field} {t} ({what})" for t in twin.to_list()]
     if similarity is not None:
-        reasons = [f"{r}, estimated Jaccard {s:.2f} to it" for r, s in zip(reasons, similarity, strict=True)]
+        measure = "cosine similarity" if cfg.method == "semantic" else "estimated Jaccard"
+        reasons = [f"{r}, {measure} {s:.2f} to it" for r, s in zip(reasons, similarity, strict=True)]
     return pa.table({"_order": pa.array(drops["_order"].to_numpy(), pa.int64()),
                      "reason": pa.array(reasons, pa.string())})
+
+
+def semantic_sets(source: Keys, cfg: Config):
+    """SemDeDup: k-means over the unit embeddings, then within each cluster every row linked to the earliest
+    row at cosine >= the threshold; links joined into sets. Returns (drops, each drop's cosine to its set's
+    earliest row). The embeddings are held in memory (4 bytes x dimensions a row: 150 MB for 100k rows of
+    MiniLM), the similarities one cluster at a time."""
+    import polars as pl
+    from sklearn.cluster import MiniBatchKMeans
+
+    frame = source.scan(["_order", "_emb"]).collect().sort("_order")
+    orders = frame["_order"].to_numpy()
+    if len(orders) < 2:
+        return components(pl.DataFrame(schema={"_order": pl.Int64, "_first": pl.Int64})), np.zeros(0)
+    vecs = np.stack(frame["_emb"].to_numpy()).astype(np.float32)
+    k = min(len(orders), cfg.clusters or max(1, round(len(orders) ** 0.5)))
+    labels = (MiniBatchKMeans(n_clusters=k, random_state=0, n_init=3, batch_size=4096).fit_predict(vecs)
+              if k > 1 else np.zeros(len(orders), dtype=np.int64))
+    a_parts, b_parts = [], []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)  # ascending: earliest first
+        if len(idx) < 2:
+            continue
+        sims = vecs[idx] @ vecs[idx].T
+        close = np.triu(sims >= cfg.similarity, k=1)  # (earlier i, later j)
+        later = np.flatnonzero(close.any(axis=0))
+        a_parts.append(orders[idx[later]])
+        b_parts.append(orders[idx[close[:, later].argmax(axis=0)]])  # the earliest row close to it
+    links = pl.DataFrame({"_order": np.concatenate(a_parts) if a_parts else np.zeros(0, np.int64),
+                          "_first": np.concatenate(b_parts) if b_parts else np.zeros(0, np.int64)})
+    drops = components(links).sort("_order")
+    at = np.searchsorted(orders, drops["_order"].to_numpy()), np.searchsorted(orders, drops["_first"].to_numpy())
+    return drops, (vecs[at[0]] * vecs[at[1]]).sum(axis=1)
 
 
 def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
@@ -144,9 +205,10 @@ STAGE = StageSpec(
     config=Config,
     reads=lambda cfg: {*cfg.fields, cfg.id_field},
     writes=lambda cfg: set(),
-    doc="Drop exact or MinHash-LSH near-duplicates (of prompts, responses or several fields) across the whole "
+    doc="Drop exact, MinHash-LSH or semantic (embedding) near-duplicates (of prompts, responses or several fields) across the whole "
     "input, keeping the earliest; each dropped row names the row it duplicates. Decided in parallel steps "
     "(keys per shard, a shuffle by key, drops per shard): Ray Data on a cluster, polars on one machine.",
     process=process,
     decides=GlobalDecision(keys=keys, decide=decide),
+    keeps_model=lambda cfg: cfg.method == "semantic",
 )

@@ -138,3 +138,36 @@ def test_kill_during_the_distributed_dedup_then_resume_gives_the_same_kept_rows(
     assert kept(run) == kept(whole)
     assert not keys.exists()  # the key files go once every shard is done; the decision stays
     assert (run / "_work" / "02_dedup" / "decisions.parquet").is_file()
+
+
+def test_semantic_dedup_finds_paraphrases_and_names_the_twin_and_similarity(tmp_path):
+    """MT-Bench prompts, some asked again in other words: the rewordings are dropped, each naming the prompt it
+    repeats and the cosine similarity; a rerun embeds nothing again (the embeddings are cached)."""
+    rows = [json.loads(line) for line in (EXAMPLES / "data" / "mt_bench_questions.jsonl").read_text().splitlines()]
+    prompts = [{"id": f"q{r['question_id']}", "prompt": r["turns"][0]} for r in rows]
+    reworded = [{"id": f"re{p['id']}", "prompt": "Could you please " + p["prompt"][0].lower() + p["prompt"][1:]}
+                for p in prompts[:12]]
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in prompts + reworded))
+    spec = tmp_path / "semantic.yaml"
+    spec.write_text(yaml.safe_dump({"name": "semantic", "stages": [
+        {"load": {"path": str(data), "id_field": "id", "shard_size": 25}},
+        {"dedup": {"method": "semantic", "threshold": 0.9}}]}))
+    run = tmp_path / "run"
+    res = curate("run", spec, "--run-dir", run)
+    assert res.returncode == 0, res.stdout + res.stderr
+    manifest = accounted(run)
+    dropped = pq.read_table(run / "_dropped" / "02_dedup").to_pylist()
+    dropped_ids = {json.loads(d["record"])["source_id"] for d in dropped}
+    assert len(dropped_ids & {r["id"] for r in reworded}) >= 10  # most rewordings found
+    assert len(dropped_ids - {r["id"] for r in reworded}) <= 1  # and hardly any distinct question
+    (d,) = [d for d in dropped if json.loads(d["record"])["source_id"] == "req81"]
+    (twin,) = [r for r in pq.read_table(run / "02_dedup").to_pylist() if r["source_id"] == "q81"]
+    assert d["reason"].startswith(f"semantic duplicate of prompt_id {twin['prompt_id']} (prompt), cosine similarity 0.")
+    assert manifest["stages"][1]["model_calls"] == len(prompts + reworded)  # one embedding per prompt
+
+    again = curate("run", spec, "--run-dir", tmp_path / "again")
+    assert again.returncode == 0, again.stdout + again.stderr
+    second = accounted(tmp_path / "again")["stages"][1]
+    assert second["model_calls"] == 0 and second["cache_hits"] == len(prompts + reworded)
+    assert kept(tmp_path / "again") == kept(run)
