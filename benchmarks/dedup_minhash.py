@@ -46,17 +46,24 @@ def corpus(n: int, seed: int = 0) -> tuple[list[str], set[int]]:
 
 
 def run_curate(texts: list[str]) -> set[int]:
-    from curate.stages.dedup import Config, MinHashIndex
+    """curate's dedup stage's own steps in one process: key rows (signatures, band keys) in batches of a shard's
+    size, then the decision over all of them (band buckets, verified links, connected components)."""
+    import numpy as np
+    import pyarrow as pa
 
-    index = MinHashIndex(Config(method="minhash", threshold=THRESHOLD, num_perm=NUM_PERM, ngram=NGRAM))
-    found: set[int] = set()
-    batch = 8192
+    from curate.stages.base import StageContext
+    from curate.stages.dedup import Config, decide, keys
+    from curate.stages.dupsets import Keys
+
+    cfg = Config(method="minhash", threshold=THRESHOLD, num_perm=NUM_PERM, ngram=NGRAM, id_field="id")
+    parts, batch = [], 4096
     for lo in range(0, len(texts), batch):
         chunk = texts[lo:lo + batch]
-        for i, dup in enumerate(index.check(chunk, [str(lo + j) for j in range(len(chunk))])):
-            if dup is not None:
-                found.add(lo + i)
-    return found
+        table = pa.table({"prompt": chunk, "id": [str(lo + j) for j in range(len(chunk))],
+                          "_order": np.arange(lo, lo + len(chunk), dtype=np.int64)})
+        parts.append(keys(table, cfg, StageContext()))
+    drops = decide(Keys(table=pa.concat_tables(parts)), cfg, False)
+    return set(drops["_order"].to_pylist())
 
 
 def run_datasketch(texts: list[str]) -> set[int]:

@@ -2,8 +2,8 @@
 over 100k and 1M pair rows (Parquet shards of 10k rows), run in one process through the same shard worker the
 Ray actors run. Baseline: 100k rows. Target: <= 1.2x growth at 10x the rows.
 
-Dedup's index grows with the rows it keeps (by design: it must remember what it has seen), ~16 bytes per band
-per kept row plus the row's id; everything else streams.
+Dedup's decision step holds the key columns of every row (polars' streaming group-by over the shards' key
+files) and the duplicate links it finds; its per-shard steps stream.
 
     python benchmarks/memory_scaling.py [--sizes 100000 1000000]
 """
@@ -72,7 +72,11 @@ PIPELINES = {
 
 
 def child(folder: Path, name: str) -> None:
+    import pyarrow.parquet as pq
+
+    from curate.pipelines.rundir import work_folder
     from curate.pipelines.worker import ShardWorker
+    from curate.stages.dupsets import Keys
 
     stages = PIPELINES[name]
     inputs = sorted(folder.glob("part-*.parquet"))
@@ -82,9 +86,17 @@ def child(folder: Path, name: str) -> None:
     for i, (name, cfg) in enumerate(stages):
         sid = f"{i + 2:02d}_{name}"
         worker = ShardWorker(name, sid, cfg, {}, None, str(run_dir), batch_size=4096)
+        offsets = np.cumsum([0] + [pq.ParquetFile(p).metadata.num_rows for p in inputs])
+        if worker.spec.decides:  # global dedup's first steps, as the runner takes them: keys, then the decision
+            key_files = [json.loads(worker.run_shard(shard, str(path), "bench", offset=int(offsets[shard]),
+                                                     phase="keys")["marker"])["keys"]
+                         for shard, path in enumerate(inputs)]
+            decisions = worker.spec.decides.decide(Keys(files=key_files), worker.config, False)
+            pq.write_table(decisions, work_folder(run_dir, sid) / "decisions.parquet")
         outputs = []
         for shard, path in enumerate(inputs):
-            marker = json.loads(worker.run_shard(shard, str(path), "bench")["marker"])
+            offset = int(offsets[shard]) if worker.spec.decides else None
+            marker = json.loads(worker.run_shard(shard, str(path), "bench", offset=offset)["marker"])
             outputs.append(Path(marker["output"]))
             rows[name] = rows.get(name, 0) + marker["rows_out"]
         inputs = outputs

@@ -1,5 +1,5 @@
-"""Where a stage's shards run: in this process (a small local stage), on a pool of Ray actors (model stages and
-stateful ones: engines and state load once per actor), as Ray tasks (pure stages on a cluster), or by an engine
+"""Where a stage's shards run: in this process (a small local stage), on a pool of Ray actors (model stages:
+engines load once per actor), as Ray tasks (pure stages on a cluster), or by an engine
 that drives the shards itself (ray_llm). One function picks the strategy; each strategy yields shard markers as
 shards finish."""
 
@@ -158,7 +158,7 @@ def execute(st: StageEntry, pipeline: Pipeline, plan: StagePlan, run_dir: Path, 
     """Run the plan's shards where the stage's engines want them; yields each shard's marker as it completes.
 
     On a local run a stage whose work fits one worker (a model stage on one engine instance, the default; a
-    stateful stage; a pure stage on a few thousand rows) runs in this process: Ray starts only when a stage
+    pure stage on a few thousand rows) runs in this process: Ray starts only when a stage
     needs more than one worker, so a small pipeline pays for no cluster it does not use. With --address (or
     RAY_ADDRESS) every stage runs on the cluster."""
     from curate.engines.config import parse_engine, shard_driver
@@ -175,7 +175,7 @@ def execute(st: StageEntry, pipeline: Pipeline, plan: StagePlan, run_dir: Path, 
 
         cpus = max(1, int(ray.available_resources().get("CPU", usable_cpus())))
     size = st.run.concurrency or (1 if model_stage else max(1, min(len(todo), cpus)))
-    size = 1 if st.spec.stateful else min(size, len(todo))
+    size = min(size, len(todo))
     worker_kwargs = dict(
         stage_name=st.name, stage_id=st.id, config=plan.config, engines=plan.engines,
         cache_dir=str(pipeline.cache_dir) if pipeline.cache_dir else None, run_dir=str(run_dir),
@@ -186,8 +186,8 @@ def execute(st: StageEntry, pipeline: Pipeline, plan: StagePlan, run_dir: Path, 
     if drivers:  # an engine that runs the stage's shards itself (ray_llm: shards in driver threads)
         init_ray(address)
         (driver,) = drivers
-        return driver(todo, ShardWorker(**worker_kwargs), 1 if st.spec.stateful else st.run.concurrency)
-    per_actor = 2 if streaming and not st.spec.stateful else 1  # the next shard starts under the tail
+        return driver(todo, ShardWorker(**worker_kwargs), st.run.concurrency)
+    per_actor = 2 if streaming else 1  # the next shard starts under the tail
     running_rows = functools.partial(progress.rows_running, st.id)
     # (a pure stage whose `concurrency` the user set gets that many Ray workers, whatever its size)
     if local and (size == 1 or (not model_stage and st.run.concurrency is None and plan.todo_rows <= DRIVER_ROWS)):
@@ -195,7 +195,7 @@ def execute(st: StageEntry, pipeline: Pipeline, plan: StagePlan, run_dir: Path, 
     init_ray(address)
     import ray
 
-    if model_stage or st.spec.stateful:  # an actor pool: engines (or state) live as long as the actor
+    if model_stage:  # an actor pool: engines live as long as the actor
         return _actor_shards(todo, worker_kwargs, size, per_actor, st.run.num_cpus, running_rows)
     # pure stages run as plain tasks on Ray's already-started workers
     ray.data.DataContext.get_current().execution_options.preserve_order = False

@@ -107,20 +107,21 @@ def stage_code_version(stage_name: str, root: Path | None = None) -> str:
     root = root or Path(__file__).resolve().parent.parent
     seen: set[Path] = set()
     todo = [stage_module_path(stage_name, root)]
-    # a stage that configures model calls (engines/spec.py: SamplingConfig) runs on the engines, which the runner
-    # builds from the registry: their modules shape its output though the stage never imports them
-    implied = {root / "engines" / "spec.py": [root / "engines" / "__init__.py"]}
+    # a stage that configures model calls (imports engines.spec.SamplingConfig) runs on the engines, which the
+    # runner builds from the registry: their modules shape its output though the stage never imports them. Other
+    # users of engines/spec.py (model_identity for a packaged embedder) do not run on the configured engines.
+    implied = {"curate.engines.spec.SamplingConfig": [root / "engines" / "__init__.py"]}
     while todo:
         path = todo.pop()
         if path in seen or not path.exists():
             continue
         seen.add(path)
-        todo += implied.get(path, [])
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
                 [node.module] + [f"{node.module}.{a.name}" for a in node.names]
                 if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
             for name in names:
+                todo += implied.get(name, [])
                 parts = module_parts(name)
                 if parts and parts[0] in CODE_DIRS:
                     todo += [root.joinpath(*parts).with_suffix(".py"), root.joinpath(*parts, "__init__.py")]

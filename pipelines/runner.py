@@ -348,13 +348,11 @@ def plan_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
     """Fingerprint every shard (stage code, config, engines, input hash) and sort them into done and to do."""
     engines = {n: pipeline.engines[n].model_dump(mode="json") for n in st.spec.engines(st.config)}
     cfg_json = st.config.model_dump(mode="json")
-    # a stateful stage's shard depends on every shard before it, so its fingerprint covers them all
     shas = [up["sha256"] for up in upstream]
     code = stage_code_version(st.name)
     inputs = stage_inputs(st)  # side files, by content
     # (a stage that decides globally: every shard's output depends on all of the input)
-    fps = [fingerprint(code, st.id, st.name, cfg_json, engines, inputs,
-                       shas if st.spec.decides else shas[: i + 1] if st.spec.stateful else shas[i])
+    fps = [fingerprint(code, st.id, st.name, cfg_json, engines, inputs, shas if st.spec.decides else shas[i])
            for i in range(len(upstream))]
     todo, done, damaged = [], [], []
     markers = [read_marker(run_dir, st.id, up["shard"]) for up in upstream]
@@ -371,9 +369,6 @@ def plan_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
             done.append(marker)
         else:
             todo.append({"shard": up["shard"], "input": up["output"], "fingerprint": fp})
-    if st.spec.stateful and todo:  # its state is rebuilt from the first shard on
-        todo = [{"shard": up["shard"], "input": up["output"], "fingerprint": fp} for up, fp in zip(upstream, fps)]
-        done = []
     if st.spec.decides:  # each row's position in the stage's input: "earliest" whatever the shard count
         at = dict(zip((up["shard"] for up in upstream), offsets(upstream), strict=True))
         todo = [{**t, "offset": at[t["shard"]]} for t in todo]

@@ -35,11 +35,11 @@ def streams(capability_sets) -> bool:
     return bool(sets) and all("streams" in caps for caps in sets)
 
 
-def batches_in_flight(engines, batch_size: int, stateful: bool) -> int:
+def batches_in_flight(engines, batch_size: int) -> int:
     """Batches of a shard to run at once: enough rows to fill the engines' windows (each row makes at least one
     request) plus one, so a batch's slow tail overlaps the next; 1 for engines that take one call at a time."""
     engines = list(engines)
-    if stateful or not streams(e.capabilities for e in engines):
+    if not streams(e.capabilities for e in engines):
         return 1
     want = max(e.window for e in engines)
     return min(128, 1 + -(-want // batch_size))
@@ -69,7 +69,7 @@ class ShardWorker:
         cache = ResponseCache(cache_dir) if engines or self.spec.uses_model(self.config) else None
         self.engines = {n: build_engine(parse_engine(c), cache) for n, c in engines.items()}
         self.ctx = StageContext(self.engines, cache)
-        self.batches_in_flight = batches_in_flight(self.engines.values(), batch_size, self.spec.stateful)
+        self.batches_in_flight = batches_in_flight(self.engines.values(), batch_size)
         #: input rows done so far of each shard this worker is running (the driver polls it for progress)
         self.rows_done: dict[int, int] = {}
 

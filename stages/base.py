@@ -59,7 +59,7 @@ class StageContext:
         self.engines = engines or {}
         #: reward and embedding models' calls through the response cache (`calls.map`), counted like engines'
         self.calls = CachedCalls(cache)
-        #: per-worker state that outlives one batch (a dedup index, a loaded benchmark n-gram set)
+        #: per-worker state that outlives one batch (a loaded model or benchmark n-gram set, a dedup decision)
         self.state: dict[str, Any] = {}
 
     def engine(self, name: str):
@@ -106,9 +106,6 @@ class StageSpec:
     source: Callable[[Any], Iterator[StageResult]] | None = None
     #: the output rows have a new shape (prompt rows -> pair rows): upstream columns do not carry over
     reshapes: bool = False
-    #: the stage keeps state across batches (dedup): the runner feeds all its shards, in order, to one worker,
-    #: and redoes the whole stage when any shard of it must be redone
-    stateful: bool = False
     #: the stage keeps or drops rows by a decision over its whole input, made in parallel steps (GlobalDecision)
     decides: GlobalDecision | None = None
     #: the stage loads a model of its own (an embedder): run it as an actor pool, so the model outlives a shard
