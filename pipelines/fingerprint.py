@@ -97,6 +97,19 @@ def content_fingerprint(paths: list[Path]) -> list[Any]:
     return out
 
 
+def _from_names(node, root: Path) -> list[str]:
+    """The modules a `from M import a, b` reads: M.a where a is a module of ours (`from curate.engines import
+    embed` reads engines/embed.py, not the package's registry), else M itself (a name defined in M)."""
+    subs = [f"{node.module}.{a.name}" for a in node.names]
+
+    def is_module(name: str) -> bool:
+        parts = module_parts(name)
+        return bool(parts) and (root.joinpath(*parts).with_suffix(".py").exists()
+                                or root.joinpath(*parts, "__init__.py").exists())
+
+    return subs if all(map(is_module, subs)) else [node.module] + subs
+
+
 @functools.lru_cache(maxsize=None)
 def stage_code_version(stage_name: str, root: Path | None = None) -> str:
     """Hash of the code one stage's output depends on: its module and every module of ours it imports,
@@ -118,8 +131,8 @@ def stage_code_version(stage_name: str, root: Path | None = None) -> str:
         seen.add(path)
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-                if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+                _from_names(node, root) if isinstance(node, ast.ImportFrom) and node.module and not node.level
+                else [])
             for name in names:
                 todo += implied.get(name, [])
                 parts = module_parts(name)
