@@ -179,16 +179,32 @@ class CallCounts:
     failed: int = 0
     transient: int = 0
     first_error: str | None = None
+    #: tokens of the model's answers (its `usage`), and of the cached answers that saved a call
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    saved_prompt_tokens: int = 0
+    saved_completion_tokens: int = 0
+
+    TOKENS = ("prompt_tokens", "completion_tokens", "saved_prompt_tokens", "saved_completion_tokens")
 
     def __add__(self, other: CallCounts) -> CallCounts:
         return CallCounts(self.calls + other.calls, self.hits + other.hits, self.failed + other.failed,
-                          self.transient + other.transient, self.first_error or other.first_error)
+                          self.transient + other.transient, self.first_error or other.first_error,
+                          *(getattr(self, t) + getattr(other, t) for t in self.TOKENS))
 
     def __sub__(self, before: CallCounts) -> CallCounts:
         """What happened since `before` (a snapshot of the same counter)."""
         return CallCounts(self.calls - before.calls, self.hits - before.hits, self.failed - before.failed,
                           self.transient - before.transient,
-                          self.first_error if self.failed > before.failed else None)
+                          self.first_error if self.failed > before.failed else None,
+                          *(getattr(self, t) - getattr(before, t) for t in self.TOKENS))
+
+    def snapshot(self) -> CallCounts:
+        return self - CallCounts()
+
+    def usage(self) -> dict[str, int]:
+        """Calls, cache hits and tokens, as a marker records them per engine."""
+        return {"calls": self.calls, "hits": self.hits, **{t: getattr(self, t) for t in self.TOKENS}}
 
 
 class CachedEngine:
@@ -210,6 +226,8 @@ class CachedEngine:
         self.cache = cache
         self.calls = 0
         self.hits = 0
+        #: the run's spending limit on this engine's calls (engines.budget.Budget), set by the worker; None: none
+        self.budget = None
         # the same counts for the calling thread alone: a stage whose shards share one engine in threads
         # (the ray_llm engine) reports each shard's own calls
         self._mine = threading.local()
@@ -228,11 +246,15 @@ class CachedEngine:
         mine = self.thread_counts()
         mine.calls += calls
         mine.hits += hits
+        saved = "saved_" if hits else ""
         for comp in comps:
             if not comp.ok:
                 mine.failed += 1
                 mine.transient += int(comp.transient)
                 mine.first_error = mine.first_error or comp.error
+            setattr(mine, f"{saved}prompt_tokens", getattr(mine, f"{saved}prompt_tokens") + comp.prompt_tokens)
+            setattr(mine, f"{saved}completion_tokens", getattr(mine, f"{saved}completion_tokens")
+                    + comp.completion_tokens)
 
     @property
     def engine(self) -> Engine:
@@ -261,16 +283,32 @@ class CachedEngine:
             else:
                 todo.append(i)
         self._count(0, len(requests) - len(todo), [r for r in results if r is not None])
-        if todo:
-            engine = self.engine
-            asked = [requests[i] for i in todo]
-            fresh = engine.stream(asked) if hasattr(engine, "stream") else enumerate(engine.complete(asked))
-            for j, comp in fresh:
-                i = todo[j]
-                results[i] = comp
-                self._count(1, 0, [comp])
-                if self.cache is not None and (comp.ok or not comp.transient):
-                    self.cache.put(keys[i], comp)
+        if not todo:
+            return [r for r in results if r is not None]
+        refused = None
+        if self.budget is not None:  # send only what the budget can pay for at most; the rest after the stop
+            rid, fits = self.budget.reserve([requests[i] for i in todo])
+            if fits < len(todo):
+                refused = self.budget.exhausted(requests[todo[fits]])
+                todo = todo[:fits]
+        answers: list[Completion] = []
+        try:
+            if todo:
+                engine = self.engine
+                asked = [requests[i] for i in todo]
+                fresh = engine.stream(asked) if hasattr(engine, "stream") else enumerate(engine.complete(asked))
+                for j, comp in fresh:
+                    i = todo[j]
+                    results[i] = comp
+                    answers.append(comp)
+                    self._count(1, 0, [comp])
+                    if self.cache is not None and (comp.ok or not comp.transient):
+                        self.cache.put(keys[i], comp)
+        finally:
+            if self.budget is not None:
+                self.budget.settle(rid, answers)
+        if refused is not None:
+            raise refused
         return [r for r in results if r is not None]
 
 

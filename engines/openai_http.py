@@ -32,6 +32,7 @@ from pydantic import ConfigDict, Field
 
 from curate.engines.base import Completion, EngineError, EngineUnavailable, Request
 from curate.engines.cache import CachedEngine, ResponseCache
+from curate.engines.prices import estimated_tokens
 from curate.engines.spec import EngineBlock, EngineSpec
 
 #: connections per httpx pool (see `_open`)
@@ -183,20 +184,6 @@ class _Window:
             self._answers = 0
 
 
-def _estimated_tokens(r: Request) -> int:
-    """Tokens a request may use, for the tokens_per_minute budget: prompt characters / 4 plus max_tokens, and
-    about a thousand per image (vision encoders' usual count; the data URL's length says nothing of it)."""
-    chars = images = 0
-    for m in r.messages:
-        parts = m.get("content")
-        for part in parts if isinstance(parts, list) else [{"type": "text", "text": parts or ""}]:
-            if part.get("type") == "image_url":
-                images += 1
-            else:
-                chars += len(str(part.get("text", "")))
-    return chars // 4 + 1000 * images + r.sampling.max_tokens
-
-
 class OpenAIHTTPEngine:
     def __init__(self, cfg):
         self.cfg = cfg
@@ -293,7 +280,7 @@ class OpenAIHTTPEngine:
         if self._rpm is not None:
             await self._rpm.take(1)
         if self._tpm is not None:
-            await self._tpm.take(_estimated_tokens(r))
+            await self._tpm.take(sum(estimated_tokens(r)))
 
     async def _one(self, r: Request) -> Completion:
         import httpx

@@ -77,7 +77,8 @@ class EngineBlock(BaseModel):
 #:   grammar   constrained decoding of a judge's output grammar
 #:   logprobs  scores a response's log-probability (reference_margin)
 #:   images    reads images in the messages (OpenAI-style image_url content parts: caption, image judges)
-CAPABILITIES = ("streams", "gathered", "grammar", "logprobs", "images")
+#:   batch     sends calls through a provider's batch API: priced at the batch price (engines/prices.py)
+CAPABILITIES = ("streams", "gathered", "grammar", "logprobs", "images", "batch")
 
 
 def window(cfg) -> int:

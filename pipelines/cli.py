@@ -19,6 +19,7 @@ from curate.pipelines.console import (
     err_console,
     fmt,
     print_accounting,
+    print_cost,
     print_damaged,
     print_judges,
     print_sources,
@@ -83,6 +84,9 @@ def run(
     address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: local Ray, or RAY_ADDRESS)")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect's and Ray's own logs here too "
                                           "(by default they go to RUN_DIR/curate.log)")] = False,
+    budget_usd: Annotated[Optional[float], typer.Option(min=0, help="the most the run's model calls may cost, USD "
+                                                        "(over the YAML's budget_usd; with --resume: a larger "
+                                                        "budget goes on after a stop)")] = None,
 ) -> None:
     """Run a pipeline into a run directory and print the row accounting."""
     if resume is not None:
@@ -97,6 +101,8 @@ def run(
         err_console.print("[bold red]error:[/] give a pipeline YAML, or --resume RUN_DIR")
         raise typer.Exit(2)
     p = _load(pipeline).with_limit(limit)  # fail fast, before Prefect or Ray start
+    if budget_usd is not None:
+        p = _with_budget(p, budget_usd)
     # Prefect's telemetry heartbeat fails noisily against its temporary SQLite server; off unless the user turns it on
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -123,6 +129,18 @@ def run(
         raise typer.Exit(1) from None
 
 
+def _with_budget(p, usd: float):
+    """The pipeline with the run's budget set from the command line, checked like one in the YAML."""
+    from curate.pipelines.config import unpriced_under_budget
+
+    p = p.model_copy(update={"budget_usd": usd})
+    problems = unpriced_under_budget(p)
+    if problems:
+        err_console.print("[bold red]error:[/] " + escape("\n".join(problems)), soft_wrap=True)
+        raise typer.Exit(2)
+    return p
+
+
 def _run_in(p, pipeline: Path, run_dir: Path, limit: int | None, address: str | None, verbose: bool) -> None:
     import faulthandler
 
@@ -139,10 +157,18 @@ def _run_in(p, pipeline: Path, run_dir: Path, limit: int | None, address: str | 
             if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
                 raise
             progress.stop()
+            from curate.pipelines.runner import stopped_by_budget
+
+            if stopped_by_budget(exc):
+                err_console.print(f"[bold yellow]stopped: budget[/] {escape(str(exc))}", soft_wrap=True)
+                err_console.print(f"every finished shard and answer is kept: `curate run --resume {run_dir} "
+                                  "--budget-usd MORE` goes on from here", soft_wrap=True)
+                raise typer.Exit(3) from None
             err_console.print(f"[bold red]run failed:[/] {type(exc).__name__}: {escape(str(exc))}", soft_wrap=True)
             err_console.print(f"partial results and manifest: {run_dir}; log: {log_path}")
             raise typer.Exit(1) from None
     print_accounting(manifest)
+    print_cost(manifest)
     print_damaged(manifest)
     print_sources(manifest)
     print_judges(manifest.get("judges") or {})
@@ -338,6 +364,7 @@ def show(
         return
     console.print(f"[bold]{manifest['name']}[/] status={manifest['status']} started={manifest.get('started')}")
     print_accounting(manifest)
+    print_cost(manifest)
     print_damaged(manifest)
     print_sources(manifest)
     if manifest.get("error"):

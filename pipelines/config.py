@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from curate.engines.config import EngineConfig, default_engine
+from curate.engines.prices import Price
 
 
 class ConfigError(ValueError):
@@ -44,6 +45,8 @@ class StageRun(BaseModel):
     #: the stage fails when more than this share of its model requests fail (judged once 20 are in, and at the
     #: end): a broken server or prompt template stops the run instead of quarantining most rows
     max_error_rate: float = Field(0.25, ge=0, le=1)
+    #: the most this stage's model calls may cost, USD (engines/budget.py); the run's `budget_usd` holds too
+    budget_usd: float | None = Field(None, ge=0)
 
 
 class PublishSpec(BaseModel):
@@ -84,6 +87,10 @@ class Pipeline(BaseModel):
     cache_dir: Path | None = None
     #: publish to the Hub at the end of each run (token: HF_TOKEN or the local login, never here)
     publish: PublishSpec | None = None
+    #: USD per million tokens by model name (or engine name), over the packaged table (engines/prices.py)
+    prices: dict[str, Price] = Field(default_factory=dict)
+    #: the most the run's model calls may cost, USD: a run that reaches it stops (resumable), never spends past it
+    budget_usd: float | None = Field(None, ge=0)
     stages: list[StageEntry]
     #: the YAML file's folder; relative paths in stage configs resolve against it
     base_dir: Path = Path(".")
@@ -96,6 +103,9 @@ class Pipeline(BaseModel):
             "engines": {k: v.model_dump(mode="json") for k, v in self.engines.items()},
             "cache_dir": str(self.cache_dir) if self.cache_dir else None,
             "publish": self.publish.model_dump(mode="json") if self.publish else None,
+            **({"prices": {k: v.model_dump(mode="json", exclude={"source"}) for k, v in self.prices.items()}}
+               if self.prices else {}),
+            **({"budget_usd": self.budget_usd} if self.budget_usd is not None else {}),
             "stages": [],
         }
         for st in self.stages:
@@ -278,4 +288,22 @@ def check_pipeline(pipeline: Pipeline) -> list[str]:
             check_engine(pipeline.engines[name])
         except EngineUnavailable as exc:
             problems.append(f"engines.{name}: {exc}")
+    problems += unpriced_under_budget(pipeline)
     return problems
+
+
+def unpriced_under_budget(pipeline: Pipeline) -> list[str]:
+    """A budget can only be kept on calls with a price: each budgeted stage's served engines must have one."""
+    from curate.engines.prices import engine_price
+
+    out = []
+    for st in pipeline.stages:
+        if pipeline.budget_usd is None and st.run.budget_usd is None:
+            continue
+        for name in st.spec.engines(st.config):
+            cfg = pipeline.engines.get(name)
+            if cfg is not None and engine_price(name, cfg, pipeline.prices) is None:
+                out.append(f"stages[{st.index}].{st.name}: a budget is set, but engine {name!r} (model "
+                           f"{getattr(cfg, 'model', '?')!r}) has no known price: add it under prices: "
+                           f"{{{getattr(cfg, 'model', name)}: {{input: USD_PER_M, output: USD_PER_M}}}}")
+    return out

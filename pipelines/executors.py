@@ -162,6 +162,7 @@ def execute(st: StageEntry, pipeline: Pipeline, plan: StagePlan, run_dir: Path, 
     needs more than one worker, so a small pipeline pays for no cluster it does not use. With --address (or
     RAY_ADDRESS) every stage runs on the cluster."""
     from curate.engines.config import parse_engine, shard_driver
+    from curate.pipelines.costs import worker_budget
 
     todo = plan.todo
     engine_cfgs = [parse_engine(c) for c in plan.engines.values()]
@@ -180,6 +181,7 @@ def execute(st: StageEntry, pipeline: Pipeline, plan: StagePlan, run_dir: Path, 
         stage_name=st.name, stage_id=st.id, config=plan.config, engines=plan.engines,
         cache_dir=str(pipeline.cache_dir) if pipeline.cache_dir else None, run_dir=str(run_dir),
         batch_size=st.run.batch_size or (64 if model_stage else 1 << 20), token=run_token(run_dir),
+        budget=worker_budget(st, pipeline, list(plan.engines)),
     )
     drivers = {shard_driver(c) for c in engine_cfgs} - {None}
     streaming = streams(c.capabilities() for c in engine_cfgs)

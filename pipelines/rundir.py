@@ -203,6 +203,11 @@ def work_folder(run_dir: Path, stage_id: str) -> Path:
     return Path(run_dir) / "_work" / stage_id
 
 
+def budget_ledger(run_dir: Path) -> Path:
+    """The run's spending ledger (engines/budget.py): what its model calls cost and reserved, by stage."""
+    return Path(run_dir) / "_work" / "spend.sqlite"
+
+
 def stage_folder(run_dir: Path, stage_id: str, kind: str = "out") -> Path:
     """Where a stage's parts of one kind live: its output (`out`), or the `dropped` / `quarantined` side files."""
     return Path(run_dir) / stage_id if kind == "out" else Path(run_dir) / f"_{kind}" / stage_id

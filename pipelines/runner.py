@@ -22,6 +22,7 @@ import yaml
 
 from curate.pipelines import global_stage
 from curate.pipelines.config import Pipeline, StageEntry
+from curate.pipelines.costs import add_usage, run_cost, stage_cost
 from curate.pipelines.executors import execute
 from curate.pipelines.fingerprint import (
     code_version,
@@ -71,6 +72,8 @@ class StageReport:
     decision: dict[str, Any] = field(default_factory=dict)
     #: shards run per Ray node (a cluster run: how the stage's work spread)
     nodes: dict[str, int] = field(default_factory=dict)
+    #: calls, cache hits and tokens per engine (pipelines/costs.py prices them)
+    usage: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def add(self, marker: dict[str, Any], skipped: bool) -> None:
         self.shards += 1
@@ -84,6 +87,7 @@ class StageReport:
         if not skipped:
             self.model_calls += marker.get("model_calls", 0)
             self.cache_hits += marker.get("cache_hits", 0)
+            add_usage(self.usage, marker.get("usage") or {})
         self.shard_sha256[part_name(marker["shard"])] = marker.get("sha256")
         if not skipped:
             self.notes += [n for n in marker.get("notes") or [] if n not in self.notes]
@@ -240,6 +244,10 @@ class Run:
             self.manifest["stages"] = self._stages()
             summaries = self._summaries if self._summaries is not None else self._summarize()
             self.manifest.update({k: v for k, v in summaries.items() if v})
+        elif stopped_by_budget(error):  # nothing failed: a limit the user set was reached; --resume goes on
+            self.manifest["status"] = "stopped"
+            self.manifest["stopped"] = "budget"
+            self.manifest["error"] = str(error)
         else:
             self.manifest["status"] = "failed"
             self.manifest["error"] = f"{type(error).__name__}: {error}"
@@ -272,11 +280,21 @@ class Run:
         self._save()
 
     def _stages(self) -> list[dict[str, Any]]:
-        return [r.as_dict() for r in self.reports.values()]
+        return [r.as_dict() | stage_cost(r.usage, self.pipeline) for r in self.reports.values()]
 
     def _save(self) -> None:
         self.manifest["stages"] = self._stages()
+        if cost := run_cost(self.manifest["stages"]):
+            self.manifest["cost"] = cost
         atomic_write_json(self.manifest, self.run_dir / "manifest.json")
+
+
+def stopped_by_budget(error: BaseException | None) -> bool:
+    """The run stopped because its budget was reached (engines.budget.BudgetExhausted, also when a Ray worker
+    raised it: Ray's error type then derives from it)."""
+    from curate.engines.budget import BudgetExhausted
+
+    return isinstance(error, BudgetExhausted)
 
 
 def run_pipeline(pipeline: Pipeline, run_dir: Path, *, address: str | None = None,

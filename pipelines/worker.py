@@ -15,7 +15,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.pipelines.fingerprint import file_sha256
-from curate.pipelines.rundir import ShardWriter, StaleWorker, atomic_write_json, part_name, run_token, work_folder
+from curate.pipelines.rundir import (
+    ShardWriter,
+    StaleWorker,
+    atomic_write_json,
+    budget_ledger,
+    part_name,
+    run_token,
+    work_folder,
+)
 
 
 def node() -> str | None:
@@ -27,6 +35,13 @@ def node() -> str | None:
     if ray is None or not ray.is_initialized():
         return None
     return ray.get_runtime_context().get_node_id()
+
+
+def total(counts: dict[str, Any]):
+    """One CallCounts of a dict of them (every engine's)."""
+    from curate.engines.cache import CallCounts
+
+    return sum(counts.values(), CallCounts())
 
 
 def streams(capability_sets) -> bool:
@@ -54,7 +69,7 @@ class ShardWorker:
     order either way. Other engines (llama.cpp, vLLM offline, transformers) take one batch at a time."""
 
     def __init__(self, stage_name: str, stage_id: str, config: dict, engines: dict[str, dict], cache_dir: str | None,
-                 run_dir: str, batch_size: int, token: str | None = None):
+                 run_dir: str, batch_size: int, token: str | None = None, budget: dict | None = None):
         from curate.engines.cache import ResponseCache
         from curate.engines.config import build_engine, parse_engine
         from curate.stages import registry
@@ -68,6 +83,14 @@ class ShardWorker:
         self.token = token
         cache = ResponseCache(cache_dir) if engines or self.spec.uses_model(self.config) else None
         self.engines = {n: build_engine(parse_engine(c), cache) for n, c in engines.items()}
+        if budget:  # {"limits": [[None | stage id, usd], ...], "prices": {engine: Price as a dict}}
+            from curate.engines.budget import Budget, Ledger
+            from curate.engines.prices import Price
+
+            ledger = Ledger(budget_ledger(self.run_dir))
+            for n, price in budget["prices"].items():
+                self.engines[n].budget = Budget(ledger, stage_id, dict(map(tuple, budget["limits"])), Price(**price),
+                                                "batch" in self.engines[n].capabilities)
         self.ctx = StageContext(self.engines, cache)
         self.batches_in_flight = batches_in_flight(self.engines.values(), batch_size)
         #: input rows done so far of each shard this worker is running (the driver polls it for progress)
@@ -86,17 +109,21 @@ class ShardWorker:
         new, self._noted = notes[getattr(self, "_noted", 0):], len(notes)
         return list(new)
 
-    def _counts(self):
-        """What this thread's requests through all engines came to so far (engines.cache.CallCounts)."""
-        from curate.engines.cache import CallCounts
+    def _counts(self) -> dict[str, Any]:
+        """What this thread's requests came to so far, per engine name ("" for reward and embedding models'
+        calls), as engines.cache.CallCounts snapshots."""
+        return {**{n: e.thread_counts().snapshot() for n, e in self.engines.items()},
+                "": self.ctx.calls.counts.snapshot()}
 
-        return sum((e.thread_counts() for e in self.engines.values()), CallCounts()) + self.ctx.calls.counts
+    def _since(self, before: dict[str, Any]) -> dict[str, Any]:
+        now = self._counts()
+        return {n: now[n] - before[n] for n in now}
 
     def _process(self, table: pa.Table):
-        """One batch through the stage, with what its requests came to (counted in its thread)."""
+        """One batch through the stage, with what its requests came to per engine (counted in its thread)."""
         before = self._counts()
         result = self.spec.process(table, self.config, self.ctx)
-        return result, self._counts() - before
+        return result, self._since(before)
 
     def _batches(self, input: str, offset: int | None):
         """The shard's batches; for a stage that decides globally, each row with `_order`, its position in the
@@ -136,7 +163,7 @@ class ShardWorker:
                 writer.close()
             tmp.unlink(missing_ok=True)
             raise
-        counts = self._counts() - before  # an embedding model's calls (semantic dedup), answered or cached
+        counts = total(self._since(before))  # an embedding model's calls (semantic dedup), answered or cached
         marker = {"shard": shard, "fingerprint": fingerprint, "rows": rows, "keys": str(target),
                   "sha256": file_sha256(target), "seconds": round(time.perf_counter() - start, 3), "node": node(),
                   "model_calls": counts.calls, "cache_hits": counts.hits}
@@ -153,7 +180,7 @@ class ShardWorker:
             return self.run_keys(shard, input, fingerprint, offset or 0)
         start = time.perf_counter()
         writer = ShardWriter(self.run_dir, self.stage_id, shard, self.spec.name)
-        counts = CallCounts()
+        counts: dict[str, CallCounts] = {}
         if self.spec.decides is not None:
             self.ctx.state.setdefault("decisions_path", str(work_folder(self.run_dir, self.stage_id)
                                                             / "decisions.parquet"))
@@ -173,7 +200,7 @@ class ShardWorker:
             while next_out in finished:
                 (result, c), rows = finished.pop(next_out), rows_of.pop(next_out)
                 writer.add(result, rows)
-                counts += c
+                counts = {n: counts.get(n, CallCounts()) + c[n] for n in c}
                 self.rows_done[shard] = self.rows_done.get(shard, 0) + rows
                 next_out += 1
 
@@ -196,6 +223,8 @@ class ShardWorker:
         if self.token is not None and run_token(self.run_dir) != self.token:
             writer.abort()
             raise StaleWorker(f"{self.run_dir} is no longer held by the run that started shard {shard}")
+        usage = {n: c.usage() for n, c in counts.items() if n and (c.calls or c.hits)}
+        counts = total(counts)
         marker = writer.commit(fingerprint, {
             "model_calls": counts.calls,
             "cache_hits": counts.hits,
@@ -204,6 +233,8 @@ class ShardWorker:
             "failed_calls": counts.failed,
             "transient_failures": counts.transient,
             "first_error": counts.first_error,
+            # calls, cache hits and tokens per engine (what the manifest prices)
+            **({"usage": usage} if usage else {}),
             "seconds": round(time.perf_counter() - start, 3),
             "node": node(),
             # what the response cache had to say (moved aside as damaged, an unreadable entry), once per worker

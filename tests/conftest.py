@@ -205,3 +205,29 @@ def accounted(run: Path) -> dict:
     for s in manifest["stages"]:
         assert s["in"] == s["out"] + s["dropped"] + s["quarantined"], s
     return manifest
+
+
+@pytest.fixture(scope="module")
+def llama_server(tmp_path_factory):
+    """The embedded model behind llama-cpp-python's OpenAI-compatible server (a real served model)."""
+    from curate.engines.llama_cpp import embedded_model_path
+
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("llama-server") / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "curate.engines.llama_server", "--model", str(embedded_model_path()),
+                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url + "/models", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.3)
+    else:
+        stop_group(proc)
+        pytest.fail("llama_cpp.server did not start")
+    yield url
+    stop_group(proc)
+    log.close()

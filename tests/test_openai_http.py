@@ -21,35 +21,11 @@ from conftest import accounted, curate, free_port, send_json, serve_local, stop_
 from curate.engines.base import Request, Sampling
 from curate.engines.config import parse_engine
 from curate.engines.openai_http import OpenAIHTTPConfig
-from curate.engines.llama_cpp import embedded_model_path
 from curate.engines.openai_http import OpenAIHTTPEngine
 from curate.pipelines.config import ConfigError, parse_pipeline
 
 SECRET = "sk-test-3f9a1c-never-print-me"
 ORG_SECRET = "org-7d2e-also-secret"
-
-
-@pytest.fixture(scope="module")
-def llama_server(tmp_path_factory):
-    port = free_port()
-    log = open(tmp_path_factory.mktemp("llama-server") / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "curate.engines.llama_server", "--model", str(embedded_model_path()),
-                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url + "/models", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        stop_group(proc)
-        pytest.fail("llama_cpp.server did not start")
-    yield url
-    stop_group(proc)
-    log.close()
 
 
 class FaultProxy:
