@@ -34,30 +34,20 @@ def print_accounting(manifest: dict) -> None:
             console.print(f"{s['id']}: {figures}")
 
 
-def money(usd: float | None) -> str:
-    return "unpriced" if usd is None else f"${usd:.4f}"
-
-
 def print_cost(manifest: dict) -> None:
     """Tokens and cost per stage and engine (the calls made by this run; cache hits as saved cost), the run's
     total and its cost per exported row. Nothing when no stage called a model."""
-    cost = manifest.get("cost")
-    if not cost:
+    from curate.pipelines.costs import COST_COLUMNS, cost_line, cost_rows
+
+    if not manifest.get("cost"):
         return
     table = Table(title="cost (tokens from the models' usage; saved: answered from the cache)")
-    for col in ("stage", "engine", "model", "calls", "prompt tokens", "completion tokens", "cost", "saved", "price"):
+    for col in COST_COLUMNS:
         table.add_column(col, justify="left" if col in ("stage", "engine", "model", "price") else "right")
-    for s in manifest["stages"]:
-        for name, e in (s.get("cost") or {}).get("engines", {}).items():
-            price = "-" if e["usd"] is None else e["price"] + (" (batch)" if e.get("batch_price") else "")
-            table.add_row(s["id"], name, str(e["model"]), str(e["calls"]), str(e["prompt_tokens"]),
-                          str(e["completion_tokens"]), money(e["usd"]), money(e.get("saved_usd")), price)
+    for row in cost_rows(manifest):
+        table.add_row(*row)
     console.print(table)
-    per_row = cost.get("per_exported_row_usd")
-    console.print(f"cost: {money(cost['usd'])} for this run"
-                  + (f", ${per_row:.6f} per exported row" if per_row is not None else "")
-                  + (f"; the cache saved {money(cost['saved_usd'])}" if cost.get("saved_usd") else ""),
-                  highlight=False)
+    console.print(cost_line(manifest), highlight=False)
 
 
 def print_damaged(manifest: dict) -> None:

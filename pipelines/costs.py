@@ -77,3 +77,32 @@ def worker_budget(st, pipeline, engines: list[str]) -> dict[str, Any] | None:
         if price is not None and (price.input or price.output):
             prices[name] = price.model_dump()
     return {"limits": limits, "prices": prices} if prices else None
+
+
+COST_COLUMNS = ["stage", "engine", "model", "calls", "prompt tokens", "completion tokens", "cost", "saved", "price"]
+
+
+def money(usd: float | None) -> str:
+    return "unpriced" if usd is None else f"${usd:.4f}"
+
+
+def cost_rows(manifest: dict[str, Any]) -> list[list[str]]:
+    """One row per stage and engine (COST_COLUMNS), as `curate run`/`show`, the report and the card show it."""
+    rows = []
+    for s in manifest.get("stages", []):
+        for name, e in (s.get("cost") or {}).get("engines", {}).items():
+            price = "-" if e["usd"] is None else e["price"] + (" (batch price)" if e.get("batch_price") else "")
+            rows.append([s["id"], name, str(e["model"]), str(e["calls"]), str(e["prompt_tokens"]),
+                         str(e["completion_tokens"]), money(e["usd"]), money(e.get("saved_usd")), price])
+    return rows
+
+
+def cost_line(manifest: dict[str, Any]) -> str:
+    """The run's total, per exported row, and what the cache saved, in one sentence ("" without model calls)."""
+    cost = manifest.get("cost")
+    if not cost:
+        return ""
+    per_row = cost.get("per_exported_row_usd")
+    return (f"cost: {money(cost['usd'])} for this run" + (f", ${per_row:.6f} per exported row" if per_row is not None
+                                                          else "")
+            + (f"; the cache saved {money(cost['saved_usd'])}" if cost.get("saved_usd") else ""))

@@ -102,6 +102,8 @@ def build_card(run_dir: Path, repo_id: str, files: dict[str, list[str]], license
     reasons = [[sid, kind, n, r] for sid, kind, r, n in stats["reasons"]]
     import jinja2
 
+    from curate.pipelines.costs import COST_COLUMNS, cost_line, cost_rows
+
     judged = manifest.get("judges") or {}
     template = jinja2.Template((Path(__file__).parent / "templates" / "card.md").read_text(), keep_trailing_newline=True,
                                undefined=jinja2.StrictUndefined)
@@ -121,6 +123,7 @@ def build_card(run_dir: Path, repo_id: str, files: dict[str, list[str]], license
         columns=[(name, _table([[f"`{c}`", t] for c, t in cols], ["column", "type"])) for name, cols in (columns or {}).items()],
         reasons=_table(reasons, ["stage", "kind", "rows", "reason"]) if reasons else "",
         accounting=_table(accounting, ["stage", "in", "out", "dropped", "quarantined", "rows out"]),
+        cost=_table(cost_rows(manifest), COST_COLUMNS) + "\n\n" + cost_line(manifest) if manifest.get("cost") else "",
     )
 
 

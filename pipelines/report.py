@@ -186,6 +186,17 @@ def accounting(manifest: dict) -> str:
     return f'<table class="accounting"><tr>{head}</tr>{body}</table>'
 
 
+def cost(manifest: dict) -> str:
+    """Tokens and cost per stage and engine, and the run's total ("" when no model was called)."""
+    from curate.pipelines.costs import COST_COLUMNS, cost_line, cost_rows
+
+    if not manifest.get("cost"):
+        return ""
+    head = "".join(f"<th>{c}</th>" for c in COST_COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in cost_rows(manifest))
+    return f'<h2>Cost</h2><table class="cost"><tr>{head}</tr>{body}</table>{_note(cost_line(manifest))}'
+
+
 CSS = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0}
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top;font-size:13px}
 figure{display:inline-block;margin:1em}figcaption{font-weight:600}.note{color:#666}.pairs td{max-width:320px}"""
@@ -221,8 +232,8 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
     stages = _stage_dirs(run_dir, manifest)
     judged = [folder for _, folder, cols in stages if "candidates" in cols]
     paired = [folder for _, folder, cols in stages if {"chosen", "rejected", "chosen_score"} <= set(cols)]
-    sections = [f"<h2>Row accounting</h2>{accounting(manifest)}", f"<h2>Dropped and quarantined</h2>"
-                f"{drop_reasons(run_dir, manifest)}"]
+    sections = [f"<h2>Row accounting</h2>{accounting(manifest)}", cost(manifest),
+                f"<h2>Dropped and quarantined</h2>{drop_reasons(run_dir, manifest)}"]
     if judged:
         j = judgments(judged[-1])
         if j.is_empty():

@@ -148,3 +148,20 @@ def test_the_ledger_reserves_what_fits_every_limit_and_settles_to_what_was_spent
     assert "stage 02_generate $140.0000 of $150" in str(two.exhausted(ask))
     # the batch price is half the list price when the table gives none
     assert Price(input=2, output=4).cost(1_000_000, 1_000_000, batch=True) == 3.0
+
+
+def test_the_report_and_the_card_show_the_cost(llama_server, tmp_path):
+    from curate.pipelines.publish import build_card
+
+    path = priced_pipeline(tmp_path, llama_server, tmp_path / "cache")
+    res = curate("run", path, "--run-dir", tmp_path / "run")
+    assert res.returncode == 0, res.stdout + res.stderr
+    m = accounted(tmp_path / "run")
+    total = f"${m['cost']['usd']:.4f}"
+    rep = curate("report", tmp_path / "run")
+    assert rep.returncode == 0, rep.stdout + rep.stderr
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "<h2>Cost</h2>" in page and total in page and "smollm2-judge" in page
+    assert f"${m['stages'][1]['cost']['usd']:.4f}" in page
+    card = build_card(tmp_path / "run", "org/priced", {"preference": ["data/preference/part-0.parquet"]}, "other")
+    assert "What the model calls cost" in card and total in card and "| 03_judge | judge | smollm2-judge |" in card
