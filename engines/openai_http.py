@@ -7,7 +7,8 @@ another and no request pays a new TCP (or TLS) handshake. Completions come back 
 so the response cache stores an answer the moment it arrives.
 
 Requests are retried on 429, 5xx and connection errors with exponential backoff and jitter, honoring
-`Retry-After`; a 429 pauses the whole stream, not just the request that got it. Optional budgets
+`Retry-After`; a 429 pauses the whole stream, not just the request that got it, and so does an answer whose
+rate-limit headers (OpenAI's `x-ratelimit-*`, Anthropic's `anthropic-ratelimit-*`) say the window is spent. Optional budgets
 (`requests_per_minute`, `tokens_per_minute`) pace the stream. A request that still fails comes back as a failed
 Completion carrying the error, so the stage quarantines its row: nothing is lost and nothing is invented. A failure
 that may pass (a timeout, 5xx or 429 after every retry, a garbled reply) is marked transient: the next run asks
@@ -23,6 +24,7 @@ import concurrent.futures
 import email.utils
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -109,6 +111,56 @@ def retry_after(value: str | None) -> float | None:
     except ValueError:
         parsed = email.utils.parsedate_to_datetime(value)
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+#: a provider's rate-limit headers: (remaining, reset) for requests and for tokens, OpenAI's names then Anthropic's
+RATE_HEADERS = {
+    "requests": [("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
+                 ("anthropic-ratelimit-requests-remaining", "anthropic-ratelimit-requests-reset")],
+    "tokens": [("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+               ("anthropic-ratelimit-tokens-remaining", "anthropic-ratelimit-tokens-reset"),
+               ("anthropic-ratelimit-input-tokens-remaining", "anthropic-ratelimit-input-tokens-reset")],
+}
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def reset_seconds(value: str | None) -> float | None:
+    """Seconds until a rate-limit window resets: OpenAI's durations ("1s", "6m0s", "20ms", "1h2m3.5s") or
+    Anthropic's RFC 3339 times ("2026-12-04T05:00:00Z")."""
+    if not value:
+        return None
+    value = value.strip()
+    parts = _DURATION.findall(value)
+    if parts and "".join(n + u for n, u in parts) == value:
+        scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+        return sum(float(n) * scale[u] for n, u in parts)
+    try:
+        from datetime import datetime
+
+        return max(0.0, datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() - time.time())
+    except ValueError:
+        return None
+
+
+def rate_limit_wait(headers, tokens_next: int) -> float | None:
+    """How long to hold the stream after an answer whose headers say the provider's window is spent: no request
+    left, or fewer tokens left than the next request may use; None when the headers allow more (or say
+    nothing)."""
+    wait = None
+    for kind, pairs in RATE_HEADERS.items():
+        for remaining_name, reset_name in pairs:
+            remaining = headers.get(remaining_name)
+            if remaining is None:
+                continue
+            try:
+                left = float(remaining)
+            except ValueError:
+                continue
+            if left < (1 if kind == "requests" else tokens_next):
+                reset = reset_seconds(headers.get(reset_name))
+                if reset is not None:
+                    wait = max(wait or 0.0, reset)
+    return wait
 
 
 class _Budget:
@@ -306,6 +358,10 @@ class OpenAIHTTPEngine:
                     connect_failed = False
                     if resp.status_code == 200:
                         self._window.answered()
+                        # the provider's window is spent: hold the whole stream until it resets, not just this
+                        # caller (the next request would draw a 429)
+                        if (hold := rate_limit_wait(resp.headers, sum(estimated_tokens(r)))) is not None:
+                            self._paused_until = max(self._paused_until, time.monotonic() + hold)
                         return self._completion(resp)
                     last = f"HTTP {resp.status_code}: {self._redact(resp.text)[:200]}"  # redacted, then cut
                     if resp.status_code in FATAL_STATUS:

@@ -321,3 +321,49 @@ def test_concurrency_adapts_to_a_server_that_takes_fewer_requests(tmp_path):
                 assert stats["requests"] == ROWS and stats["mean_in_flight"] > 3  # near what the tier takes
     # measured here (720 rows): 101 429s adaptive, 801 with the fixed window
     assert throttled[True] < ROWS and 2 * throttled[True] < throttled[False], throttled
+
+
+@pytest.mark.parametrize("style", ["openai", "anthropic"])
+def test_the_provider_rate_limit_headers_hold_the_stream_until_the_window_resets(style):
+    """A server whose first answer says no request is left in its window for 1.5 s (OpenAI's duration header, or
+    Anthropic's RFC 3339 time): the engine sends nothing more until then, and the rest goes at once. The server's
+    answers are canned; only the protocol and the timing are real."""
+    from datetime import datetime, timedelta, timezone
+
+    seen: list[float] = []
+
+    class Limited(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(time.monotonic())
+            body = json.dumps({"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
+                               "usage": {"prompt_tokens": 5, "completion_tokens": 1}}).encode()
+            self.send_response(200)
+            if len(seen) == 1 and style == "openai":
+                self.send_header("x-ratelimit-remaining-requests", "0")
+                self.send_header("x-ratelimit-reset-requests", "1.5s")
+            elif len(seen) == 1:
+                reset = datetime.now(timezone.utc) + timedelta(seconds=1.5)
+                self.send_header("anthropic-ratelimit-requests-remaining", "0")
+                self.send_header("anthropic-ratelimit-requests-reset", reset.isoformat().replace("+00:00", "Z"))
+            else:
+                self.send_header("x-ratelimit-remaining-requests", "99")
+                self.send_header("x-ratelimit-reset-requests", "1.5s")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server, url = serve_local(Limited)
+    try:
+        engine = engine_for(url, concurrency=1)
+        asks = [Request([{"role": "user", "content": f"q{i}"}], Sampling(max_tokens=4)) for i in range(4)]
+        assert all(c.ok for c in engine.complete(asks))
+    finally:
+        server.shutdown()
+    gaps = [b - a for a, b in zip(seen, seen[1:])]
+    assert gaps[0] >= 1.3, gaps  # held until the window reset
+    assert max(gaps[1:]) < 0.5, gaps  # then no holding: the headers allow more
