@@ -179,6 +179,40 @@ def _run_in(p, pipeline: Path, run_dir: Path, limit: int | None, address: str | 
 
 
 @app.command()
+def estimate(
+    pipeline: Annotated[Path, typer.Argument(help="pipeline YAML")],
+    limit: Annotated[Optional[int], typer.Option(min=0, help="load at most N prompts")] = None,
+) -> None:
+    """Predict a run's model calls, tokens and cost before running it (no model is called; nothing is written)."""
+    from curate.pipelines.costs import money
+    from curate.pipelines.estimate import estimate as predict
+
+    p = _load(pipeline).with_limit(limit)
+    est = predict(p)
+    table = Table(title=f"{p.name}: what a run would ask (completion tokens and cost: at most, every answer "
+                        "max_tokens long)")
+    cols = ("stage", "engine", "model", "rows in", "requests", "cached", "prompt tokens", "completion tokens ≤",
+            "cost ≤", "list, no cache", "batch, no cache", "cache saves", "prompt tokens by")
+    for col in cols:
+        table.add_column(col, justify="left" if col in ("stage", "engine", "model", cols[-1]) else "right")
+    for s in est["stages"]:
+        for name, e in s["engines"].items():
+            table.add_row(s["id"], name, str(e["model"]), str(s["rows"]), str(e["requests"]), str(e["cached"]),
+                          str(e["prompt_tokens"]), str(e["completion_tokens_at_most"]), money(e["usd_at_most"]),
+                          money(e["list_usd"]), money(e["batch_usd"]), money(e["cache_saves_usd"]),
+                          "tokenizer" if e["counted_with"].startswith("the model") else e["counted_with"])
+    console.print(table)
+    console.print(f"total: {est['requests']} requests ({est['cached']} answered from the cache), "
+                  f"{est['prompt_tokens']} prompt tokens, at most {est['completion_tokens_at_most']} completion "
+                  f"tokens, at most {money(est['usd_at_most'])} (list price with no cache {money(est['list_usd'])}, "
+                  f"through a batch API {money(est['batch_usd'])})", highlight=False)
+    for s in est["stages"]:
+        if s.get("reasks_per_request_at_most") and s["engines"]:
+            console.print(f"{s['id']}: an output that does not parse is asked again, up to "
+                          f"{s['reasks_per_request_at_most']} time(s) a request: not counted above", highlight=False)
+
+
+@app.command()
 def deploy(
     pipeline: Annotated[Path, typer.Argument(help="pipeline YAML")],
     cron: Annotated[Optional[str], typer.Option(help='cron schedule, e.g. "0 3 * * *"')] = None,

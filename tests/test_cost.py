@@ -165,3 +165,37 @@ def test_the_report_and_the_card_show_the_cost(llama_server, tmp_path):
     assert f"${m['stages'][1]['cost']['usd']:.4f}" in page
     card = build_card(tmp_path / "run", "org/priced", {"preference": ["data/preference/part-0.parquet"]}, "other")
     assert "What the model calls cost" in card and total in card and "| 03_judge | judge | smollm2-judge |" in card
+
+
+def test_estimate_predicts_the_calls_and_prompt_tokens_a_run_then_records(tmp_path, monkeypatch):
+    """The README's example on the embedded model: `curate estimate` (no model called, nothing written) names the
+    requests each stage makes and their prompt tokens (the model's tokenizer and chat template); the run then
+    records the same requests, generation's prompt tokens within 10%, and no more than the estimate's upper
+    bounds (the judge reads candidates at most max_tokens long; answers at most max_tokens)."""
+    from conftest import EXAMPLES
+
+    env = {"CURATE_CACHE_DIR": str(tmp_path / "cache")}
+    monkeypatch.setenv("CURATE_CACHE_DIR", env["CURATE_CACHE_DIR"])
+    pipeline = EXAMPLES / "mt_bench_pairs.yaml"
+    est = curate("estimate", pipeline, "--limit", "2", env=env)
+    assert est.returncode == 0, est.stdout + est.stderr
+    from curate.pipelines.config import load_pipeline
+    from curate.pipelines.estimate import estimate
+
+    predicted = {s["id"]: s["engines"].get("default") for s in estimate(load_pipeline(pipeline).with_limit(2))["stages"]}
+    assert f"total: {sum(p['requests'] for p in predicted.values() if p)} requests" in est.stdout
+    res = curate("run", pipeline, "--limit", "2", "--run-dir", tmp_path / "run", env=env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    m = accounted(tmp_path / "run")
+    gen, judge = (next(s for s in m["stages"] if s["id"] == sid) for sid in ("02_generate", "03_judge"))
+    assert predicted["02_generate"]["requests"] == gen["model_calls"] == 8
+    # a judge asks again when an output does not parse (up to `retries`: 1 here), which the estimate names apart
+    assert predicted["03_judge"]["requests"] <= judge["model_calls"] <= 2 * predicted["03_judge"]["requests"]
+    recorded = gen["tokens"]["prompt_tokens"]
+    assert abs(predicted["02_generate"]["prompt_tokens"] - recorded) <= 0.1 * recorded
+    assert gen["tokens"]["completion_tokens"] <= predicted["02_generate"]["completion_tokens_at_most"]
+    per_judge_call = judge["tokens"]["prompt_tokens"] / judge["model_calls"]
+    assert per_judge_call <= 1.1 * predicted["03_judge"]["prompt_tokens"] / predicted["03_judge"]["requests"]
+    # a second estimate finds every answer in the cache: nothing left to pay
+    again = estimate(load_pipeline(pipeline).with_limit(2))
+    assert again["cached"] == again["requests"] and again["prompt_tokens"] == 0
