@@ -15,9 +15,17 @@ if TYPE_CHECKING:
 def registry() -> dict[str, EngineSpec]:
     """Every engine kind, by kind, in the order `curate validate` names them (the first is not the default:
     engines/config.py names the kind a block without `kind:` gets)."""
-    from curate.engines import llama_cpp, openai_http, ray_llm, transformers_engine, vllm_offline
+    from curate.engines import (
+        anthropic_batch,
+        llama_cpp,
+        openai_batch,
+        openai_http,
+        ray_llm,
+        transformers_engine,
+        vllm_offline,
+    )
 
-    engines = (llama_cpp, openai_http, vllm_offline, transformers_engine, ray_llm)
+    engines = (llama_cpp, openai_http, openai_batch, anthropic_batch, vllm_offline, transformers_engine, ray_llm)
     out: dict[str, EngineSpec] = {}
     for module in engines:
         spec = module.ENGINE

@@ -228,6 +228,8 @@ class CachedEngine:
         self.hits = 0
         #: the run's spending limit on this engine's calls (engines.budget.Budget), set by the worker; None: none
         self.budget = None
+        #: the run directory the worker runs in (a batch engine keeps its journal of provider batches there)
+        self.run_dir = None
         # the same counts for the calling thread alone: a stage whose shards share one engine in threads
         # (the ray_llm engine) reports each shard's own calls
         self._mine = threading.local()

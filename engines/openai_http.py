@@ -317,14 +317,6 @@ class OpenAIHTTPEngine:
         return out  # type: ignore[return-value]
 
     # -- one request -----------------------------------------------------------------------------------------
-    def _body(self, r: Request) -> dict[str, Any]:
-        s = r.sampling
-        body: dict[str, Any] = {"model": self.cfg.model, "messages": r.messages, "temperature": s.temperature,
-                                "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": s.seed, **self.cfg.extra_body}
-        if r.grammar is not None and self.cfg.grammar_param:
-            body[self.cfg.grammar_param] = r.grammar
-        return body
-
     async def _pace(self, r: Request) -> None:
         """Wait out a 429 pause of the whole stream, then the per-minute budgets."""
         while (delay := self._paused_until - time.monotonic()) > 0:
@@ -338,7 +330,7 @@ class OpenAIHTTPEngine:
         import httpx
 
         cfg = self.cfg
-        body = self._body(r)
+        body = request_body(self.cfg, r)
         last = ""
         for attempt in range(cfg.max_retries + 1):
             wait = None
@@ -398,13 +390,32 @@ class OpenAIHTTPEngine:
     def _completion(resp) -> Completion:
         try:
             data = resp.json()
-            choice = data["choices"][0]
-            usage = data.get("usage") or {}
-            return Completion(text=choice["message"].get("content") or "", finish_reason=choice.get("finish_reason"),
-                              prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                              completion_tokens=int(usage.get("completion_tokens") or 0))
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
+        except ValueError as exc:
             return Completion(text=None, error=f"malformed response: {type(exc).__name__}: {exc}", transient=True)
+        return completion_of(data)
+
+
+def request_body(cfg: OpenAIHTTPConfig, r: Request) -> dict[str, Any]:
+    """The chat completions request body of one request (the live API's and a batch file's lines alike)."""
+    s = r.sampling
+    body: dict[str, Any] = {"model": cfg.model, "messages": r.messages, "temperature": s.temperature,
+                            "top_p": s.top_p, "max_tokens": s.max_tokens, "seed": s.seed, **cfg.extra_body}
+    if r.grammar is not None and cfg.grammar_param:
+        body[cfg.grammar_param] = r.grammar
+    return body
+
+
+def completion_of(data: Any) -> Completion:
+    """A chat completion's JSON as a Completion; a reply without the fields is a transient failure (a garbled
+    answer), never an empty answer."""
+    try:
+        choice = data["choices"][0]
+        usage = data.get("usage") or {}
+        return Completion(text=choice["message"].get("content") or "", finish_reason=choice.get("finish_reason"),
+                          prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                          completion_tokens=int(usage.get("completion_tokens") or 0))
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        return Completion(text=None, error=f"malformed response: {type(exc).__name__}: {exc}", transient=True)
 
 
 def build(cfg: OpenAIHTTPConfig, cache: ResponseCache | None) -> CachedEngine:

@@ -1,7 +1,7 @@
-"""Where a stage's shards run: in this process (a small local stage), on a pool of Ray actors (model stages:
-engines load once per actor), as Ray tasks (pure stages on a cluster), or by an engine
-that drives the shards itself (ray_llm). One function picks the strategy; each strategy yields shard markers as
-shards finish."""
+"""Where a stage's shards run: in this process (a small local stage; a stage on a provider's batch API), on a pool
+of Ray actors (model stages: engines load once per actor), as Ray tasks (pure stages on a cluster), or by an
+engine that drives the shards itself (ray_llm). One function picks the strategy; each strategy yields shard
+markers as shards finish."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from curate.pipelines.config import Pipeline, StageEntry
 #: a local run's pure stage with at most this many input rows runs in the driver (columnar work this size takes
 #: well under Ray's own start: a worker pool only pays off beyond it)
 DRIVER_ROWS = 50_000
+#: shards of a stage on a batch engine that wait on the provider at once (their requests share provider batches)
+BATCH_SHARDS = 8
 
 
 def local_run(address: str | None) -> bool:
@@ -185,12 +187,16 @@ def execute(st: StageEntry, pipeline: Pipeline, plan: StagePlan, run_dir: Path, 
     )
     drivers = {shard_driver(c) for c in engine_cfgs} - {None}
     streaming = streams(c.capabilities() for c in engine_cfgs)
+    running_rows = functools.partial(progress.rows_running, st.id)
+    if any("batch" in c.capabilities() for c in engine_cfgs):
+        # a provider's batch API answers in minutes to hours: the shards wait in threads of this process, where
+        # one engine per block gathers their requests into provider batches and keeps the run's batch journal
+        return _driver_shards(todo, worker_kwargs, st.run.concurrency or BATCH_SHARDS, running_rows)
     if drivers:  # an engine that runs the stage's shards itself (ray_llm: shards in driver threads)
         init_ray(address)
         (driver,) = drivers
         return driver(todo, ShardWorker(**worker_kwargs), st.run.concurrency)
     per_actor = 2 if streaming else 1  # the next shard starts under the tail
-    running_rows = functools.partial(progress.rows_running, st.id)
     # (a pure stage whose `concurrency` the user set gets that many Ray workers, whatever its size)
     if local and (size == 1 or (not model_stage and st.run.concurrency is None and plan.todo_rows <= DRIVER_ROWS)):
         return _driver_shards(todo, worker_kwargs, per_actor, running_rows)

@@ -83,6 +83,8 @@ class ShardWorker:
         self.token = token
         cache = ResponseCache(cache_dir) if engines or self.spec.uses_model(self.config) else None
         self.engines = {n: build_engine(parse_engine(c), cache) for n, c in engines.items()}
+        for engine in self.engines.values():
+            engine.run_dir = self.run_dir
         if budget:  # {"limits": [[None | stage id, usd], ...], "prices": {engine: Price as a dict}}
             from curate.engines.budget import Budget, Ledger
             from curate.engines.prices import Price
