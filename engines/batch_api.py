@@ -271,6 +271,16 @@ class BatchEngine:
         self._last_add = time.monotonic()
         self._cond.notify_all()
 
+    def cancel_unended(self) -> list[str]:
+        """Cancel this engine's batches of the run that did not end (`curate batches cancel`); their ids."""
+        out = []
+        for row, batch_id, _, _ in self.journal.unended(self._engine):
+            if batch_id is not None:
+                self.provider.cancel(batch_id)
+                self.journal.update(row, status="cancel requested")
+                out.append(batch_id)
+        return out
+
     # -- the manager thread ----------------------------------------------------------------------------------
     def _start(self) -> None:
         """On first use: re-attach to the journal's batches that did not end, then start the manager thread."""

@@ -261,7 +261,9 @@ class CachedEngine:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            self._engine = self._make_engine()
+            with self._count_lock:  # shards in threads share one engine (one window, one batch queue)
+                if self._engine is None:
+                    self._engine = self._make_engine()
         return self._engine
 
     def logprobs(self, items):

@@ -24,7 +24,7 @@ from curate.pipelines.console import (
     print_judges,
     print_sources,
 )
-from curate.pipelines.cli_groups import cache_app, review_app, server_app
+from curate.pipelines.cli_groups import batches_app, cache_app, review_app, server_app
 from rich.markup import escape
 from rich.table import Table
 
@@ -37,6 +37,7 @@ app = typer.Typer(
 app.add_typer(server_app, name="server")
 app.add_typer(cache_app, name="cache")
 app.add_typer(review_app, name="review")
+app.add_typer(batches_app, name="batches")
 
 
 def _load(path: Path):

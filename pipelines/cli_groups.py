@@ -1,5 +1,5 @@
 """The `curate` command's groups of housekeeping commands: `server` (the local Prefect server), `cache` (the
-response cache) and `review` (the human review round-trip). pipelines/cli.py adds them to the command."""
+response cache), `review` (the human review round-trip) and `batches` (a run's provider batches). pipelines/cli.py adds them to the command."""
 
 from __future__ import annotations
 
@@ -148,3 +148,49 @@ def review_import(
                   f"{res['reviewed_export']}")
 
 
+
+
+batches_app = typer.Typer(help="a run's provider batches (openai_batch, anthropic_batch engines): what was sent, "
+                          "what is still running at the provider")
+RunDir = Annotated[Path, typer.Argument(help="the run directory")]
+
+
+@batches_app.command("list")
+def batches_list(run_dir: RunDir) -> None:
+    """Every provider batch the run sent: its id, requests, status at the last poll, when it ended and why any
+    went again."""
+    from rich.table import Table
+
+    from curate.engines.batch_api import Journal, journal_path
+
+    path = journal_path(run_dir)
+    if not path.exists():
+        console.print(f"{run_dir} sent no provider batches")
+        return
+    table = Table("batch", "engine", "requests", "status", "ended", "note")
+    for b in Journal(path).batches():
+        engine = b["engine"].split('"model": ')[-1].strip('}" ')
+        table.add_row(b["batch_id"] or "(not created)", escape(engine), str(b["requests"]), escape(b["status"]),
+                      "yes" if b["ended"] else "no", escape(b["note"] or ""))
+    console.print(table)
+
+
+@batches_app.command("cancel")
+def batches_cancel(run_dir: RunDir) -> None:
+    """Cancel the run's batches still running at the provider (what they answered so far is still billed; a
+    resume sends the rest again)."""
+    from curate.engines.config import build_engine
+    from curate.pipelines.config import load_pipeline
+
+    pipeline = load_pipeline(Path(run_dir) / "config.yaml")
+    cancelled = 0
+    for name, cfg in pipeline.engines.items():
+        if "batch" not in cfg.capabilities():
+            continue
+        engine = build_engine(cfg, None)
+        engine.run_dir = run_dir
+        for batch_id in engine.engine.cancel_unended():
+            console.print(f"cancelled {batch_id} ({name})", highlight=False)
+            cancelled += 1
+    if not cancelled:
+        console.print("no batch of this run is running at the provider")
