@@ -67,7 +67,7 @@ def test_the_served_example_runs_unchanged_on_openai_batch(llama_server, batch_s
     url = f"http://127.0.0.1:{server.server_address[1]}/v1"
     text = (ROOT / "pipelines/examples/served_model.yaml").read_text()
     text = text.replace("kind: openai_http", "kind: openai_batch").replace("http://127.0.0.1:8000/v1", url)
-    text = text.replace("data/mt_bench_questions.jsonl", str(ROOT / "data/mt_bench_questions.jsonl"))
+    text = text.replace("data/mt_bench_questions.jsonl", str(ROOT / "pipelines/examples/data/mt_bench_questions.jsonl"))
     text = text.replace("name: mt_bench_pairs_served\n", f"name: mt_bench_pairs_served\ncache_dir: {tmp_path / 'c'}\n")
     path = tmp_path / "served_batch.yaml"
     path.write_text(text)
