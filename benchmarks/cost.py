@@ -7,8 +7,12 @@ what the same token counts would cost there). In one run of this script:
   1. `curate estimate` (before anything runs): requests, prompt tokens, completion tokens and cost at most;
   2. `curate run` with a cold cache: calls, tokens and cost at list price, from the manifest; the same tokens at
      the batch price;
-  3. `curate run` again with the cache warm (a new run directory): calls, cost, what the cache saved;
-  4. with --peer-python (a Python where bespokelabs-curator is installed): Bespoke Curator sending the same
+  3. `curate run` with `kind: openai_batch` against tests/batch_api_server.py (OpenAI's Batch API, each line
+     answered by the same llama.cpp server), its own cold cache: calls, tokens, the cost the run priced at the
+     batch price, provider batches sent and wall time (the local server answers at once: a provider takes up to
+     24 hours);
+  4. `curate run` again with the cache warm (a new run directory): calls, cost, what the cache saved;
+  5. with --peer-python (a Python where bespokelabs-curator is installed): Bespoke Curator sending the same
      generation requests (the example's prompts, k=4, the same max_tokens and temperature) to the same server
      as `gpt-4o-mini`, and the tokens and cost it reports (its `cost_info`, litellm's prices).
 Canned numbers are never used: every figure comes from a run on this machine.
@@ -130,6 +134,27 @@ def main() -> None:
                     rows.append([f"  of which {s['id']}", s["model_calls"], st["prompt_tokens"],
                                  st["completion_tokens"], f"${s['cost']['usd']:.5f}",
                                  f"${price.cost(st['prompt_tokens'], st['completion_tokens'], batch=True):.5f}", "-"])
+            # the same run through a batch API: `kind: openai_batch`, against the local server that speaks OpenAI's
+            # Batch API and hands each line to the same llama.cpp server (tests/batch_api_server.py)
+            sys.path.insert(0, str(ROOT / "tests"))
+            from batch_api_server import serve
+
+            batch_server, state = serve(backend=base_url)
+            data = yaml.safe_load(path.read_text())
+            data["engines"]["default"].update(
+                kind="openai_batch", base_url=f"http://127.0.0.1:{batch_server.server_address[1]}/v1")
+            batch_path = folder / "served_batch.yaml"
+            batch_path.write_text(yaml.safe_dump(data, sort_keys=False))
+            started = time.perf_counter()
+            batched = run(batch_path, folder / "batch", args.limit,
+                          {**env, "CURATE_CACHE_DIR": str(folder / "batch-cache")})
+            wall = time.perf_counter() - started
+            batch_server.shutdown()
+            t = batched["cost"]["tokens"]
+            sent = [e for e in state.log if e["op"] == "create"]
+            rows.append([f"curate run, kind: openai_batch ({len(sent)} provider batches, {wall:.0f} s)",
+                         sum(s["model_calls"] for s in batched["stages"]), t["prompt_tokens"], t["completion_tokens"],
+                         f"${batched['cost']['usd']:.5f}", "(this is it)", "-"])
             warm = run(path, folder / "warm", args.limit, env)
             rows.append(["curate run, warm cache", sum(s["model_calls"] for s in warm["stages"]), 0, 0,
                          f"${warm['cost']['usd']:.5f}", "-", f"${warm['cost']['saved_usd']:.5f}"])

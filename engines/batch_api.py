@@ -160,10 +160,16 @@ class Journal:
 
     def add(self, engine: str, ref: str | None, keys: list[str]) -> int:
         """A batch about to be created: its keys, and the reference that finds it again (before `create`)."""
-        with self._lock, self._db:
-            row = self._db.execute("INSERT INTO batches (engine, ref, requests, status, created) "
-                                   "VALUES (?, ?, ?, 'creating', ?)", (engine, ref, len(keys), time.time())).lastrowid
-            self._db.executemany("INSERT INTO requests VALUES (?, ?)", [(k, row) for k in keys])
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")  # one transaction: the batch and every key, or nothing
+            try:
+                row = self._db.execute("INSERT INTO batches (engine, ref, requests, status, created) VALUES "
+                                       "(?, ?, ?, 'creating', ?)", (engine, ref, len(keys), time.time())).lastrowid
+                self._db.executemany("INSERT INTO requests VALUES (?, ?)", [(k, row) for k in keys])
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
         return int(row)
 
     def update(self, row: int, **values: Any) -> None:
@@ -220,7 +226,7 @@ class BatchEngine:
         self._cond = threading.Condition()
         self._futures: dict[str, Future] = {}  # keys a caller waits on
         self._requests: dict[str, Request] = {}  # their requests (to send again after a transient failure)
-        self._pending: dict[str, dict] = {}  # key -> its line, to go in the next batch
+        self._pending: dict[str, tuple[dict, int]] = {}  # key -> its line and its size, for the next batch
         self._pending_bytes = 0
         self._last_add = 0.0
         self._attempts: dict[str, int] = {}
@@ -266,8 +272,9 @@ class BatchEngine:
 
     def _queue(self, key: str, request: Request) -> None:
         line = self.provider.line(key, request)
-        self._pending[key] = line
-        self._pending_bytes += len(json.dumps(line, ensure_ascii=False).encode()) + 1
+        size = len(json.dumps(line, ensure_ascii=False).encode()) + 1
+        self._pending[key] = (line, size)
+        self._pending_bytes += size
         self._last_add = time.monotonic()
         self._cond.notify_all()
 
@@ -337,11 +344,11 @@ class BatchEngine:
             return None
         out: dict[str, dict] = {}
         used = 0
-        for key in list(self._pending):
-            n = len(json.dumps(self._pending[key], ensure_ascii=False).encode()) + 1
+        for key, (line, n) in list(self._pending.items()):
             if out and (len(out) >= limit or used + n > size):
                 break
-            out[key] = self._pending.pop(key)
+            out[key] = line
+            del self._pending[key]
             used += n
         self._pending_bytes -= used
         return out

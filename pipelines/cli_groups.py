@@ -159,6 +159,8 @@ RunDir = Annotated[Path, typer.Argument(help="the run directory")]
 def batches_list(run_dir: RunDir) -> None:
     """Every provider batch the run sent: its id, requests, status at the last poll, when it ended and why any
     went again."""
+    import json
+
     from rich.table import Table
 
     from curate.engines.batch_api import Journal, journal_path
@@ -169,7 +171,7 @@ def batches_list(run_dir: RunDir) -> None:
         return
     table = Table("batch", "engine", "requests", "status", "ended", "note")
     for b in Journal(path).batches():
-        engine = b["engine"].split('"model": ')[-1].strip('}" ')
+        engine = json.loads(b["engine"]).get("model", "")
         table.add_row(b["batch_id"] or "(not created)", escape(engine), str(b["requests"]), escape(b["status"]),
                       "yes" if b["ended"] else "no", escape(b["note"] or ""))
     console.print(table)

@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_every_engine_module_registers_its_own_config_class():
     specs = registry()
-    assert list(specs) == ["llama_cpp", "openai_http", "vllm", "transformers", "ray_llm"]
+    assert list(specs) == ["llama_cpp", "openai_http", "openai_batch", "anthropic_batch", "vllm", "transformers",
+                           "ray_llm"]
     for kind, spec in specs.items():
         assert isinstance(spec, EngineSpec) and spec.kind == kind
         assert issubclass(spec.config, EngineBlock)
@@ -124,7 +125,8 @@ assert isinstance(pipeline.engines["e"], echo.EchoConfig)
 for bad, want in [({{"kind": "echo", "shuot": 1}}, "engines.default.echo.shuot: unknown key 'shuot'"),
                   ({{"kind": "echo", "token": "abc"}}, "token: looks like a credential"),
                   ({{"kind": "ecko"}}, "'ecko' found using _kind() does not match any of the expected tags: "
-                                       "'llama_cpp', 'openai_http', 'vllm', 'transformers', 'ray_llm', 'echo'")]:
+                                       "'llama_cpp', 'openai_http', 'openai_batch', 'anthropic_batch', 'vllm', 'transformers', "
+                                           "'ray_llm', 'echo'")]:
     try:
         parse_pipeline({{"name": "x", "engines": {{"default": bad}}, "stages": [{{"load": {{"path": "p.jsonl"}}}}]}},
                        base_dir=".")
