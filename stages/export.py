@@ -86,7 +86,39 @@ def _exchange(r: dict, text: str, conversational: bool):
     return f"{r['prompt']}\n\n{text}"
 
 
+def columnar(table: pa.Table, cfg: Config, extra: list[str]) -> StageResult:
+    """The string formats as column operations (no row becomes a Python object): trl and ranked select columns,
+    reward joins prompt and answer, kto interleaves each pair's two rows."""
+    import pyarrow.compute as pc
+
+    def col(name: str) -> pa.ChunkedArray:
+        return table.column(name).cast(pa.string())
+
+    carried = {c: table.column(c) for c in extra}
+    out_sources = None
+    if cfg.format == "trl":
+        main = {"prompt": col("prompt"), "chosen": col("chosen"), "rejected": col("rejected")}
+    elif cfg.format == "reward":
+        main = {side: pc.binary_join_element_wise(col("prompt"), col(side), "\n\n") for side in ("chosen", "rejected")}
+    elif cfg.format == "ranked":
+        main = {"prompt": col("prompt"), "responses": table.column("responses").cast(pa.list_(pa.string())),
+                "rank": table.column("rank").cast(pa.list_(pa.int32())),
+                "ranking_score": table.column("ranking_score").cast(pa.list_(pa.float64()))}
+    else:  # kto: each pair's chosen row, then its rejected row
+        import numpy as np
+
+        n = table.num_rows
+        both = pa.concat_tables([
+            pa.table({"prompt": col("prompt"), "completion": col(side),
+                      "label": pa.array(np.full(n, side == "chosen")), **carried}) for side in ("chosen", "rejected")])
+        order = np.stack([np.arange(n), np.arange(n) + n], axis=1).ravel()
+        return StageResult(out=both.take(pa.array(order)), out_sources=n)
+    return StageResult(out=pa.table({**main, **carried}), out_sources=out_sources)
+
+
 def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
+    if not cfg.conversational and cfg.format != "diffusion":
+        return columnar(table, cfg, cfg.extra())
     rows = table.to_pylist()
     conv = cfg.conversational
     text = MESSAGES if conv else pa.string()
