@@ -33,6 +33,7 @@ from curate.judges.jury import JudgeKind, judge_scores, mean_score, voters
 from curate.schemas.records import PAIR_ROW
 from curate.schemas.rows import PAIR_HEAD, PAIR_HEAD_CARRIED, pair_head
 from curate.schemas.validate import quarantine_table
+from curate.stages import pairs_columnar
 from curate.stages.base import StageConfig, StageContext, StageResult, StageSpec
 
 
@@ -196,6 +197,15 @@ def pairs_of(row: dict, cfg: Config) -> tuple[list[dict], list[tuple[dict, str]]
 
 
 def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:
+    if pairs_columnar.applies(cfg):  # the common case on whole columns (same result, no row as a Python object)
+        result = pairs_columnar.best_vs_worst(table, cfg)
+        if result is not None:
+            return result
+    return process_rows(table, cfg)
+
+
+def process_rows(table: pa.Table, cfg: Config) -> StageResult:
+    """Every strategy and option, one row at a time."""
     pairs, records, reasons = [], [], []
     prompts_out = prompts_dropped = 0
     for row in table.to_pylist():
