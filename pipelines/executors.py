@@ -21,9 +21,6 @@ if TYPE_CHECKING:
     from curate.pipelines.runner import Progress, StagePlan
 from curate.pipelines.config import Pipeline, StageEntry
 
-#: a local run's pure stage with at most this many input rows runs in the driver (columnar work this size takes
-#: well under Ray's own start: a worker pool only pays off beyond it)
-DRIVER_ROWS = 50_000
 #: shards of a stage on a batch engine that wait on the provider at once (their requests share provider batches)
 BATCH_SHARDS = 8
 
@@ -197,8 +194,13 @@ def execute(st: StageEntry, pipeline: Pipeline, plan: StagePlan, run_dir: Path, 
         (driver,) = drivers
         return driver(todo, ShardWorker(**worker_kwargs), st.run.concurrency)
     per_actor = 2 if streaming else 1  # the next shard starts under the tail
-    # (a pure stage whose `concurrency` the user set gets that many Ray workers, whatever its size)
-    if local and (size == 1 or (not model_stage and st.run.concurrency is None and plan.todo_rows <= DRIVER_ROWS)):
+    # A local pure stage runs in this process, a thread per CPU: its work is columnar (Arrow, polars, numpy
+    # release the GIL), and Ray Data's tasks cost more than they buy on one machine (scale_pure.py at 100k rows:
+    # 85 s through Ray tasks, 45 s in the driver). A pure stage whose `concurrency` the user set gets that many
+    # Ray workers, whatever its size.
+    if local and not model_stage and st.run.concurrency is None:
+        return _driver_shards(todo, worker_kwargs, cpus, running_rows)
+    if local and size == 1:
         return _driver_shards(todo, worker_kwargs, per_actor, running_rows)
     init_ray(address)
     import ray

@@ -71,9 +71,7 @@ def prepare(st: StageEntry, pipeline: Pipeline, plan: StagePlan, upstream: list[
     if items:
         from curate.pipelines.runner import StagePlan
 
-        keys_plan = StagePlan(items, [], plan.engines, plan.config,
-                              sum(up.get("rows_out", 0) for up in upstream if up["shard"] in
-                                  {i["shard"] for i in items}))
+        keys_plan = StagePlan(items, [], plan.engines, plan.config)
         fresh = list(execute(st, pipeline, keys_plan, run_dir, progress, address))
         markers += fresh
     from curate.stages.dupsets import Keys

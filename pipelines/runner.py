@@ -356,8 +356,6 @@ class StagePlan:
     done: list[dict[str, Any]]
     engines: dict[str, dict]
     config: dict[str, Any]
-    #: input rows of the shards to do (from the upstream markers)
-    todo_rows: int = 0
     #: done shards whose files were not intact (why, per file): redone
     damaged: list[str] = field(default_factory=list)
 
@@ -390,8 +388,7 @@ def plan_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]
     if st.spec.decides:  # each row's position in the stage's input: "earliest" whatever the shard count
         at = dict(zip((up["shard"] for up in upstream), offsets(upstream), strict=True))
         todo = [{**t, "offset": at[t["shard"]]} for t in todo]
-    rows = {up["shard"]: up.get("rows_out", 0) for up in upstream}
-    return StagePlan(todo, done, engines, cfg_json, sum(rows[t["shard"]] for t in todo), damaged)
+    return StagePlan(todo, done, engines, cfg_json, damaged)
 
 
 def _run_stage(st: StageEntry, pipeline: Pipeline, upstream: list[dict[str, Any]], run_dir: Path,

@@ -22,13 +22,15 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from curate.schemas.layouts import Layout, Mapped, candidate_id, layout as named_layout, reader as layout_reader
+from curate.schemas.layouts import Layout, Mapped, candidate_id
+from curate.schemas.layouts import layout as named_layout
+from curate.schemas.layouts import reader as layout_reader
 from curate.schemas.messages import parse_transcript
-from curate.schemas.records import PROMPT_ROW, PROMPT_ROW_WITH_CANDIDATES, numbered_documents
-from curate.schemas.records import prompt_id
+from curate.schemas.records import PROMPT_ROW, PROMPT_ROW_WITH_CANDIDATES, numbered_documents, prompt_id
 from curate.schemas.rows import candidate, content_id
 from curate.schemas.sources import SourceRow, dig, files_of, hub_records, records
 from curate.schemas.validate import prompt_problem, quarantine_table
+from curate.stages import load_columnar
 from curate.stages.base import StageConfig, StageResult, StageSpec, existing_path, fixed
 
 
@@ -507,6 +509,9 @@ def read(cfg: Config) -> Iterator[StageResult]:
     """Shards of prompt rows: from one prompt file, or from the stage's sources (existing data, Hub datasets,
     several files)."""
     sources = cfg.all_sources()
+    if len(sources) == 1 and (found := load_columnar.applies(sources[0])) is not None:  # TRL pairs, on columns
+        yield from load_columnar.shards(found, sources[0], cfg.shard_size)
+        return
     yield from (read_sources(cfg, sources) if sources else read_prompts(cfg))
 
 
