@@ -22,6 +22,10 @@ import numpy as np
 import pyarrow as pa
 
 
+#: bucket keys one pass of the local decision groups at most (about 100 MB of polars hash table)
+PART_KEYS = 4_000_000
+
+
 @dataclass
 class Keys:
     """A stage's key rows: the key files its shards wrote (a run), or one in-memory table (a stage called alone)."""
@@ -37,6 +41,24 @@ class Keys:
         if not self.files:
             return pl.LazyFrame(schema={c: pl.Int64 for c in columns}).head(0)
         return pl.scan_parquet(self.files).select(columns)
+
+    def rows(self) -> int:
+        """Key rows in all (from the files' footers)."""
+        import pyarrow.parquet as pq
+
+        if self.table is not None:
+            return self.table.num_rows
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in self.files or [])
+
+    def width(self, column: str) -> int:
+        """Values per row of a fixed-size list column (MinHash: bands per row)."""
+        import pyarrow.parquet as pq
+
+        if self.table is not None:
+            return self.table.schema.field(column).type.list_size
+        if not self.files:
+            return 1
+        return pq.read_schema(self.files[0]).field(column).type.list_size
 
     def rows_of(self, orders: np.ndarray, columns: list[str]):
         """The key rows whose `_order` is in `orders` (a small set: the rows of duplicate links)."""
@@ -75,9 +97,17 @@ def later_rows(keys: Keys, key_columns: list[str], explode: str | None, distribu
     frame = keys.scan(cols)
     if explode:
         frame = frame.explode(explode)
-    firsts = frame.group_by(on).agg(pl.col("_order").min().alias("_first"))
-    return (frame.join(firsts, on=on).filter(pl.col("_order") != pl.col("_first")).select("_order", "_first")
-            .unique().collect(engine="streaming"))
+    # The group-by holds every distinct bucket key: in partitions of the keys' hash, each pass over the key files
+    # holds one partition's keys (a bucket lies in one partition, so the links are the same), and the memory
+    # stays about what PART_KEYS keys take whatever the corpus size.
+    parts = max(1, -(-keys.rows() * (keys.width(explode) if explode else 1) // PART_KEYS))
+    out = []
+    for part in range(parts):
+        piece = frame if parts == 1 else frame.filter(pl.struct(on).hash(seed=0) % parts == part)
+        firsts = piece.group_by(on).agg(pl.col("_order").min().alias("_first"))
+        out.append(piece.join(firsts, on=on).filter(pl.col("_order") != pl.col("_first"))
+                   .select("_order", "_first").unique().collect(engine="streaming"))
+    return out[0] if parts == 1 else pl.concat(out).unique()
 
 
 def _later_rows_ray(keys: Keys, cols: list[str], on: list[str], explode: str | None):
