@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 
-#: bucket keys one pass of the local decision groups at most (about 100 MB of polars hash table)
-PART_KEYS = 4_000_000
+#: bucket keys one pass of the local decision groups at most (tens of MB of polars hash table)
+PART_KEYS = 1_000_000
 
 
 @dataclass
