@@ -19,9 +19,11 @@ SCORED_KINDS = ("pointwise", "listwise")
 def judgments(parts: Path | list[Path]) -> pl.DataFrame:
     """One row per (prompt, candidate, judgment), with the response's length in characters. `parts`: the Parquet
     files (as a manifest lists them), or a stage folder written by the current run."""
-    source = str(parts / "part-*.parquet") if isinstance(parts, Path) else [str(p) for p in parts]
-    df = (
-        pl.scan_parquet(source)
+    files = sorted(parts.glob("part-*.parquet")) if isinstance(parts, Path) else list(parts)
+    # one file at a time: what is kept of a file is small (a response becomes its length), while a scan of all
+    # of them at once held every response's text (3 GB for a million loaded pairs)
+    frames = [
+        pl.scan_parquet(str(f))
         .select("prompt_id", "candidates")
         .explode("candidates")
         .unnest("candidates")
@@ -30,7 +32,11 @@ def judgments(parts: Path | list[Path]) -> pl.DataFrame:
         .drop_nulls("judgments")
         .unnest("judgments")
         .collect()
-    )
+        for f in files
+    ]
+    if not frames:
+        raise FileNotFoundError(f"no output parts in {parts}")
+    df = pl.concat(frames, how="diagonal_relaxed")
     # runs written before judgments had these fields still report
     for name in ("opponent", "judge_model"):
         if name not in df.columns:
