@@ -20,7 +20,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, model_validator
 
 from curate.engines.base import Completion, Request
-from curate.engines.batch_api import EXPIRED, BatchFields, Http, Status, build_batch, provider_headers
+from curate.engines.batch_api import EXPIRED, BatchFields, Status, build_batch, provider_http
 from curate.engines.cache import CachedEngine, ResponseCache
 from curate.engines.openai_http import check
 from curate.engines.spec import EngineSpec
@@ -85,14 +85,8 @@ class AnthropicBatches:
     max_bytes = 256_000_000
 
     def __init__(self, cfg: AnthropicBatchConfig):
-        import os
-
         self.cfg = cfg
-        headers, secrets = provider_headers(cfg)
-        headers["anthropic-version"] = API_VERSION
-        if cfg.api_key_env:
-            headers["x-api-key"] = os.environ[cfg.api_key_env]
-        self.http = Http(cfg, headers, secrets)
+        self.http = provider_http(cfg, "x-api-key", **{"anthropic-version": API_VERSION})
 
     def line(self, key: str, request: Request) -> dict[str, Any]:
         return {"custom_id": key, "params": params(self.cfg, request)}

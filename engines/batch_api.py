@@ -420,14 +420,18 @@ class BatchEngine:
         self.journal.update(b.row, status=status.detail, ended=time.time(), note="; ".join(notes) or None)
 
 
-def provider_headers(cfg: BatchFields) -> tuple[dict[str, str], list[str]]:
-    """The block's environment-named headers, and every credential it sends (to redact from errors)."""
+def provider_http(cfg: BatchFields, key_header: str, key_format: str = "{}", **fixed: str) -> Http:
+    """The provider's client: the block's environment-named headers, the API key (`api_key_env`) in the
+    provider's header (`key_format` around it), any fixed headers; every credential is redacted from errors."""
     import os
 
     check(cfg)
-    secret = {h: os.environ[var] for h, var in cfg.headers_env.items()}
-    key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-    return secret, [*secret.values(), *([key] if key else [])]
+    headers = {h: os.environ[var] for h, var in cfg.headers_env.items()}
+    secrets = list(headers.values())
+    if cfg.api_key_env:
+        secrets.append(os.environ[cfg.api_key_env])
+        headers[key_header] = key_format.format(os.environ[cfg.api_key_env])
+    return Http(cfg, {**headers, **fixed}, secrets)
 
 
 def build_batch(cfg: BatchFields, cache: ResponseCache | None, identity: dict[str, Any], provider) -> CachedEngine:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict
 
 from curate.engines.base import Completion, Request
-from curate.engines.batch_api import EXPIRED, BatchFields, Http, Status, build_batch, provider_headers
+from curate.engines.batch_api import EXPIRED, BatchFields, Status, build_batch, provider_http
 from curate.engines.cache import CachedEngine, ResponseCache
 from curate.engines.openai_http import RETRY_STATUS, check, completion_of, identity, request_body
 from curate.engines.spec import EngineSpec
@@ -46,13 +46,8 @@ class OpenAIBatches:
     max_bytes = 200_000_000
 
     def __init__(self, cfg: OpenAIBatchConfig):
-        import os
-
         self.cfg = cfg
-        headers, secrets = provider_headers(cfg)
-        if cfg.api_key_env:
-            headers["Authorization"] = f"Bearer {os.environ[cfg.api_key_env]}"
-        self.http = Http(cfg, headers, secrets)
+        self.http = provider_http(cfg, "Authorization", "Bearer {}")
 
     def line(self, key: str, request: Request) -> dict[str, Any]:
         return {"custom_id": key, "method": "POST", "url": self.cfg.endpoint, "body": request_body(self.cfg, request)}

@@ -142,14 +142,12 @@ def test_an_expired_batch_sends_its_unanswered_requests_once_more_and_the_manife
     assert accounted(tmp_path / "b" / "run")["stages"][1]["rows_out"] == 6
 
 
-def test_a_kill_while_a_batch_runs_then_resume_sends_nothing_twice(batch_server, tmp_path):
-    """The process dies while its batch is at the provider (still running, and billed): `--resume` finds the
-    batch in the run directory's journal and takes its answers; the server's log shows no new upload or batch."""
-    url, state = batch_server
+def kill_while_held(state, path: Path, run_dir: Path) -> None:
+    """`curate run` with the server holding its batches in_progress, killed (SIGKILL, its process group) once it
+    has created a batch and polled it: the batch stays at the provider."""
     state.controls["hold"] = True
-    path = generate_pipeline(tmp_path, url)
     exe = Path(sys.executable).parent / "curate"
-    proc = subprocess.Popen([str(exe), "run", str(path), "--run-dir", str(tmp_path / "run")],
+    proc = subprocess.Popen([str(exe), "run", str(path), "--run-dir", str(run_dir)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 120
     while not [e for e in state.log if e["op"] == "create"] and time.time() < deadline and proc.poll() is None:
@@ -158,6 +156,13 @@ def test_a_kill_while_a_batch_runs_then_resume_sends_nothing_twice(batch_server,
     time.sleep(0.5)  # it polls the held batch
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def test_a_kill_while_a_batch_runs_then_resume_sends_nothing_twice(batch_server, tmp_path):
+    """The process dies while its batch is at the provider (still running, and billed): `--resume` finds the
+    batch in the run directory's journal and takes its answers; the server's log shows no new upload or batch."""
+    url, state = batch_server
+    kill_while_held(state, generate_pipeline(tmp_path, url), tmp_path / "run")
     before = creates(state)
     assert [e["op"] for e in before] == ["upload", "create"] and len(before[1]["custom_ids"]) == 12
 
@@ -176,16 +181,7 @@ def test_a_kill_while_a_batch_runs_then_resume_sends_nothing_twice(batch_server,
 def test_cancel_stops_the_runs_batches_at_the_provider_and_a_resume_sends_what_they_did_not_answer(
         batch_server, tmp_path):
     url, state = batch_server
-    state.controls["hold"] = True
-    path = generate_pipeline(tmp_path, url, kind="anthropic_batch")
-    exe = Path(sys.executable).parent / "curate"
-    proc = subprocess.Popen([str(exe), "run", str(path), "--run-dir", str(tmp_path / "run")],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.time() + 120
-    while not [e for e in state.log if e["op"] == "create"] and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_while_held(state, generate_pipeline(tmp_path, url, kind="anthropic_batch"), tmp_path / "run")
     (first,) = [e for e in state.log if e["op"] == "create"]
     cancelled = curate("batches", "cancel", tmp_path / "run")
     assert cancelled.returncode == 0 and f"cancelled {first['batch']}" in cancelled.stdout, cancelled.stderr
