@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,17 +45,39 @@ def _batches(path: Path) -> Iterator[pa.RecordBatch]:
 HOLD_BYTES = 512 << 20
 
 
+#: a line of nothing but ASCII whitespace (what `bytes.strip()` removes)
+BLANK = re.compile(rb"\n[ \t\r\x0b\x0c]*\n")  # after a line's end (a literal first: a fast scan)
+BLANK_FIRST = re.compile(rb"[ \t\r\x0b\x0c]*\n")  # at a line's start
+CHUNK = 64 << 20
+
+
+def line_count(path: Path) -> int | None:
+    """The file's lines as `for line in file` counts them, or None when one is blank; read in chunks with bytes
+    operations (a Python loop over a million long lines took 13 s of a 3.4 GB file's load)."""
+    lines, carry = 0, b""
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            buf = carry + chunk
+            end = buf.rfind(b"\n") + 1  # the complete lines; the rest waits for the next chunk
+            if BLANK_FIRST.match(buf, 0, end) or BLANK.search(buf, 0, end):
+                return None
+            lines += buf.count(b"\n", 0, end)
+            carry = buf[end:]
+    if carry:
+        if not carry.strip():
+            return None
+        lines += 1
+    return lines
+
+
 def _plain_pairs(path: Path) -> list[pa.RecordBatch] | None:
     """The file's batches (an empty list for a file too large to hold: read again) when every line is one object
     of exactly prompt/chosen/rejected strings, none a transcript; None otherwise."""
     import pyarrow.lib
 
-    lines = 0
-    with open(path, "rb") as fh:
-        for raw in fh:
-            if not raw.strip():
-                return None  # a blank line: the per-row path counts it, with its line number
-            lines += 1
+    lines = line_count(path)
+    if lines is None:
+        return None  # a blank line: the per-row path counts it, with its line number
     hold = path.stat().st_size <= HOLD_BYTES
     rows, held = 0, []
     try:

@@ -7,6 +7,8 @@ import json
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from curate.stages import load, load_columnar
 
@@ -62,3 +64,24 @@ def test_a_file_the_columnar_path_cannot_read_exactly_goes_the_per_row_way(tmp_p
     assert load_columnar.applies(src) is None
     results = list(load.read(load.Config(path=str(path), layout="trl")))
     assert sum(r.rows_in for r in results) == 7  # every line accounted for, by the per-row path
+
+
+@given(lines=st.lists(st.sampled_from([b"{}", b"", b" ", b"\t \r", b"x", b"\x0c", b"\xc2\xa0", b"ab\r"]), max_size=12),
+       end=st.sampled_from([b"", b"\n", b" "]), chunk=st.integers(1, 7))
+def test_line_count_in_chunks_counts_as_a_line_loop_does(lines, end, chunk):
+    """The chunked count (blank lines spanning chunk edges included) agrees with `for line in file`."""
+    import tempfile
+    from pathlib import Path
+
+    data = b"\n".join(lines) + (end if lines else b"")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "f.jsonl"
+        path.write_bytes(data)
+        with open(path, "rb") as fh:
+            raws = list(fh)
+        expected = None if any(not r.strip() for r in raws) else len(raws)
+        old, load_columnar.CHUNK = load_columnar.CHUNK, chunk
+        try:
+            assert load_columnar.line_count(path) == expected
+        finally:
+            load_columnar.CHUNK = old
