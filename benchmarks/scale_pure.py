@@ -59,25 +59,39 @@ def write_pairs(path: Path, n: int, seed: int = 0) -> dict[str, int]:
             prompts += p
             for i in range(m):
                 fh.write(json.dumps({"prompt": p[i], "chosen": c[i], "rejected": r[i]}) + "\n")
-    # plant by rewriting chosen rows in place: duplicates copy an earlier row's prompt
-    rows = path.read_text().splitlines()
+    # plant by rewriting chosen rows: duplicates copy an earlier row's prompt (the plan first, then one streaming
+    # pass over the file, so memory holds the prompts, not every row)
     picks = rng.permutation(np.arange(1000, n))
+    plan: dict[int, tuple[str, str]] = {}
     at = 0
     for kind, count in planted.items():
         for i in picks[at: at + count]:
-            rec = json.loads(rows[i])
             src = prompts[int(rng.integers(0, i))]
             if kind == "exact":
-                rec["prompt"] = src.upper() + "!"
+                plan[int(i)] = (kind, src.upper() + "!")
             elif kind == "near":
-                rec["prompt"] = src + " " + str(words[int(rng.integers(0, len(words)))])
+                plan[int(i)] = (kind, src + " " + str(words[int(rng.integers(0, len(words)))]))
             elif kind == "contaminated":
-                rec["prompt"] = rec["prompt"] + " " + turns[int(rng.integers(0, len(turns)))]
+                plan[int(i)] = (kind, turns[int(rng.integers(0, len(turns)))])
             else:
-                rec["chosen"] = "Too short."
-            rows[i] = json.dumps(rec)
+                plan[int(i)] = (kind, "Too short.")
         at += count
-    path.write_text("\n".join(rows) + "\n")
+    del prompts
+    tmp = path.with_suffix(".tmp")
+    with open(path) as fin, open(tmp, "w") as fout:
+        for i, line in enumerate(fin):
+            if i in plan:
+                kind, text = plan[i]
+                rec = json.loads(line)
+                if kind in ("exact", "near"):
+                    rec["prompt"] = text
+                elif kind == "contaminated":
+                    rec["prompt"] = rec["prompt"] + " " + text
+                else:
+                    rec["chosen"] = text
+                line = json.dumps(rec) + "\n"
+            fout.write(line)
+    tmp.replace(path)
     return planted
 
 
