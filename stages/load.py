@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -380,47 +380,95 @@ def documents(value: Any) -> tuple[list[str] | None, str | None]:
     return texts, None
 
 
-def to_prompt_row(rec: Any, cfg: Config, source: str) -> tuple[dict | None, str | None]:
-    """One source record -> (prompt row, None) or (None, why it is unusable)."""
+class Prompt(NamedTuple):
+    """What a layout reader takes from one record: the conversation up to the prompt (without `lead`, a leading
+    system message, which becomes the row's system prompt unless a `system_field` gave one), and the answers
+    (transcript pairs) or images (image pairs) it carries."""
+
+    messages: list[dict]
+    lead: dict | None = None
+    answers: list[str] = []
+    images: list[tuple] = []
+    human: int | None = None
+
+
+PromptReader = Callable[[dict, "Config"], "tuple[Prompt | None, str | None]"]
+
+
+def image_prompt(rec: dict, cfg: Config) -> tuple[Prompt | None, str | None]:
+    text, images, human, problem = image_candidates(rec, cfg.images, cfg.images.folder or cfg.path.parent)
+    return (None, problem) if problem else (Prompt([{"role": "user", "content": text}], images=images, human=human), None)
+
+
+def transcript_prompt(rec: dict, cfg: Config) -> tuple[Prompt | None, str | None]:
+    messages, answers, problem = transcript_pair(rec, cfg.transcripts)
+    return (None, problem) if problem else (Prompt(messages, answers=answers), None)
+
+
+def conversation_prompt(rec: dict, cfg: Config) -> tuple[Prompt | None, str | None]:
+    messages, problem = conversation(rec.get(cfg.conversation_field))
+    if problem:
+        return None, f"field {cfg.conversation_field!r}: {problem}"
+    if messages[0]["role"] == "system":
+        return Prompt(messages[1:], lead=messages[0]), None
+    return Prompt(messages), None
+
+
+def messages_prompt(rec: dict, cfg: Config) -> tuple[Prompt | None, str | None]:
+    if cfg.messages_field not in rec:
+        return None, f"no prompt: field {cfg.messages_field!r} is missing"
+    messages = rec[cfg.messages_field]
+    if isinstance(messages, list) and messages and isinstance(messages[0], dict) and messages[0].get("role") == "system":
+        return Prompt(messages[1:], lead=messages[0]), None
+    return Prompt(messages), None
+
+
+def turns_prompt(rec: dict, cfg: Config) -> tuple[Prompt | None, str | None]:
+    turns = rec.get(cfg.turns_field)
+    if not isinstance(turns, list) or not turns:
+        return None, f"no prompt: field {cfg.turns_field!r} is missing or not a non-empty list"
+    return Prompt([{"role": "user", "content": turns[0]}]), None
+
+
+def field_prompt(rec: dict, cfg: Config) -> tuple[Prompt | None, str | None]:
+    if cfg.prompt_field not in rec or rec[cfg.prompt_field] is None:
+        return None, f"no prompt: field {cfg.prompt_field!r} is missing"
+    text = rec[cfg.prompt_field]
+    if not isinstance(text, str):
+        return None, f"prompt field {cfg.prompt_field!r} is {type(text).__name__}, not a string"
+    return Prompt([{"role": "user", "content": text}]), None
+
+
+def prompt_reader(cfg: Config) -> PromptReader:
+    """The reader of the config's record layout (image pairs, transcripts, a conversation, messages, turns, a
+    prompt field), chosen once."""
+    if cfg.images:
+        return image_prompt
+    if cfg.transcripts:
+        return transcript_prompt
+    if cfg.conversation_field:
+        return conversation_prompt
+    if cfg.messages_field:
+        return messages_prompt
+    if cfg.turns_field:
+        return turns_prompt
+    return field_prompt
+
+
+def to_prompt_row(rec: Any, cfg: Config, source: str, reader: PromptReader | None = None) -> tuple[dict | None, str | None]:
+    """One source record -> (prompt row, None) or (None, why it is unusable); `reader`: prompt_reader(cfg)."""
     if not isinstance(rec, dict):
         return None, f"row is {type(rec).__name__}, not an object"
     system = rec.get(cfg.system_field) if cfg.system_field else None
-    answers: list[str] = []
-    images: list[tuple] = []
-    if cfg.images:
-        text, images, human, problem = image_candidates(rec, cfg.images, cfg.images.folder or cfg.path.parent)
-        if problem:
-            return None, problem
-        messages = [{"role": "user", "content": text}]
-    elif cfg.transcripts:
-        messages, answers, problem = transcript_pair(rec, cfg.transcripts)
-        if problem:
-            return None, problem
-    elif cfg.conversation_field:
-        messages, problem = conversation(rec.get(cfg.conversation_field))
-        if problem:
-            return None, f"field {cfg.conversation_field!r}: {problem}"
-        if messages[0]["role"] == "system" and system is None:
-            system, messages = messages[0]["content"], messages[1:]
-    elif cfg.messages_field:
-        if cfg.messages_field not in rec:
-            return None, f"no prompt: field {cfg.messages_field!r} is missing"
-        messages = rec[cfg.messages_field]
-        if isinstance(messages, list) and messages and isinstance(messages[0], dict):
-            if messages[0].get("role") == "system" and system is None:
-                system, messages = messages[0].get("content"), messages[1:]
-    elif cfg.turns_field:
-        turns = rec.get(cfg.turns_field)
-        if not isinstance(turns, list) or not turns:
-            return None, f"no prompt: field {cfg.turns_field!r} is missing or not a non-empty list"
-        messages = [{"role": "user", "content": turns[0]}]
-    else:
-        if cfg.prompt_field not in rec or rec[cfg.prompt_field] is None:
-            return None, f"no prompt: field {cfg.prompt_field!r} is missing"
-        text = rec[cfg.prompt_field]
-        if not isinstance(text, str):
-            return None, f"prompt field {cfg.prompt_field!r} is {type(text).__name__}, not a string"
-        messages = [{"role": "user", "content": text}]
+    got, problem = (reader or prompt_reader(cfg))(rec, cfg)
+    if problem:
+        return None, problem
+    messages, answers, images, human = got.messages, got.answers, got.images, got.human
+    if got.lead is not None:
+        if system is None:
+            system = got.lead.get("content")
+        else:
+            messages = [got.lead, *messages]
     problem = None if cfg.conversation_field else prompt_problem(messages, system)
     if problem:
         return None, problem
@@ -605,6 +653,7 @@ def read_sources(cfg: Config, sources: list[Source]) -> Iterator[StageResult]:
     for src in sources:
         name, shape = src.name, src.shape
         convert = layout_reader(shape, name) if shape else None
+        reader = None if shape else prompt_reader(cfg)
         usable, pending, pending_rows = 0, None, 0
         for where, row in source_rows(src):
             if src.limit is not None and usable >= src.limit:
@@ -622,7 +671,7 @@ def read_sources(cfg: Config, sources: list[Source]) -> Iterator[StageResult]:
                 shard.put("quarantined", name, where, row.record, row.error, row.number)
                 continue
             if shape is None:
-                got, error = to_prompt_row(row.record, cfg, name)
+                got, error = to_prompt_row(row.record, cfg, name, reader)
                 rows = [] if got is None else [got]
             else:
                 mapped, error = convert(row.record)
@@ -666,6 +715,7 @@ def read_prompts(cfg: Config) -> Iterator[StageResult]:
     lines: list[int | None] = []
     blanks: list[int] = []
     seen = kept = sources = 0  # sources: source rows kept in this shard (personas expand one into several)
+    reader = prompt_reader(cfg)
 
     def flush() -> StageResult:
         nonlocal good, bad, reasons, lines, blanks, seen, sources
@@ -688,7 +738,7 @@ def read_prompts(cfg: Config) -> Iterator[StageResult]:
             blanks.append(src_row.number)
             continue
         rec = src_row.record
-        row, error = (None, src_row.error) if src_row.error else to_prompt_row(rec, cfg, source)
+        row, error = (None, src_row.error) if src_row.error else to_prompt_row(rec, cfg, source, reader)
         if row is not None and answers:
             error = attach_candidates(row, answers)
             row = None if error else row
