@@ -147,10 +147,11 @@ def decide(source: Keys, cfg: Config, distributed: bool) -> pa.Table:
 
 
 def semantic_sets(source: Keys, cfg: Config):
-    """SemDeDup: k-means over the unit embeddings, then within each cluster every row linked to the earliest
-    row at cosine >= the threshold; links joined into sets. Returns (drops, each drop's cosine to its set's
-    earliest row). The embeddings are held in memory (4 bytes x dimensions a row: 150 MB for 100k rows of
-    MiniLM), the similarities one cluster at a time."""
+    """SemDeDup: k-means over the unit embeddings; each row joins its two nearest clusters (with one, a fifth
+    of the pairs at cosine >= 0.9 fell on two sides of a border, benchmarks/semantic_dedup.py); within each
+    cluster every row is linked to the earliest row at cosine >= the threshold; links joined into sets. Returns
+    (drops, each drop's cosine to its set's earliest row). The embeddings are held in memory (4 bytes x
+    dimensions a row: 150 MB for 100k rows of MiniLM), the similarities one cluster at a time."""
     import polars as pl
     from sklearn.cluster import MiniBatchKMeans
 
@@ -160,23 +161,52 @@ def semantic_sets(source: Keys, cfg: Config):
         return components(pl.DataFrame(schema={"_order": pl.Int64, "_first": pl.Int64})), np.zeros(0)
     vecs = np.stack(frame["_emb"].to_numpy()).astype(np.float32)
     k = min(len(orders), cfg.clusters or max(1, round(len(orders) ** 0.5)))
-    labels = (MiniBatchKMeans(n_clusters=k, random_state=0, n_init=3, batch_size=4096).fit_predict(vecs)
-              if k > 1 else np.zeros(len(orders), dtype=np.int64))
+    if k > 1:
+        centers = MiniBatchKMeans(n_clusters=k, random_state=0, n_init=3, batch_size=4096).fit(vecs).cluster_centers_
+        members = nearest_two(vecs, centers.astype(np.float32))
+    else:
+        members = [np.arange(len(orders))]
     a_parts, b_parts = [], []
-    for c in np.unique(labels):
-        idx = np.flatnonzero(labels == c)  # ascending: earliest first
-        if len(idx) < 2:
-            continue
-        sims = vecs[idx] @ vecs[idx].T
-        close = np.triu(sims >= cfg.similarity, k=1)  # (earlier i, later j)
-        later = np.flatnonzero(close.any(axis=0))
+    for idx in members:  # ascending: earliest first
+        later, first = earliest_close(vecs[idx], cfg.similarity)
         a_parts.append(orders[idx[later]])
-        b_parts.append(orders[idx[close[:, later].argmax(axis=0)]])  # the earliest row close to it
+        b_parts.append(orders[idx[first]])
     links = pl.DataFrame({"_order": np.concatenate(a_parts) if a_parts else np.zeros(0, np.int64),
-                          "_first": np.concatenate(b_parts) if b_parts else np.zeros(0, np.int64)})
+                          "_first": np.concatenate(b_parts) if b_parts else np.zeros(0, np.int64)}).unique()
     drops = components(links).sort("_order")
     at = np.searchsorted(orders, drops["_order"].to_numpy()), np.searchsorted(orders, drops["_first"].to_numpy())
     return drops, (vecs[at[0]] * vecs[at[1]]).sum(axis=1)
+
+
+def earliest_close(v: np.ndarray, similarity: float, cells: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (of `v`, in order) with an earlier row at cosine >= `similarity`, and that earliest row of each;
+    the similarities a block of columns at a time (about `cells` floats), so a large cluster stays in bounds."""
+    later, first = [], []
+    step = max(1, cells // max(1, len(v)))
+    for lo in range(1, len(v), step):
+        hi = min(len(v), lo + step)
+        close = (v[:hi] @ v[lo:hi].T) >= similarity  # (earlier row i, row j of this block)
+        close &= np.arange(hi)[:, None] < np.arange(lo, hi)[None, :]
+        has = np.flatnonzero(close.any(axis=0))
+        later.append(lo + has)
+        first.append(close[:, has].argmax(axis=0))
+    none = np.zeros(0, np.int64)
+    return (np.concatenate(later) if later else none), (np.concatenate(first) if first else none)
+
+
+def nearest_two(vecs: np.ndarray, centers: np.ndarray, chunk: int = 65536) -> list[np.ndarray]:
+    """Each cluster's members (row positions, ascending) when every row joins its two nearest centers."""
+    half_norms = 0.5 * (centers * centers).sum(axis=1)
+    tops = []
+    for lo in range(0, len(vecs), chunk):  # squared distance = |x|^2 - 2 (x.c - |c|^2 / 2): the largest score wins
+        score = vecs[lo:lo + chunk] @ centers.T - half_norms
+        tops.append(np.argpartition(-score, 1, axis=1)[:, :2])
+    top = np.concatenate(tops)
+    rows = np.repeat(np.arange(len(vecs)), 2)
+    cluster = top.reshape(-1)
+    order = np.lexsort((rows, cluster))
+    bounds = np.searchsorted(cluster[order], np.arange(len(centers) + 1))
+    return [rows[order[bounds[c]:bounds[c + 1]]] for c in range(len(centers))]
 
 
 def process(table: pa.Table, cfg: Config, ctx: StageContext) -> StageResult:

@@ -42,3 +42,32 @@ def test_links_do_not_depend_on_the_number_of_partitions(tmp_path, monkeypatch, 
         parted = dupsets.later_rows(keys, cols, explode, False).sort(["_order", "_first"])
         assert parted.equals(whole[explode])
         assert dupsets.components(parted).sort("_order").equals(dupsets.components(whole[explode]).sort("_order"))
+
+
+@pytest.mark.parametrize("n,cells", [(1, 1), (2, 1), (9, 3), (300, 7), (300, 1 << 24)])
+def test_semantic_links_in_blocks_equal_the_whole_similarity_matrix(n, cells):
+    """earliest_close computes a large cluster's similarities a block of columns at a time: same links."""
+    from curate.stages.dedup import earliest_close
+
+    rng = np.random.default_rng(n)
+    v = rng.normal(size=(n, 8)).astype(np.float32)
+    v[n // 2:] = v[: n - n // 2] + rng.normal(scale=0.05, size=(n - n // 2, 8))  # near copies of earlier rows
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    close = np.triu(v @ v.T >= 0.9, k=1)
+    later = np.flatnonzero(close.any(axis=0))
+    got = earliest_close(v, 0.9, cells)
+    assert (got[0] == later).all() and (got[1] == close[:, later].argmax(axis=0)).all()
+    assert n < 9 or len(later) >= n // 3
+
+
+def test_each_row_joins_its_two_nearest_clusters():
+    from curate.stages.dedup import nearest_two
+
+    rng = np.random.default_rng(0)
+    v, centers = rng.normal(size=(500, 4)).astype(np.float32), rng.normal(size=(7, 4)).astype(np.float32)
+    members = nearest_two(v, centers, chunk=64)
+    dist = ((v[:, None, :] - centers[None]) ** 2).sum(axis=2)
+    two = np.argsort(dist, axis=1)[:, :2]
+    for c, rows in enumerate(members):
+        assert (np.diff(rows) > 0).all()  # ascending: the earliest row first
+        assert set(rows) == set(np.flatnonzero((two == c).any(axis=1)))
