@@ -179,7 +179,8 @@ def execute(st: StageEntry, pipeline: Pipeline, plan: StagePlan, run_dir: Path, 
     worker_kwargs = dict(
         stage_name=st.name, stage_id=st.id, config=plan.config, engines=plan.engines,
         cache_dir=str(pipeline.cache_dir) if pipeline.cache_dir else None, run_dir=str(run_dir),
-        batch_size=st.run.batch_size or (64 if model_stage else 1 << 20), token=run_token(run_dir),
+        batch_size=st.run.batch_size or st.spec.batch_rows(st.config) or (64 if model_stage else 1 << 20),
+        token=run_token(run_dir),
         budget=worker_budget(st, pipeline, list(plan.engines)),
     )
     drivers = {shard_driver(c) for c in engine_cfgs} - {None}

@@ -110,6 +110,10 @@ class StageSpec:
     decides: GlobalDecision | None = None
     #: the stage loads a model of its own (an embedder): run it as an actor pool, so the model outlives a shard
     keeps_model: bool | Callable[[Any], bool] = False
+    #: rows the runner hands `process` (or a global decision's `keys`) at once, when the run sets no
+    #: `batch_size`; None: 64 for a stage with a model (what a kill can cost beyond the cache), a whole shard
+    #: for a pure one. An embedding model wants large calls: it sorts a call's texts by length, so it pads less
+    batch_rows: Callable[[Any], int | None] = lambda cfg: None
     #: the engine names a config uses (model-backed stages run as actor pools, one engine per actor)
     engines: Callable[[Any], list[str]] = lambda cfg: []
     #: summed `stats` -> the figures the run reports (e.g. {"ranking_accuracy": correct / pairs})

@@ -241,4 +241,6 @@ STAGE = StageSpec(
     process=process,
     decides=GlobalDecision(keys=keys, decide=decide),
     keeps_model=lambda cfg: cfg.method == "semantic",
+    # embeddings in calls of 1024 texts: 185 rows/s vs 142 in calls of 64 (8k prompts, 2 cores, model load included)
+    batch_rows=lambda cfg: 1024 if cfg.method == "semantic" else None,
 )
