@@ -207,10 +207,10 @@ def main() -> None:
         exact_part = sum(r["stages"][s]["seconds"] for s in part)
         print(f"{n:,}: exact-dedup + filter + export part {exact_part:.1f} s = {exact_part / r['polars']:.2f}x "
               f"polars' {r['polars']:.1f} s (target <= 3)")
-    if len(results) > 1:
-        small, big = min(results), max(results)
+    sizes = sorted(results)
+    for small, big in zip(sizes, sizes[1:]):
         a, b = results[small], results[big]
-        print(f"{big:,} vs {small:,}: wall {b['wall'] / a['wall']:.2f}x (target <= {1.1 * big / small:.0f}), "
+        print(f"{big:,} vs {small:,}: wall {b['wall'] / a['wall']:.2f}x (target <= {1.1 * big / small:.1f}), "
               f"peak RSS {b['peak_rss_mb'] / a['peak_rss_mb']:.2f}x (target <= 1.5)")
 
 

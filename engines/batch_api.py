@@ -36,7 +36,7 @@ from pydantic import Field
 
 from curate.engines.base import Completion, EngineError, Request
 from curate.engines.cache import CachedEngine, ResponseCache, default_cache_dir, request_key
-from curate.engines.openai_http import FATAL_STATUS, RETRY_STATUS, OpenAIHTTPConfig, check, retry_after
+from curate.engines.openai_http import FATAL_STATUS, RETRY_STATUS, OpenAIHTTPConfig, check, redact, retry_after
 
 #: what a provider says of a request it did not get to before the batch's window closed
 EXPIRED = "expired"
@@ -112,9 +112,7 @@ class Http:
                                     timeout=httpx.Timeout(cfg.read_timeout, connect=cfg.connect_timeout))
 
     def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "[redacted]")
-        return text
+        return redact(text, self._secrets)
 
     def call(self, method: str, path: str, **kwargs):
         import httpx

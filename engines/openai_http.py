@@ -102,6 +102,14 @@ def check(cfg: OpenAIHTTPConfig) -> None:
             raise EngineUnavailable(f"environment variable {var} ({field}) is not set")
 
 
+def redact(text: str, secrets: list[str]) -> str:
+    """Error texts are stored (quarantine, manifest, card): a server that echoes a key must not leak it.
+    `secrets` longest first, so a key that contains another is replaced whole."""
+    for secret in secrets:
+        text = text.replace(secret, "[redacted]")
+    return text
+
+
 def retry_after(value: str | None) -> float | None:
     """Seconds to wait from a Retry-After header (seconds or an HTTP date)."""
     if not value:
@@ -381,10 +389,7 @@ class OpenAIHTTPEngine:
         return Completion(text=None, error=f"{last} (after {cfg.max_retries + 1} attempts)", transient=True)
 
     def _redact(self, text: str) -> str:
-        """Error texts are stored (quarantine, manifest, card): a server that echoes a key must not leak it."""
-        for secret in self._secrets:
-            text = text.replace(secret, "[redacted]")
-        return text
+        return redact(text, self._secrets)
 
     @staticmethod
     def _completion(resp) -> Completion:
